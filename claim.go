@@ -1,0 +1,327 @@
+package compute
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// claimJobs takes up to $2 runnable jobs of queue $1 for worker $3. The
+// MATERIALIZED CTE runs the locking sub-select once, so LIMIT holds (an
+// "IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)" form may lock more rows
+// than n under load). The sub-select walks the partial index jobs_claim in
+// (priority, run_at) order and skips rows other claimers hold. The attempt
+// is incremented here, at the claim, so a job that kills its worker still
+// spends its attempts.
+const claimJobs = `
+WITH picked AS MATERIALIZED (
+    SELECT job_id FROM compute.jobs
+    WHERE status = 'queued' AND queue = $1 AND run_at <= now()
+    ORDER BY priority, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE compute.jobs j
+SET status = 'in-progress', grabbed = now(), attempt = j.attempt + 1, worker = $3,
+    lease_expires = now() + $4 * interval '1 microsecond'
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING ` + jobColumns
+
+// maxClaim caps one Claim call.
+const maxClaim = 10000
+
+// Claim takes up to n queued jobs of queue whose run time has come, in
+// priority order (smaller first, then earlier run time), and leases them to
+// this queue's worker id for the WithLease duration. Each returned job is in
+// progress with its attempt counted. Finish each with Complete or Fail, and
+// call Heartbeat before the lease runs out while it runs; a job whose lease
+// expires is handed back by RequeueStale. An empty result means nothing is
+// runnable now. Bad arguments match ErrInvalid.
+func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) {
+	if err := validQueue(queue); err != nil {
+		return nil, err
+	}
+	if n < 1 || n > maxClaim {
+		return nil, fmt.Errorf("%w: claim count %d is outside 1..%d", ErrInvalidOption, n, maxClaim)
+	}
+	var jobs []*Job
+	err := q.do(ctx, "compute: claim", func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, claimJobs, queue, n, q.opts.workerID, q.opts.lease.Microseconds())
+		if err != nil {
+			return err
+		}
+		jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) { return scanJob(row) })
+		return err
+	})
+	slices.SortFunc(jobs, func(a, b *Job) int {
+		if a.Priority != b.Priority {
+			return a.Priority - b.Priority
+		}
+		return a.RunAt.Compare(b.RunAt)
+	})
+	return jobs, err
+}
+
+// Completion is one finished job for Complete.
+type Completion struct {
+	// Job is the job as Claim returned it; its ID, Attempt and Worker
+	// identify the claim.
+	Job *Job
+	// OutputFiles names the files the job produced (same rules as input
+	// files).
+	OutputFiles []string
+}
+
+// completeJobs finishes many jobs in one statement. The join on (job_id,
+// attempt, worker) and status fences the write: a holder whose lease ran out
+// and whose job was claimed again, or cancelled, matches no row.
+const completeJobs = `
+UPDATE compute.jobs j
+SET status = 'complete', finished = now(), lease_expires = NULL, output_files = d.outputs::varchar[]
+FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[]) AS d(job_id, attempt, worker, outputs)
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+RETURNING j.job_id`
+
+// Complete marks claimed jobs complete with their output files, in one
+// statement. Jobs the caller no longer holds are left as they are and
+// reported in a *LeaseLostError (errors.Is(err, ErrLeaseLost)); the others
+// are complete even then. Bad output file names match ErrInvalidFiles and
+// nothing is written.
+func (q *Queue) Complete(ctx context.Context, done ...Completion) error {
+	if len(done) == 0 {
+		return nil
+	}
+	ids, attempts, workers := make([][]byte, len(done)), make([]int32, len(done)), make([]string, len(done))
+	outputs := make([]string, len(done))
+	for i, c := range done {
+		if c.Job == nil {
+			return fmt.Errorf("%w: completion %d has no job", ErrInvalidJob, i)
+		}
+		if err := validFiles(c.OutputFiles, "output files"); err != nil {
+			return fmt.Errorf("job %s: %w", c.Job.ID, err)
+		}
+		ids[i], attempts[i], workers[i] = c.Job.ID[:], int32(c.Job.Attempt), c.Job.Worker
+		outputs[i] = arrayLiteral(c.OutputFiles)
+	}
+	return q.fenced(ctx, "compute: complete", ids, completeJobs, ids, attempts, workers, outputs)
+}
+
+// Failure is one failed attempt for Fail.
+type Failure struct {
+	// Job is the job as Claim returned it.
+	Job *Job
+	// Err says why the attempt failed; it is kept on the job (at most 16
+	// KiB). A nil Err is recorded as "failed".
+	Err error
+	// RetryIn is how long after the database's now() the job may run
+	// again when attempts remain; 0 means the queue's default backoff.
+	RetryIn time.Duration
+	// Permanent fails the job now, with no further attempt.
+	Permanent bool
+}
+
+// failJobs records failed attempts in one statement, fenced like
+// completeJobs: a job with attempts left goes back to queued with its next
+// run time, the others (or permanent failures) end failed. Each attempt's
+// error is appended to the job's errors.
+const failJobs = `
+UPDATE compute.jobs j
+SET status = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+    finished = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN now() END,
+    run_at = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN j.run_at
+                  ELSE now() + d.delay_us * interval '1 microsecond' END,
+    lease_expires = NULL,
+    errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', d.error))
+FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::bigint[])
+     AS d(job_id, attempt, worker, error, permanent, delay_us)
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+RETURNING j.job_id`
+
+// Fail records failed attempts in one statement: each job is queued again
+// after its RetryIn (or the default backoff) while it has attempts left, and
+// ends failed otherwise or when Permanent. Lost leases are reported as by
+// Complete.
+func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	n := len(failed)
+	ids, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
+	msgs, permanent, delays := make([]string, n), make([]bool, n), make([]int64, n)
+	for i, f := range failed {
+		if f.Job == nil {
+			return fmt.Errorf("%w: failure %d has no job", ErrInvalidJob, i)
+		}
+		if f.RetryIn < 0 {
+			return fmt.Errorf("%w: job %s: RetryIn %s is negative", ErrInvalidJob, f.Job.ID, f.RetryIn)
+		}
+		ids[i], attempts[i], workers[i] = f.Job.ID[:], int32(f.Job.Attempt), f.Job.Worker
+		msgs[i] = "failed"
+		if f.Err != nil {
+			msgs[i] = cleanError(f.Err.Error())
+		}
+		permanent[i] = f.Permanent
+		delay := f.RetryIn
+		if delay == 0 {
+			delay = Backoff(f.Job.Attempt)
+		}
+		delays[i] = delay.Microseconds()
+	}
+	return q.fenced(ctx, "compute: fail", ids, failJobs, ids, attempts, workers, msgs, permanent, delays)
+}
+
+// heartbeatJobs renews the leases of many jobs in one statement, fenced like
+// completeJobs, so a holder learns in the same round trip which jobs it lost.
+const heartbeatJobs = `
+UPDATE compute.jobs j
+SET lease_expires = now() + $4 * interval '1 microsecond'
+FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker)
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+RETURNING j.job_id`
+
+// Heartbeat extends the leases of jobs the caller holds by the WithLease
+// duration from the database's now(). Jobs it no longer holds are reported
+// in a *LeaseLostError: stop working on them.
+func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	ids, attempts, workers := make([][]byte, len(jobs)), make([]int32, len(jobs)), make([]string, len(jobs))
+	for i, j := range jobs {
+		if j == nil {
+			return fmt.Errorf("%w: heartbeat %d has no job", ErrInvalidJob, i)
+		}
+		ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
+	}
+	return q.fenced(ctx, "compute: heartbeat", ids, heartbeatJobs, ids, attempts, workers, q.opts.lease.Microseconds())
+}
+
+// fenced runs one of the fenced batch statements and reports the ids it did
+// not return as a *LeaseLostError.
+func (q *Queue) fenced(ctx context.Context, what string, want [][]byte, sql string, args ...any) error {
+	var got [][]byte
+	err := q.do(ctx, what, func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		got, err = pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if len(got) == len(want) {
+		return nil
+	}
+	lost := &LeaseLostError{}
+	for _, id := range want {
+		if !slices.ContainsFunc(got, func(g []byte) bool { return bytes.Equal(g, id) }) {
+			lost.IDs = append(lost.IDs, JobID(id))
+		}
+	}
+	return lost
+}
+
+// Backoff is the default wait before attempt+1 after a failed attempt:
+// exponential from 1 s (1, 2, 4, ... s), capped at 1 hour, with up to 25%
+// random jitter so failures of many jobs at once do not retry in lockstep.
+func Backoff(attempt int) time.Duration {
+	if attempt < 1 {
+		attempt = 1
+	}
+	d := time.Hour
+	if attempt <= 12 {
+		d = min(time.Duration(1<<(attempt-1))*time.Second, time.Hour)
+	}
+	return d + time.Duration(rand.Int64N(int64(d/4)+1))
+}
+
+// requeueStale hands back jobs whose lease expired by the database clock, in
+// batches: back to queued while attempts remain, else failed. SKIP LOCKED
+// lets many processes run it at once without waiting on each other, and the
+// partial index jobs_lease makes it cheap when nothing is stale. Jobs that a
+// v1 program marked in-progress without a lease (lease_expires NULL) are left
+// to that program.
+const requeueStale = `
+WITH stale AS MATERIALIZED (
+    SELECT job_id FROM compute.jobs
+    WHERE status = 'in-progress' AND lease_expires < now()
+    ORDER BY lease_expires
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), requeued AS (
+    UPDATE compute.jobs j
+    SET status = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+        finished = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        run_at = now(), lease_expires = NULL,
+        errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(),
+            'error', 'lease expired: worker ' || coalesce(j.worker, '?') || ' stopped renewing it'))
+    FROM stale
+    WHERE j.job_id = stale.job_id
+    RETURNING j.queue, j.status
+)
+SELECT count(*), (SELECT count(pg_notify('compute_jobs', queue))
+                  FROM (SELECT DISTINCT queue FROM requeued WHERE status = 'queued') q)
+FROM requeued`
+
+// staleBatch bounds how many rows one requeue or expire statement touches, so
+// neither holds many row locks for long.
+const staleBatch = 1000
+
+// RequeueStale hands back the jobs whose lease expired (their worker died,
+// hung or lost its connection): each goes back to queued, or to failed when
+// its attempts are spent, with the expiry recorded in its errors. It returns
+// how many jobs it handed back. Safe to run from many processes at once; a
+// Worker runs it periodically.
+func (q *Queue) RequeueStale(ctx context.Context) (int, error) {
+	return q.batches(ctx, "compute: requeue stale", requeueStale)
+}
+
+// expireJobs marks finished jobs that nobody read within the retention
+// period as expired, oldest first, in batches (see staleBatch).
+const expireJobs = `
+WITH old AS MATERIALIZED (
+    SELECT job_id FROM compute.jobs
+    WHERE status IN ('complete', 'failed') AND last_accessed < now() - $2 * interval '1 microsecond'
+    ORDER BY last_accessed
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE compute.jobs j SET status = 'expired'
+    FROM old WHERE j.job_id = old.job_id
+    RETURNING 1
+)
+SELECT count(*), 0 FROM expired`
+
+// Expire marks complete and failed jobs whose last_accessed is older than
+// retention (by the database clock) as expired, and returns how many. Get
+// counts as an access.
+func (q *Queue) Expire(ctx context.Context, retention time.Duration) (int, error) {
+	if retention <= 0 {
+		return 0, fmt.Errorf("%w: retention %s must be positive", ErrInvalidOption, retention)
+	}
+	return q.batches(ctx, "compute: expire", expireJobs, retention.Microseconds())
+}
+
+// batches runs a batched maintenance statement until a batch comes back
+// short, and returns the total it reports.
+func (q *Queue) batches(ctx context.Context, what, sql string, args ...any) (int, error) {
+	total := 0
+	for {
+		var n, notified int64
+		err := q.do(ctx, what, func(ctx context.Context) error {
+			return q.pool.QueryRow(ctx, sql, append([]any{staleBatch}, args...)...).Scan(&n, &notified)
+		})
+		total += int(n)
+		if err != nil || n < staleBatch {
+			return total, err
+		}
+	}
+}

@@ -1,0 +1,160 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrNotFound is returned when no job (or meta key) has the given id (key).
+var ErrNotFound = errors.New("compute: not found")
+
+// ErrInvalid is matched (with errors.Is) by every error about bad input:
+// ErrInvalidQueue, ErrInvalidConfig, ErrConfigTooLarge, ErrInvalidFiles,
+// ErrInvalidJob, ErrInvalidMeta and ErrInvalidOption. Nothing was written
+// when such an error is returned.
+var ErrInvalid = errors.New("compute: invalid input")
+
+// Errors about bad input. Each returned error wraps one of them and says
+// which value is wrong and what is allowed.
+var (
+	ErrInvalidQueue   error = &invalidError{"compute: invalid queue name"}
+	ErrInvalidConfig  error = &invalidError{"compute: invalid config"}
+	ErrConfigTooLarge error = &invalidError{"compute: config too large"}
+	ErrInvalidFiles   error = &invalidError{"compute: invalid file names"}
+	ErrInvalidJob     error = &invalidError{"compute: invalid job"}
+	ErrInvalidMeta    error = &invalidError{"compute: invalid meta key or value"}
+	ErrInvalidOption  error = &invalidError{"compute: invalid option"}
+)
+
+// invalidError is a bad-input sentinel that also matches ErrInvalid.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
+// ErrLeaseLost is matched by the error Complete, Fail and Heartbeat return
+// when the caller no longer holds a job: its lease ran out and the job was
+// requeued or claimed again, or it was cancelled. The caller must stop
+// working on those jobs; their results were not written. See LeaseLostError.
+var ErrLeaseLost = errors.New("compute: lease lost")
+
+// LeaseLostError lists the jobs a Complete, Fail or Heartbeat call did not
+// hold any more. The other jobs of the call were written.
+type LeaseLostError struct {
+	IDs []JobID
+}
+
+func (e *LeaseLostError) Error() string {
+	return fmt.Sprintf("compute: lease lost on %d job(s) (first %s): another holder or a cancel took them; stop working on them", len(e.IDs), e.IDs[0])
+}
+
+// Is makes errors.Is(err, ErrLeaseLost) true.
+func (e *LeaseLostError) Is(target error) bool { return target == ErrLeaseLost }
+
+// ErrWrongStatus is returned when a job exists but its status does not allow
+// the operation: cancelling a finished job, retrying one that did not fail.
+var ErrWrongStatus = errors.New("compute: job status does not allow this")
+
+// ErrUnavailable is matched by errors caused by a database that cannot be
+// reached or went away (refused or cut connections, a restarting server).
+// Nothing is lost: retry later, or check the connection string and that the
+// server runs.
+var ErrUnavailable = errors.New("compute: database unavailable")
+
+// ErrClosed is returned by every method called after Close.
+var ErrClosed = errors.New("compute: queue closed")
+
+// ErrNotMigrated is returned when the compute schema is missing or older than
+// this library: call Migrate, or open with WithMigrate.
+var ErrNotMigrated = errors.New("compute: schema not migrated; call Queue.Migrate or open with WithMigrate")
+
+// Postgres error codes the library reacts to.
+const (
+	codeSerializationFailure = "40001"
+	codeDeadlockDetected     = "40P01"
+	codeUndefinedTable       = "42P01"
+	codeUndefinedColumn      = "42703"
+	codeInvalidSchema        = "3F000"
+)
+
+// retryable reports whether err is a serialization failure or deadlock, which
+// the library retries instead of surfacing.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == codeSerializationFailure || pgErr.Code == codeDeadlockDetected
+	}
+	return false
+}
+
+// translate turns a driver error into one users can match: context errors
+// stay as they are, a missing schema becomes ErrNotMigrated, and lost or
+// refused connections match ErrUnavailable. It is the one place that looks
+// inside pgx errors. what names the operation for the message.
+func translate(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == codeUndefinedTable || pgErr.Code == codeUndefinedColumn || pgErr.Code == codeInvalidSchema:
+			return fmt.Errorf("%s: %w: %w", what, ErrNotMigrated, err)
+		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, starting up
+			pgErr.Code == "53300": // too many connections
+			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	// Every other driver error is about the connection: refused, reset,
+	// closed, timed out.
+	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+}
+
+// passwordInURL and passwordInKV find the password of a postgres:// URL and of
+// a key=value connection string.
+var (
+	passwordInURL = regexp.MustCompile(`(://[^:/@\s]*:)[^@\s]*@`)
+	passwordInKV  = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)`)
+)
+
+// redact removes passwords from text that may hold a connection string, and
+// also the literal password when it is known.
+func redact(s, password string) string {
+	if password != "" {
+		s = strings.ReplaceAll(s, password, "xxxxx")
+	}
+	s = passwordInURL.ReplaceAllString(s, "${1}xxxxx@")
+	return passwordInKV.ReplaceAllString(s, "${1}xxxxx")
+}
+
+// redactedError keeps errors.Is/As working on the cause while its message has
+// no password in it.
+type redactedError struct {
+	msg   string
+	cause error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.cause }
+
+// redactError wraps err so that its message holds no password.
+func redactError(err error, password string) error {
+	if err == nil {
+		return nil
+	}
+	msg := redact(err.Error(), password)
+	if msg == err.Error() {
+		return err
+	}
+	return &redactedError{msg: msg, cause: err}
+}

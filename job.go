@@ -1,0 +1,152 @@
+package compute
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// JobID identifies a job: 16 bytes, stored in compute.jobs.job_id. By default
+// it is a UUIDv7 (random, ordered by creation time); a job enqueued with
+// ContentID set gets an id derived from its queue, config and input files.
+type JobID [16]byte
+
+// String formats the id as a UUID (8-4-4-4-12 hexadecimal digits).
+func (id JobID) String() string { return uuid.UUID(id).String() }
+
+// ParseJobID parses the output of JobID.String (or 32 hexadecimal digits).
+// It returns an error matching ErrInvalidJob when s is neither.
+func ParseJobID(s string) (JobID, error) {
+	if len(s) == 32 {
+		var id JobID
+		if _, err := hex.Decode(id[:], []byte(s)); err == nil {
+			return id, nil
+		}
+	}
+	u, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return JobID{}, fmt.Errorf("%w: %q is not a job id; use the 36-character form JobID.String returns", ErrInvalidJob, s)
+	}
+	return JobID(u), nil
+}
+
+// newJobID returns a fresh UUIDv7.
+func newJobID() (JobID, error) {
+	u, err := uuid.NewV7()
+	if err != nil {
+		return JobID{}, fmt.Errorf("compute: generate job id: %w", err)
+	}
+	return JobID(u), nil
+}
+
+// contentJobID derives a job id from what the job is: the same queue, config
+// and input files always give the same id. It is the first 16 bytes of a
+// SHA-256 over length-prefixed fields (so no two field splits collide), with
+// the UUID version 8 and variant bits set so the id is still a valid UUID.
+func contentJobID(queue, config string, inputFiles []string) JobID {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field("compute.job.v1")
+	field(queue)
+	field(config)
+	for _, f := range inputFiles {
+		field(f)
+	}
+	var id JobID
+	copy(id[:], h.Sum(nil))
+	id[6] = id[6]&0x0f | 0x80 // version 8: custom
+	id[8] = id[8]&0x3f | 0x80 // RFC 9562 variant
+	return id
+}
+
+// Status is a job's state, as stored in compute.jobs.status.
+type Status string
+
+// The five statuses of the schema contract. Queued and in-progress jobs are
+// live; complete, failed and expired are terminal.
+const (
+	StatusQueued     Status = "queued"
+	StatusInProgress Status = "in-progress"
+	StatusComplete   Status = "complete"
+	StatusFailed     Status = "failed"
+	StatusExpired    Status = "expired"
+)
+
+// valid reports whether s is one of the five statuses.
+func (s Status) valid() bool {
+	switch s {
+	case StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired:
+		return true
+	}
+	return false
+}
+
+// Job is a unit of work. On enqueue the caller sets Queue, Config, InputFiles
+// and, optionally, Priority, RunAt or Delay, MaxAttempts and ContentID; every
+// other field is set by the queue and ignored on enqueue.
+type Job struct {
+	// Queue names the queue: 1 to 32 characters from a-z, A-Z, 0-9, '_',
+	// '-' and '.', starting with a letter or digit.
+	Queue string
+	// Config is the job's payload, usually JSON; at most the queue's
+	// maximum config size (1 MiB by default), valid UTF-8, no NUL bytes.
+	Config string
+	// InputFiles names the files the job reads: each non-empty, valid
+	// UTF-8 without NUL bytes, no name twice. May be empty.
+	InputFiles []string
+	// Priority orders the claim: smaller runs first; default 0; it must
+	// fit in an int16.
+	Priority int
+	// RunAt, when set, is the earliest time the job may run.
+	RunAt time.Time
+	// Delay, when RunAt is zero, makes the job wait this long after the
+	// database's now() before it may run.
+	Delay time.Duration
+	// MaxAttempts caps how many times the job is started, counting
+	// rescues of a dead worker's attempt; 0 means DefaultMaxAttempts.
+	MaxAttempts int
+	// ContentID asks for an id derived from Queue, Config and InputFiles:
+	// enqueuing the same job again returns the existing job's id and
+	// creates nothing, whatever that job's status.
+	ContentID bool
+
+	// ID identifies the job.
+	ID JobID
+	// Status is the job's state when it was read.
+	Status Status
+	// Attempt counts the claims so far, including the current one.
+	Attempt int
+	// Worker names the worker that holds (or last held) the job.
+	Worker string
+	// LeaseExpires is when the holder's lease runs out; zero when nobody
+	// holds the job.
+	LeaseExpires time.Time
+	// Created, LastAccessed, Grabbed and Finished are the contract's
+	// timestamps, all from the database clock; Grabbed and Finished are
+	// zero until set.
+	Created, LastAccessed, Grabbed, Finished time.Time
+	// OutputFiles are the files a complete job produced.
+	OutputFiles []string
+	// Errors holds one entry per failed attempt, oldest first.
+	Errors []AttemptError
+}
+
+// DefaultMaxAttempts is the number of attempts a job gets when neither the
+// job nor the inserting program says otherwise (the column's default).
+const DefaultMaxAttempts = 25
+
+// AttemptError records why one attempt of a job failed.
+type AttemptError struct {
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error"`
+}

@@ -1,0 +1,234 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// jobColumns is the column list every statement that returns jobs uses, in
+// the order scanJob reads.
+// Columns are qualified: statements alias compute.jobs as j.
+const jobColumns = `j.job_id, j.status, j.queue, j.config, j.input_files, j.created, j.last_accessed,
+	j.grabbed, j.finished, j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker,
+	j.lease_expires, j.errors`
+
+// scanJob reads one row of jobColumns.
+func scanJob(row pgx.Row) (*Job, error) {
+	var (
+		j                               Job
+		id                              []byte
+		config, worker                  *string
+		grabbed, finished, leaseExpires *time.Time
+	)
+	err := row.Scan(&id, &j.Status, &j.Queue, &config, &j.InputFiles, &j.Created, &j.LastAccessed,
+		&grabbed, &finished, &j.OutputFiles, &j.Priority, &j.RunAt, &j.Attempt, &j.MaxAttempts,
+		&worker, &leaseExpires, &j.Errors)
+	if err != nil {
+		return nil, err
+	}
+	copy(j.ID[:], id)
+	j.Config = deref(config)
+	j.Worker = deref(worker)
+	j.Grabbed, j.Finished, j.LeaseExpires = derefTime(grabbed), derefTime(finished), derefTime(leaseExpires)
+	return &j, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+// getJob reads a job and touches last_accessed in the same statement, as the
+// schema contract asks: retention counts from the last read.
+const getJob = `UPDATE compute.jobs j SET last_accessed = now() WHERE j.job_id = $1 RETURNING ` + jobColumns
+
+// Get returns the job with the given id and records the read in
+// last_accessed. It returns ErrNotFound when no job has that id.
+func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
+	var job *Job
+	err := q.do(ctx, "compute: get job", func(ctx context.Context) (err error) {
+		job, err = scanJob(q.pool.QueryRow(ctx, getJob, id[:]))
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("compute: get job %s: %w", id, ErrNotFound)
+	}
+	return job, err
+}
+
+// ListOptions selects a page of jobs for List.
+type ListOptions struct {
+	// Queue is required.
+	Queue string
+	// Status, when set, keeps only jobs in that status. Set it on large
+	// queues: the (queue, status, job_id) index then serves each page.
+	Status Status
+	// After continues a listing: pass the ID of the last job of the
+	// previous page. The zero id starts at the beginning.
+	After JobID
+	// Limit caps the page; 0 means 100, at most 10,000.
+	Limit int
+}
+
+// listJobs is keyset pagination over (queue, status, job_id): each page starts
+// after the last id seen, so deep pages cost what the first one does.
+const listJobs = `
+SELECT ` + jobColumns + ` FROM compute.jobs j
+WHERE j.queue = $1 AND ($2 = '' OR j.status = $2) AND j.job_id > $3
+ORDER BY j.job_id
+LIMIT $4`
+
+// List returns up to opts.Limit jobs of a queue in job id order (creation
+// order for default ids), without touching last_accessed. An empty page
+// means the listing is done. Bad options match ErrInvalid.
+func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
+	if err := validQueue(opts.Queue); err != nil {
+		return nil, err
+	}
+	if opts.Status != "" && !opts.Status.valid() {
+		return nil, fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, opts.Status)
+	}
+	limit := opts.Limit
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit < 0 || limit > 10000:
+		return nil, fmt.Errorf("%w: list limit %d is outside 1..10000", ErrInvalidOption, limit)
+	}
+	var jobs []*Job
+	err := q.do(ctx, "compute: list jobs", func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, listJobs, opts.Queue, string(opts.Status), opts.After[:], limit)
+		if err != nil {
+			return err
+		}
+		jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) { return scanJob(row) })
+		return err
+	})
+	return jobs, err
+}
+
+// cancelJob fails a live job with a reason. The sub-select locks the row and
+// keeps its old status, so the caller learns whether a worker was running it;
+// a running job's holder finds at its next heartbeat that the job is no
+// longer its own, and pg_notify tells it at once.
+const cancelJob = `
+WITH old AS MATERIALIZED (
+    SELECT job_id, status FROM compute.jobs WHERE job_id = $1 FOR UPDATE
+), cancelled AS (
+    UPDATE compute.jobs j
+    SET status = 'failed', finished = now(), lease_expires = NULL,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt, 'at', now(), 'error', 'cancelled: ' || $2::text))
+    FROM old
+    WHERE j.job_id = old.job_id AND old.status IN ('queued', 'in-progress')
+    RETURNING j.job_id, old.status
+)
+SELECT (SELECT status FROM old),
+       (SELECT count(pg_notify('compute_cancel', encode(job_id, 'hex'))) FROM cancelled WHERE status = 'in-progress')`
+
+// Cancel stops a job: a queued job will never run, and a running job is
+// marked failed at once, so its worker's result is discarded and its
+// handler's context is cancelled (by notification, or at the worker's next
+// heartbeat). The job ends in status failed with an error naming reason.
+// Cancel returns ErrNotFound for an unknown id and ErrWrongStatus for a job
+// that already finished.
+func (q *Queue) Cancel(ctx context.Context, id JobID, reason string) error {
+	if reason == "" {
+		reason = "cancelled by request"
+	}
+	var old *string
+	err := q.do(ctx, "compute: cancel job", func(ctx context.Context) error {
+		var notified int64
+		return q.pool.QueryRow(ctx, cancelJob, id[:], cleanError(reason)).Scan(&old, &notified)
+	})
+	switch {
+	case err != nil:
+		return err
+	case old == nil:
+		return fmt.Errorf("compute: cancel job %s: %w", id, ErrNotFound)
+	case *old != string(StatusQueued) && *old != string(StatusInProgress):
+		return fmt.Errorf("compute: cancel job %s: it is %s: %w", id, *old, ErrWrongStatus)
+	}
+	return nil
+}
+
+// retryJob queues a failed job again now. The attempt counter is never
+// lowered (it fences stale holders), so the job gets one more attempt by
+// raising max_attempts when it was spent.
+const retryJob = `
+WITH old AS MATERIALIZED (
+    SELECT job_id, status, queue FROM compute.jobs WHERE job_id = $1 FOR UPDATE
+), retried AS (
+    UPDATE compute.jobs j
+    SET status = 'queued', run_at = now(), finished = NULL, lease_expires = NULL,
+        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    FROM old
+    WHERE j.job_id = old.job_id AND old.status = 'failed'
+    RETURNING j.queue
+)
+SELECT (SELECT status FROM old),
+       (SELECT count(pg_notify('compute_jobs', queue)) FROM retried)`
+
+// Retry queues a failed job again to run now, with at least one more
+// attempt. It returns ErrNotFound for an unknown id and ErrWrongStatus for a
+// job that is not failed.
+func (q *Queue) Retry(ctx context.Context, id JobID) error {
+	var old *string
+	err := q.do(ctx, "compute: retry job", func(ctx context.Context) error {
+		var notified int64
+		return q.pool.QueryRow(ctx, retryJob, id[:]).Scan(&old, &notified)
+	})
+	switch {
+	case err != nil:
+		return err
+	case old == nil:
+		return fmt.Errorf("compute: retry job %s: %w", id, ErrNotFound)
+	case *old != string(StatusFailed):
+		return fmt.Errorf("compute: retry job %s: it is %s, only failed jobs can be retried: %w", id, *old, ErrWrongStatus)
+	}
+	return nil
+}
+
+// countJobs counts jobs per queue and status; the (queue, status, job_id)
+// index lets Postgres answer from the index where the visibility map allows.
+const countJobs = `SELECT queue, status, count(*) FROM compute.jobs GROUP BY queue, status`
+
+// Counts returns how many jobs each queue holds in each status. It reads
+// the whole table: call it for dashboards, not on a hot path.
+func (q *Queue) Counts(ctx context.Context) (map[string]map[Status]int64, error) {
+	counts := make(map[string]map[Status]int64)
+	err := q.do(ctx, "compute: count jobs", func(ctx context.Context) error {
+		clear(counts)
+		rows, err := q.pool.Query(ctx, countJobs)
+		if err != nil {
+			return err
+		}
+		var (
+			queue  string
+			status Status
+			n      int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&queue, &status, &n}, func() error {
+			if counts[queue] == nil {
+				counts[queue] = make(map[Status]int64)
+			}
+			counts[queue][status] = n
+			return nil
+		})
+		return err
+	})
+	return counts, err
+}

@@ -1,0 +1,211 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Queue submits, reads and manages jobs in the compute schema of one
+// database, and offers the claim, complete, fail, heartbeat and requeue
+// primitives a Worker is built on. It is safe for concurrent use; open one
+// per process and share it.
+type Queue struct {
+	pool     *pgxpool.Pool
+	ownsPool bool   // Open made the pool, so Close closes it
+	password string // redacted from the errors Open returns
+	opts     options
+	closed   atomic.Bool
+}
+
+// Option configures a Queue. A zero value passed to an option means its
+// default; an out-of-range value makes Open or New fail with
+// ErrInvalidOption.
+type Option func(*options)
+
+type options struct {
+	logger    *slog.Logger
+	migrate   bool
+	maxConfig int
+	workerID  string
+	lease     time.Duration
+	errs      []error
+}
+
+// WithLogger sets where the queue and its workers log lifecycle events and
+// background failures. The default discards them.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithMigrate makes Open and New bring the schema to the latest version
+// before they return, as Migrate does.
+func WithMigrate() Option { return func(o *options) { o.migrate = true } }
+
+// WithMaxConfigSize sets the largest job config Enqueue accepts, in bytes;
+// default 1 MiB. Larger configs fail with ErrConfigTooLarge.
+func WithMaxConfigSize(n int) Option {
+	return func(o *options) {
+		switch {
+		case n < 0:
+			o.errs = append(o.errs, fmt.Errorf("%w: WithMaxConfigSize(%d) is negative; use 0 for the default of 1 MiB", ErrInvalidOption, n))
+		case n > 0:
+			o.maxConfig = n
+		}
+	}
+}
+
+// WithWorkerID names this process in the jobs it claims (compute.jobs.worker).
+// The default is host/pid/random, unique per Queue.
+func WithWorkerID(id string) Option {
+	return func(o *options) {
+		if id != "" {
+			o.workerID = id
+		}
+	}
+}
+
+// WithLease sets how long a claim holds a job before RequeueStale may hand it
+// to another worker, unless Heartbeat renews it; default 30 s, at least 1 s.
+func WithLease(d time.Duration) Option {
+	return func(o *options) {
+		switch {
+		case d != 0 && d < time.Second:
+			o.errs = append(o.errs, fmt.Errorf("%w: WithLease(%s) is under 1s; a lease must outlive a heartbeat round trip", ErrInvalidOption, d))
+		case d > 0:
+			o.lease = d
+		}
+	}
+}
+
+func buildOptions(opts []Option) (options, error) {
+	o := options{
+		logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		maxConfig: defaultMaxConfig,
+		lease:     30 * time.Second,
+	}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.workerID == "" {
+		host, _ := os.Hostname()
+		o.workerID = fmt.Sprintf("%s/%d/%08x", host, os.Getpid(), rand.Uint32())
+	}
+	return o, errors.Join(o.errs...)
+}
+
+// Open connects to the database named by connString: a postgres:// URL, a
+// key=value string ("host=... dbname=..."), or "" to use the PG* environment
+// variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). It checks that
+// the server answers before it returns; ctx bounds that check and, with
+// WithMigrate, the migration. Errors match ErrInvalidOption, ErrUnavailable
+// or ErrNotMigrated; no error or log line holds the connection's password.
+func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot parse the connection string (%s); use a postgres:// URL, key=value pairs, or \"\" for the PG* environment variables",
+			ErrInvalidOption, redact(err.Error(), ""))
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "compute"
+	}
+	// Spread reconnects after a database restart instead of a storm.
+	cfg.MaxConnLifetimeJitter = cfg.MaxConnLifetime / 10
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, redactError(translate("compute: open", err), cfg.ConnConfig.Password)
+	}
+	q := &Queue{pool: pool, ownsPool: true, password: cfg.ConnConfig.Password, opts: o}
+	if err := q.start(ctx); err != nil {
+		pool.Close()
+		return nil, redactError(err, q.password)
+	}
+	return q, nil
+}
+
+// New makes a Queue on a pool the caller owns; Close does not close it. It
+// checks that the server answers (and migrates, with WithMigrate) within ctx.
+func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: New needs a pool; use Open to connect from a connection string", ErrInvalidOption)
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{pool: pool, password: pool.Config().ConnConfig.Password, opts: o}
+	if err := q.start(ctx); err != nil {
+		return nil, redactError(err, q.password)
+	}
+	return q, nil
+}
+
+// start checks the connection and migrates when asked to.
+func (q *Queue) start(ctx context.Context) error {
+	if err := q.pool.Ping(ctx); err != nil {
+		return translate("compute: connect", err)
+	}
+	if q.opts.migrate {
+		return q.Migrate(ctx)
+	}
+	return nil
+}
+
+// Pool returns the connection pool the queue uses, for the caller's own
+// transactions (see EnqueueTx). Do not close it while the queue is open.
+func (q *Queue) Pool() *pgxpool.Pool { return q.pool }
+
+// WorkerID returns the name this queue writes into the jobs it claims.
+func (q *Queue) WorkerID() string { return q.opts.workerID }
+
+// Close releases the queue's connections if Open made them. Later calls on
+// the queue return ErrClosed. Close is safe to call more than once; stop
+// Workers before closing the queue they use.
+func (q *Queue) Close() {
+	if q.closed.Swap(true) {
+		return
+	}
+	if q.ownsPool {
+		q.pool.Close()
+	}
+}
+
+// do runs one database call of the library's own (not inside a caller's
+// transaction), retrying serialization failures and deadlocks a few times
+// with a short random backoff, and translates its error.
+func (q *Queue) do(ctx context.Context, what string, call func(ctx context.Context) error) error {
+	if q.closed.Load() {
+		return fmt.Errorf("%s: %w", what, ErrClosed)
+	}
+	var err error
+	for try := 0; try < 8; try++ {
+		if err = call(ctx); err == nil || !retryable(err) {
+			break
+		}
+		wait := time.Duration(1+rand.IntN(10<<try)) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return translate(what, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+	return translate(what, err)
+}
