@@ -3,6 +3,7 @@ package compute
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -117,43 +118,47 @@ type Failure struct {
 	// Job is the job as Claim returned it.
 	Job *Job
 	// Err says why the attempt failed; it is kept on the job (at most 16
-	// KiB). A nil Err is recorded as "failed".
+	// KiB; nil is recorded as "failed"). Wrap it with Permanent to fail
+	// the job now, with no further attempt; pass a Snooze error to run the
+	// job again later without spending an attempt.
 	Err error
 	// RetryIn is how long after the database's now() the job may run
-	// again when attempts remain; 0 means the queue's default backoff.
+	// again when attempts remain; 0 means the default Backoff.
 	RetryIn time.Duration
-	// Permanent fails the job now, with no further attempt.
-	Permanent bool
 }
 
 // failJobs records failed attempts in one statement, fenced like
-// completeJobs: a job with attempts left goes back to queued with its next
-// run time, the others (or permanent failures) end failed. Each attempt's
-// error is appended to the job's errors.
+// completeJobs. A snoozed job goes back to queued with one more attempt
+// allowed (the attempt counter itself never goes down: it is the fence) and
+// no error recorded; a failed attempt goes back to queued at its retry time
+// while attempts remain, else (or when permanent) ends failed, and its error
+// is appended to the job's errors.
 const failJobs = `
 UPDATE compute.jobs j
-SET status = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END,
-    finished = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN now() END,
-    run_at = CASE WHEN d.permanent OR j.attempt >= j.max_attempts THEN j.run_at
+SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
+    finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now() END,
+    run_at = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN j.run_at
                   ELSE now() + d.delay_us * interval '1 microsecond' END,
+    max_attempts = CASE WHEN d.snooze THEN j.max_attempts + 1 ELSE j.max_attempts END,
     lease_expires = NULL,
-    errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', d.error))
-FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::bigint[])
-     AS d(job_id, attempt, worker, error, permanent, delay_us)
+    errors = CASE WHEN d.snooze THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'error', d.error)) END
+FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::boolean[], $7::bigint[])
+     AS d(job_id, attempt, worker, error, permanent, snooze, delay_us)
 WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
 RETURNING j.job_id`
 
-// Fail records failed attempts in one statement: each job is queued again
-// after its RetryIn (or the default backoff) while it has attempts left, and
-// ends failed otherwise or when Permanent. Lost leases are reported as by
-// Complete.
+// Fail records failed (or snoozed) attempts in one statement: each job is
+// queued again after its RetryIn (or the default Backoff) while it has
+// attempts left, and ends failed otherwise or when its Err is Permanent.
+// Lost leases are reported as by Complete.
 func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 	if len(failed) == 0 {
 		return nil
 	}
 	n := len(failed)
 	ids, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
-	msgs, permanent, delays := make([]string, n), make([]bool, n), make([]int64, n)
+	msgs, permanent, snooze, delays := make([]string, n), make([]bool, n), make([]bool, n), make([]int64, n)
 	for i, f := range failed {
 		if f.Job == nil {
 			return fmt.Errorf("%w: failure %d has no job", ErrInvalidJob, i)
@@ -166,14 +171,18 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 		if f.Err != nil {
 			msgs[i] = cleanError(f.Err.Error())
 		}
-		permanent[i] = f.Permanent
 		delay := f.RetryIn
 		if delay == 0 {
 			delay = Backoff(f.Job.Attempt)
 		}
+		var s *snoozeError
+		if errors.As(f.Err, &s) {
+			snooze[i], delay = true, s.d
+		}
+		permanent[i] = errors.Is(f.Err, ErrPermanent)
 		delays[i] = delay.Microseconds()
 	}
-	return q.fenced(ctx, "compute: fail", ids, failJobs, ids, attempts, workers, msgs, permanent, delays)
+	return q.fenced(ctx, "compute: fail", ids, failJobs, ids, attempts, workers, msgs, permanent, snooze, delays)
 }
 
 // heartbeatJobs renews the leases of many jobs in one statement, fenced like

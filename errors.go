@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -158,3 +159,32 @@ func redactError(err error, password string) error {
 	}
 	return &redactedError{msg: msg, cause: err}
 }
+
+// ErrPermanent is matched by errors made with Permanent.
+var ErrPermanent = errors.New("compute: permanent failure")
+
+// Permanent marks err as a failure that retrying cannot fix: a handler that
+// returns it (or a Failure that carries it) fails the job now, whatever
+// attempts remain. errors.Is(Permanent(err), ErrPermanent) is true, and the
+// result still wraps err.
+func Permanent(err error) error {
+	if err == nil {
+		err = errors.New("failed")
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string        { return "permanent: " + e.err.Error() }
+func (e *permanentError) Unwrap() error        { return e.err }
+func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
+
+// Snooze returns an error that, returned by a handler (or carried by a
+// Failure), queues the job again to run after d without spending an attempt
+// and without recording an error. d must not be negative.
+func Snooze(d time.Duration) error { return &snoozeError{max(d, 0)} }
+
+type snoozeError struct{ d time.Duration }
+
+func (e *snoozeError) Error() string { return fmt.Sprintf("compute: snoozed for %s", e.d) }

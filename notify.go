@@ -1,0 +1,160 @@
+package compute
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Notification channels. The insert trigger and Retry/RequeueStale send the
+// queue name on channelJobs; Cancel sends the job id (hex) on channelCancel;
+// channelProbe carries the listener's own health probes.
+const (
+	channelJobs   = "compute_jobs"
+	channelCancel = "compute_cancel"
+	channelProbe  = "compute_probe"
+)
+
+// listener holds a process's one LISTEN connection, outside the pool so pool
+// rotation never closes it, and turns notifications into calls. A
+// notification is only a hint: workers poll regardless, and after every
+// (re)connect everyone is woken because notifications sent meanwhile are lost.
+type listener struct {
+	q         *Queue
+	log       *slog.Logger
+	wake      func(queue string) // a job became runnable in queue
+	wakeAll   func()             // notifications may have been missed
+	cancelJob func(id JobID)     // Cancel was called on a running job
+	// idle is how long the connection may be silent before a probe checks
+	// that it still delivers; probeWait is how long the probe may take.
+	idle, probeWait time.Duration
+}
+
+// run keeps a LISTEN connection up until ctx ends: it connects with
+// backoff, checks with a self-addressed probe that notifications really
+// arrive (they do not through PgBouncer in transaction mode), and re-probes
+// after every quiet spell, which also finds half-open connections. When
+// notifications do not arrive it warns and retries much later; polling
+// carries the load meanwhile.
+func (l *listener) run(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		err := l.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		wait := backoffWait(failures, 30*time.Second)
+		if err == errNoDelivery {
+			wait = 5 * time.Minute
+			l.log.Warn("LISTEN does not deliver notifications (a pooler in transaction mode?); polling only", "retry_in", wait)
+		} else {
+			l.log.Warn("listener connection lost; polling until it is back", "err", err, "retry_in", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// errNoDelivery means LISTEN was accepted but the probe never came back.
+var errNoDelivery = fmt.Errorf("compute: notifications are not delivered")
+
+// session runs one connection's life: connect, LISTEN, probe, then deliver
+// notifications until the connection fails or ctx ends.
+func (l *listener) session(ctx context.Context) error {
+	connectCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	conn, err := pgx.ConnectConfig(connectCtx, l.q.pool.Config().ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return redactError(err, l.q.password)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for _, ch := range []string{channelJobs, channelCancel, channelProbe} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return err
+		}
+	}
+	if err := l.probe(ctx, conn); err != nil {
+		return err
+	}
+	l.log.Debug("listening for notifications")
+	l.wakeAll()
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, l.idle)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && waitCtx.Err() != nil:
+			// Quiet for l.idle: make sure the connection still works.
+			if err := l.probe(ctx, conn); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			l.deliver(n.Channel, n.Payload)
+		}
+	}
+}
+
+// probe sends a notification to this connection and waits for it, passing
+// on whatever else arrives meanwhile. A dead or half-open connection fails
+// the round trip within probeWait; a pooler that swallows notifications
+// gives errNoDelivery.
+func (l *listener) probe(ctx context.Context, conn *pgx.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, l.probeWait)
+	defer cancel()
+	token := fmt.Sprintf("%016x", rand.Uint64())
+	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", channelProbe, token); err != nil {
+		return err
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() != nil && !conn.IsClosed() {
+				return errNoDelivery
+			}
+			return err
+		}
+		if n.Channel == channelProbe && n.Payload == token {
+			return nil
+		}
+		l.deliver(n.Channel, n.Payload)
+	}
+}
+
+// deliver passes one notification on. Payloads are never trusted: any role
+// may notify any channel, so a bad payload is ignored.
+func (l *listener) deliver(channel, payload string) {
+	switch channel {
+	case channelJobs:
+		l.wake(payload)
+	case channelCancel:
+		var id JobID
+		if b, err := hex.DecodeString(payload); err == nil && len(b) == len(id) {
+			copy(id[:], b)
+			l.cancelJob(id)
+		}
+	}
+}
+
+// backoffWait is the wait before retry number n (from 1) of a background
+// loop: exponential from 100 ms up to limit, with jitter, so processes that
+// lost the database together do not all come back in the same instant.
+func backoffWait(n int, limit time.Duration) time.Duration {
+	d := limit
+	if n < 20 {
+		d = min(100*time.Millisecond<<n, limit)
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}

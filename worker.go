@@ -1,0 +1,693 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// Handler runs one job. It returns the job's output files, or an error:
+// a plain error fails the attempt (retried with backoff while attempts
+// remain), Permanent(err) fails the job now, and Snooze(d) runs it again
+// after d without spending an attempt. A panic fails the attempt with the
+// panic value and stack. ctx is cancelled when the job must stop: it was
+// cancelled, its lease was lost, its timeout passed, or the worker is
+// shutting down past its grace period. Handlers must return soon after.
+type Handler func(ctx context.Context, job *Job) (outputFiles []string, err error)
+
+// Middleware wraps every handler call, for metrics, tracing or logging
+// around each job without changing the handlers.
+type Middleware func(next Handler) Handler
+
+// QueueConfig says how a Worker serves one queue.
+type QueueConfig struct {
+	// Handler runs the queue's jobs. Required.
+	Handler Handler
+	// Concurrency is how many of the queue's jobs run at once in this
+	// worker; 0 means 10.
+	Concurrency int
+	// Timeout, when set, cancels a job's context after this long and
+	// fails the attempt.
+	Timeout time.Duration
+	// MaxAttempts, when set, fails a job for good after this many
+	// attempts even if the job itself allows more.
+	MaxAttempts int
+	// Backoff gives the wait before the next attempt after a failed one;
+	// nil means the package's Backoff.
+	Backoff func(attempt int) time.Duration
+}
+
+// WorkerConfig configures a Worker. Zero fields take their defaults.
+type WorkerConfig struct {
+	// Queues maps each queue name to how it is served. Required.
+	Queues map[string]QueueConfig
+	// Middleware wraps every handler call, the first entry outermost.
+	Middleware []Middleware
+	// PollInterval bounds how long a queue waits before looking for jobs
+	// when no notification came: each wait is random in [1/2, 1] of it.
+	// Default 1 s.
+	PollInterval time.Duration
+	// PollOnly turns off LISTEN, for PgBouncer in transaction mode; jobs
+	// are then found by polling alone.
+	PollOnly bool
+	// StopTimeout is how long running jobs may finish after Run's context
+	// ends, before their contexts are cancelled and they are handed back.
+	// Default 30 s. (Shutdown takes its own deadline.)
+	StopTimeout time.Duration
+	// RescueInterval is how often this worker hands back other workers'
+	// expired jobs (Queue.RequeueStale). Default 10 s.
+	RescueInterval time.Duration
+}
+
+// Worker runs handlers for named queues with bounded concurrency: it claims
+// jobs in batches, wakes on notifications (and polls), renews the leases of
+// running jobs, writes outcomes in batches, hands back expired jobs of dead
+// workers, and shuts down gracefully. Make one with NewWorker, then call Run.
+type Worker struct {
+	q      *Queue
+	cfg    WorkerConfig
+	log    *slog.Logger
+	queues map[string]*queueState
+
+	// stop is closed by Shutdown; shutdownCtx is Shutdown's deadline. Run
+	// reads both; stopOnce guards the close.
+	stop        chan struct{}
+	stopOnce    sync.Once
+	shutdownCtx context.Context
+	done        chan struct{} // closed when Run returns
+
+	// mu guards the fields below. Written by Run, the job goroutines, the
+	// completer, the heartbeat loop and the listener; read by all of them.
+	mu       sync.Mutex
+	started  bool
+	running  map[JobID]*runningJob // claimed and not yet written back
+	outcomes []outcome             // waiting for the completer
+	flush    chan struct{}         // cap 1: outcomes were added
+}
+
+// queueState is one queue's serving state. wake and freed have capacity 1:
+// a send that finds them full is already pending.
+type queueState struct {
+	name    string
+	cfg     QueueConfig
+	handler Handler
+	slots   chan struct{} // one entry per running job
+	wake    chan struct{} // a notification or reconnect
+	freed   chan struct{} // a slot was released
+}
+
+// runningJob is a claimed job until its outcome is written. cancel and
+// renewed are set at start and then touched only under Worker.mu.
+type runningJob struct {
+	job      *Job
+	cancel   context.CancelCauseFunc
+	renewed  time.Time // when the last successful lease renewal was sent
+	lost     bool      // the lease is gone: never write an outcome
+	finished bool      // the handler returned and its outcome is queued
+}
+
+// outcome is a finished attempt on its way to the database.
+type outcome struct {
+	job     *Job
+	outputs []string
+	err     error // nil: complete
+}
+
+// Causes of a job context's cancellation.
+var (
+	errShutdown  = errors.New("compute: worker shutting down")
+	errLeaseLost = errors.New("compute: lease lost or job cancelled")
+	errTimeout   = errors.New("compute: job timed out")
+)
+
+// ErrWorkerStarted is returned by a second call to Run.
+var ErrWorkerStarted = errors.New("compute: worker already started; make a new Worker to run again")
+
+// NewWorker checks cfg and returns a Worker for the queue q. Mistakes in cfg
+// (no queues, a bad queue name, a missing handler, negative values) fail
+// with ErrInvalidOption.
+func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
+	if q == nil {
+		return nil, fmt.Errorf("%w: NewWorker needs a Queue", ErrInvalidOption)
+	}
+	if len(cfg.Queues) == 0 {
+		return nil, fmt.Errorf("%w: WorkerConfig.Queues is empty; name at least one queue and its handler", ErrInvalidOption)
+	}
+	if cfg.PollInterval < 0 || cfg.StopTimeout < 0 || cfg.RescueInterval < 0 {
+		return nil, fmt.Errorf("%w: WorkerConfig durations must not be negative", ErrInvalidOption)
+	}
+	cfg.PollInterval = cmpOr(cfg.PollInterval, time.Second)
+	cfg.StopTimeout = cmpOr(cfg.StopTimeout, 30*time.Second)
+	cfg.RescueInterval = cmpOr(cfg.RescueInterval, 10*time.Second)
+	w := &Worker{
+		q: q, cfg: cfg, log: q.opts.logger.With(slog.String("worker", q.opts.workerID)),
+		queues:  make(map[string]*queueState, len(cfg.Queues)),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		running: make(map[JobID]*runningJob),
+		flush:   make(chan struct{}, 1),
+	}
+	for name, qc := range cfg.Queues {
+		if err := validQueue(name); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
+		}
+		if qc.Handler == nil {
+			return nil, fmt.Errorf("%w: queue %q has no Handler", ErrInvalidOption, name)
+		}
+		if qc.Concurrency < 0 || qc.Timeout < 0 || qc.MaxAttempts < 0 {
+			return nil, fmt.Errorf("%w: queue %q: Concurrency, Timeout and MaxAttempts must not be negative", ErrInvalidOption, name)
+		}
+		qc.Concurrency = cmpOr(qc.Concurrency, 10)
+		if qc.Backoff == nil {
+			qc.Backoff = Backoff
+		}
+		h := qc.Handler
+		for i := len(cfg.Middleware) - 1; i >= 0; i-- {
+			h = cfg.Middleware[i](h)
+		}
+		w.queues[name] = &queueState{
+			name: name, cfg: qc, handler: h,
+			slots: make(chan struct{}, qc.Concurrency),
+			wake:  make(chan struct{}, 1),
+			freed: make(chan struct{}, 1),
+		}
+	}
+	return w, nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Run works jobs until ctx ends or Shutdown is called, then stops
+// gracefully: it stops claiming, lets running jobs finish (for StopTimeout
+// after ctx ends, or until Shutdown's deadline), then cancels the rest and
+// hands them back to the queue at once, writes every outcome, and returns.
+// Database outages while running are logged and retried, never returned.
+// Run returns nil after a graceful stop and ErrWorkerStarted if called twice.
+func (w *Worker) Run(ctx context.Context) error {
+	w.mu.Lock()
+	if w.started {
+		w.mu.Unlock()
+		return ErrWorkerStarted
+	}
+	w.started = true
+	w.mu.Unlock()
+	defer close(w.done)
+	select {
+	case <-w.stop: // Shutdown came first
+		return nil
+	default:
+	}
+
+	// Contexts: fetching ends at the stop signal; jobs keep running until
+	// the grace period ends (their context keeps ctx's values, not its
+	// cancellation); the completer, heartbeat and rescue loops run until
+	// the last job is written back.
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	defer stopFetching()
+	jobsCtx, cancelJobs := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelJobs(errShutdown)
+	backgroundCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+
+	var fetchers, jobs, background sync.WaitGroup
+	if !w.cfg.PollOnly {
+		l := &listener{q: w.q, log: w.log, wake: w.wakeQueue, wakeAll: w.wakeAll, cancelJob: w.cancelRunning,
+			idle: 10 * time.Second, probeWait: 5 * time.Second}
+		fetchers.Go(func() { l.run(fetchCtx) })
+	}
+	for _, qs := range w.queues {
+		fetchers.Go(func() { w.fetch(fetchCtx, jobsCtx, &jobs, qs) })
+	}
+	fetchers.Go(func() { w.rescue(fetchCtx) })
+	background.Go(func() { w.heartbeat(backgroundCtx) })
+	completerDone := make(chan struct{})
+	go func() { defer close(completerDone); w.complete(backgroundCtx) }()
+	w.log.Info("worker started", "queues", len(w.queues))
+
+	// Wait for the stop signal, then for running jobs until the grace
+	// period ends.
+	var grace context.Context
+	select {
+	case <-ctx.Done():
+		var cancel context.CancelFunc
+		grace, cancel = context.WithTimeout(context.Background(), w.cfg.StopTimeout)
+		defer cancel()
+	case <-w.stop:
+		grace = w.shutdownCtx
+	}
+	w.log.Info("worker stopping: no new jobs")
+	stopFetching()
+	fetchers.Wait()
+	if !waitFor(&jobs, grace.Done()) {
+		w.log.Warn("grace period over: cancelling running jobs and handing them back")
+		cancelJobs(errShutdown)
+		// Handlers that honour their context return within a moment and
+		// hand their job back themselves; the rest are abandoned here and
+		// their jobs handed back for them.
+		moment, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if !waitFor(&jobs, moment.Done()) {
+			w.abandonRunning()
+		}
+		cancel()
+	}
+	// Every outcome is queued now (or abandoned): let the completer drain
+	// them, then stop the heartbeats.
+	stopBackground()
+	<-completerDone
+	background.Wait()
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// Shutdown stops the worker like http.Server.Shutdown: no new jobs are
+// claimed, running jobs may finish until ctx ends, then their contexts are
+// cancelled and their jobs handed back to the queue. It returns when Run has
+// returned, or ctx.Err() if the grace period had to cut jobs short. Calling
+// it twice, or before Run, is safe; a Run that starts after Shutdown
+// returns at once.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	w.stopOnce.Do(func() {
+		w.shutdownCtx = ctx
+		close(w.stop)
+	})
+	w.mu.Lock()
+	started := w.started
+	w.mu.Unlock()
+	if !started {
+		return nil
+	}
+	<-w.done
+	return ctx.Err()
+}
+
+// waitFor waits for wg until stop fires; it reports whether wg finished.
+func waitFor(wg *sync.WaitGroup, stop <-chan struct{}) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-stop:
+		return false
+	}
+}
+
+// fetch is one queue's claim loop. It claims as many jobs as there are free
+// slots in one statement, and then waits for a reason to claim again: a
+// notification, a freed slot while a backlog is likely, or the jittered
+// poll timer. Claim errors are logged and retried with backoff.
+func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState) {
+	more := true // jobs may be waiting: claim as soon as a slot is free
+	failures := 0
+	for {
+		free := cap(qs.slots) - len(qs.slots)
+		if more && free > 0 {
+			claimCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			claimed, err := w.q.Claim(claimCtx, qs.name, free)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				w.log.Warn("claim failed; retrying", "queue", qs.name, "err", err)
+				if !sleep(ctx, backoffWait(failures, 30*time.Second)) {
+					return
+				}
+				continue
+			}
+			failures = 0
+			for _, job := range claimed {
+				qs.slots <- struct{}{}
+				w.start(jobsCtx, jobs, qs, job)
+			}
+			// A full batch means more may be waiting: claim again as soon
+			// as a slot frees up.
+			more = len(claimed) == free
+		}
+		poll := time.NewTimer(w.cfg.PollInterval/2 + rand.N(w.cfg.PollInterval/2+1))
+		select {
+		case <-ctx.Done():
+			poll.Stop()
+			return
+		case <-qs.wake:
+			more = true
+		case <-qs.freed:
+		case <-poll.C:
+			more = true
+		}
+		poll.Stop()
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// start registers a claimed job and runs its handler in a goroutine owned
+// by jobs (Run waits for it).
+func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, job *Job) {
+	ctx, cancel := context.WithCancelCause(jobsCtx)
+	w.mu.Lock()
+	w.running[job.ID] = &runningJob{job: job, cancel: cancel, renewed: time.Now()}
+	w.mu.Unlock()
+	jobs.Go(func() {
+		defer cancel(nil)
+		outputs, err := w.call(ctx, qs, job)
+		<-qs.slots
+		select {
+		case qs.freed <- struct{}{}:
+		default:
+		}
+		w.finish(ctx, qs, job, outputs, err)
+	})
+}
+
+// call runs the handler with the queue's timeout and turns a panic into
+// the attempt's error, with its stack.
+func (w *Worker) call(ctx context.Context, qs *queueState, job *Job) (outputs []string, err error) {
+	if qs.cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, qs.cfg.Timeout, errTimeout)
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	outputs, err = qs.handler(ctx, job)
+	if context.Cause(ctx) == errTimeout {
+		if err == nil {
+			err = errors.New("returned after the deadline")
+		}
+		err = fmt.Errorf("%w after %s: %w", errTimeout, qs.cfg.Timeout, err)
+	}
+	return outputs, err
+}
+
+// finish decides what a finished attempt writes and queues it for the
+// completer.
+func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs []string, err error) {
+	cause := context.Cause(ctx)
+	switch {
+	case cause == errLeaseLost:
+		w.forget(job.ID)
+		w.log.Warn("job lost its lease or was cancelled; result discarded", "job", job.ID, "queue", job.Queue)
+		return
+	case err != nil && cause == errShutdown:
+		err = Snooze(0) // interrupted by our own shutdown: hand back, attempt not spent
+	}
+	if err != nil && qs.cfg.MaxAttempts > 0 && job.Attempt >= qs.cfg.MaxAttempts && !isSnooze(err) {
+		err = Permanent(fmt.Errorf("queue allows %d attempts: %w", qs.cfg.MaxAttempts, err))
+	}
+	if err != nil && !isSnooze(err) {
+		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Attempt, "err", firstLine(err))
+	}
+	o := outcome{job: job, outputs: outputs, err: err}
+	if err != nil && !isSnooze(err) && !errors.Is(err, ErrPermanent) {
+		o.err = &retryError{err: err, in: qs.cfg.Backoff(job.Attempt)}
+	}
+	w.mu.Lock()
+	if r := w.running[job.ID]; r != nil {
+		r.finished = true
+	}
+	w.outcomes = append(w.outcomes, o)
+	w.mu.Unlock()
+	select {
+	case w.flush <- struct{}{}:
+	default:
+	}
+}
+
+// retryError carries a failed attempt's error with the queue's backoff.
+type retryError struct {
+	err error
+	in  time.Duration
+}
+
+func (e *retryError) Error() string { return e.err.Error() }
+func (e *retryError) Unwrap() error { return e.err }
+
+func isSnooze(err error) bool {
+	var s *snoozeError
+	return errors.As(err, &s)
+}
+
+func firstLine(err error) string {
+	s := err.Error()
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+// forget drops a job from the running set.
+func (w *Worker) forget(id JobID) {
+	w.mu.Lock()
+	delete(w.running, id)
+	w.mu.Unlock()
+}
+
+// complete is the completer loop: it writes queued outcomes in batches,
+// one Complete and one Fail statement per round, as fast as the database
+// takes them (outcomes that arrive during a write go into the next one).
+// Failed writes are retried with backoff; after ctx ends it drains what is
+// queued, and gives up on writes that keep failing after 15 s (those jobs'
+// leases then expire and they run again elsewhere).
+func (w *Worker) complete(ctx context.Context) {
+	var giveUp <-chan time.Time
+	for {
+		select {
+		case <-w.flush:
+		case <-ctx.Done():
+			if giveUp == nil {
+				giveUp = time.After(15 * time.Second)
+			}
+		}
+		w.mu.Lock()
+		batch := w.outcomes
+		w.outcomes = nil
+		w.mu.Unlock()
+		for failures := 0; len(batch) > 0; failures++ {
+			err := w.write(batch)
+			if err == nil {
+				break
+			}
+			select {
+			case <-giveUp:
+				w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again", "jobs", len(batch), "err", err)
+				return
+			default:
+			}
+			w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
+			time.Sleep(backoffWait(failures+1, 5*time.Second))
+		}
+		if ctx.Err() != nil {
+			w.mu.Lock()
+			idle := len(w.outcomes) == 0
+			w.mu.Unlock()
+			if idle {
+				return
+			}
+		}
+	}
+}
+
+// write sends one batch of outcomes and forgets the jobs it wrote. Jobs whose
+// lease was lost meanwhile are skipped; a LeaseLostError from the database
+// is logged, not retried.
+func (w *Worker) write(batch []outcome) error {
+	var done []Completion
+	var failed []Failure
+	w.mu.Lock()
+	for _, o := range batch {
+		if r := w.running[o.job.ID]; r != nil && r.lost {
+			continue
+		}
+		if o.err == nil {
+			done = append(done, Completion{Job: o.job, OutputFiles: o.outputs})
+			continue
+		}
+		f := Failure{Job: o.job, Err: o.err}
+		var r *retryError
+		if errors.As(o.err, &r) {
+			f.Err, f.RetryIn = r.err, max(r.in, time.Microsecond)
+		}
+		failed = append(failed, f)
+	}
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errDone := w.q.Complete(ctx, done...)
+	errFailed := w.q.Fail(ctx, failed...)
+	for _, err := range []error{errDone, errFailed} {
+		var lost *LeaseLostError
+		if errors.As(err, &lost) {
+			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "first", lost.IDs[0])
+		} else if err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	for _, o := range batch {
+		delete(w.running, o.job.ID)
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// heartbeat renews the leases of every job this worker holds, in one
+// statement, three times per lease. A job the database says is no longer
+// ours is cancelled; when renewals keep failing, a job whose lease has run
+// out by our own clock is cancelled too, because another worker may be
+// running it by now.
+func (w *Worker) heartbeat(ctx context.Context) {
+	interval := w.q.opts.lease / 3
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		held := make([]*Job, 0, len(w.running))
+		for _, r := range w.running {
+			if !r.lost {
+				held = append(held, r.job)
+			}
+		}
+		w.mu.Unlock()
+		if len(held) == 0 {
+			continue
+		}
+		sent := time.Now()
+		callCtx, cancel := context.WithTimeout(ctx, interval)
+		err := w.q.Heartbeat(callCtx, held...)
+		cancel()
+		var lost *LeaseLostError
+		if err != nil && !errors.As(err, &lost) {
+			w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
+		}
+		w.mu.Lock()
+		for _, j := range held {
+			r := w.running[j.ID]
+			if r == nil {
+				continue
+			}
+			if err == nil || lost != nil && !containsID(lost.IDs, j.ID) {
+				r.renewed = sent
+			}
+			if lost != nil && containsID(lost.IDs, j.ID) || time.Since(r.renewed) > w.q.opts.lease {
+				r.lost = true
+				r.cancel(errLeaseLost)
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+func containsID(ids []JobID, id JobID) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+// rescue hands back other workers' expired jobs every RescueInterval (with
+// jitter), and once at start.
+func (w *Worker) rescue(ctx context.Context) {
+	for {
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		n, err := w.q.RequeueStale(callCtx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			w.log.Warn("requeue of stale jobs failed", "err", err)
+		case n > 0:
+			w.log.Info("requeued stale jobs", "jobs", n)
+		}
+		if !sleep(ctx, w.cfg.RescueInterval/2+rand.N(w.cfg.RescueInterval/2+1)) {
+			return
+		}
+	}
+}
+
+// wakeQueue is the listener's hook for a notification about queue.
+func (w *Worker) wakeQueue(queue string) {
+	if qs := w.queues[queue]; qs != nil {
+		select {
+		case qs.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wakeAll wakes every queue's fetcher after the listener (re)connected.
+func (w *Worker) wakeAll() {
+	for name := range w.queues {
+		w.wakeQueue(name)
+	}
+}
+
+// cancelRunning is the listener's hook for Cancel on a job: if this worker
+// runs it, its context is cancelled and its result will not be written.
+func (w *Worker) cancelRunning(id JobID) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r := w.running[id]; r != nil {
+		r.lost = true
+		r.cancel(errLeaseLost)
+	}
+}
+
+// abandonRunning hands back, in one statement, the jobs whose handlers did
+// not return after their contexts were cancelled at shutdown, and marks
+// them lost so whatever those handlers return later is never written.
+func (w *Worker) abandonRunning() {
+	var back []Failure
+	w.mu.Lock()
+	for _, r := range w.running {
+		if !r.lost && !r.finished {
+			r.lost = true
+			back = append(back, Failure{Job: r.job, Err: Snooze(0)})
+		}
+	}
+	w.mu.Unlock()
+	if len(back) == 0 {
+		return
+	}
+	w.log.Warn("handlers ignored cancellation; handing their jobs back", "jobs", len(back))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.q.Fail(ctx, back...); err != nil && !errors.Is(err, ErrLeaseLost) {
+		w.log.Error("handing back jobs failed; their leases will expire", "err", err)
+	}
+}
