@@ -255,7 +255,7 @@ func Backoff(attempt int) time.Duration {
 // requeueStale hands back jobs whose lease expired by the database clock, in
 // batches: back to queued while attempts remain, else failed. SKIP LOCKED
 // lets many processes run it at once without waiting on each other, and the
-// partial index jobs_lease makes it cheap when nothing is stale. Jobs that a
+// partial index jobs_running (in-progress rows only) makes it cheap. Jobs that a
 // v1 program marked in-progress without a lease (lease_expires NULL) are left
 // to that program.
 const requeueStale = `

@@ -24,8 +24,10 @@ ALTER TABLE compute.jobs
 -- it holds only the queued backlog and finished rows never slow the claim.
 CREATE INDEX jobs_claim ON compute.jobs (queue, priority, run_at) WHERE status = 'queued';
 
--- RequeueStale: only in-progress rows, ordered by lease expiry.
-CREATE INDEX jobs_lease ON compute.jobs (lease_expires) WHERE status = 'in-progress';
+-- RequeueStale and "who holds what": only in-progress rows, few at any time.
+-- Keyed by worker, not lease_expires, so a heartbeat (which changes only
+-- lease_expires) touches no indexed column and can be a HOT update.
+CREATE INDEX jobs_running ON compute.jobs (worker) WHERE status = 'in-progress';
 
 -- Expire: finished rows by last access.
 CREATE INDEX jobs_finished ON compute.jobs (last_accessed) WHERE status IN ('complete', 'failed');
@@ -68,7 +70,7 @@ DROP TRIGGER jobs_notify_insert ON compute.jobs;
 DROP FUNCTION compute.notify_queued();
 DROP INDEX compute.jobs_list;
 DROP INDEX compute.jobs_finished;
-DROP INDEX compute.jobs_lease;
+DROP INDEX compute.jobs_running;
 DROP INDEX compute.jobs_claim;
 ALTER TABLE compute.jobs
     DROP COLUMN errors,
