@@ -1,0 +1,159 @@
+package testdb
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// shared is the one server per test binary that New uses. It is started on
+// first use and closed by Run.
+var shared struct {
+	mu     sync.Mutex
+	inRun  bool    // Run is active, so someone will close the server
+	tried  bool    // Start was called (server or err is set)
+	server *Server // nil until started, and after closeShared
+	err    error
+}
+
+var errSharedClosed = errors.New("testdb: the shared server was already closed (Run has returned)")
+
+// Run wraps a package's TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(testdb.Run(m)) }
+//
+// It runs m.Run() and then closes the shared server if a test started one.
+// If the test process gets SIGINT or SIGTERM, it closes the server before
+// exiting. A failure to close the server turns a passing run into a failing one.
+func Run(m *testing.M) int {
+	shared.mu.Lock()
+	shared.inRun = true
+	shared.mu.Unlock()
+
+	stopWatching := closeOnSignal()
+	code := m.Run()
+	stopWatching()
+
+	if err := closeShared(); err != nil {
+		fmt.Fprintf(os.Stderr, "testdb: stopping the shared PostgreSQL server: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// New returns the connection string of a fresh, empty database on the shared
+// server; the database is dropped in t.Cleanup. Every call gets a new,
+// uniquely named database, so it is safe with t.Parallel().
+//
+// If no server can be had, New skips the test with ErrNoPostgres's message,
+// unless the environment variable CI is "true": then it fails the test, so
+// CI never goes green by skipping. The package's TestMain must use Run.
+func New(t testing.TB) string {
+	t.Helper()
+	srv, err := sharedServer()
+	if err != nil {
+		if errors.Is(err, ErrNoPostgres) {
+			if os.Getenv("CI") != "true" {
+				t.Skip(err.Error())
+			}
+			t.Fatal(err.Error() + " (CI=true: failing instead of skipping)")
+		}
+		t.Fatal(err.Error())
+	}
+
+	name := "t_" + randomHex(8)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	connString, err := srv.CreateDatabase(ctx, name)
+	if err != nil {
+		t.Fatal(err.Error())
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := srv.DropDatabase(ctx, name); err != nil {
+			t.Error(err.Error())
+		}
+	})
+	return connString
+}
+
+// sharedServer starts the shared server on first use and returns it, or the
+// error the first start returned.
+func sharedServer() (*Server, error) {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.inRun {
+		return nil, errors.New("testdb.New: the package's TestMain must call testdb.Run: func TestMain(m *testing.M) { os.Exit(testdb.Run(m)) }")
+	}
+	if !shared.tried {
+		shared.tried = true
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // Docker may pull an image
+		defer cancel()
+		shared.server, shared.err = Start(ctx, verboseLogf)
+	}
+	return shared.server, shared.err
+}
+
+// closeShared closes the shared server, if any; later New calls fail.
+func closeShared() error {
+	shared.mu.Lock()
+	srv := shared.server
+	shared.server, shared.err, shared.tried = nil, errSharedClosed, true
+	shared.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Close()
+}
+
+// closeOnSignal closes the shared server and exits when the test process gets
+// SIGINT or SIGTERM (a second signal kills the process the default way). The
+// returned function stops the watching goroutine.
+func closeOnSignal() (stop func()) {
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case sig := <-signals:
+			signal.Stop(signals)
+			fmt.Fprintf(os.Stderr, "testdb: got %v; stopping the shared PostgreSQL server\n", sig)
+			if err := closeShared(); err != nil {
+				fmt.Fprintf(os.Stderr, "testdb: %v\n", err)
+			}
+			os.Exit(1)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(signals)
+		close(done)
+		<-finished
+	}
+}
+
+// verboseLogf prints progress lines when the tests run with -v.
+func verboseLogf(format string, args ...any) {
+	if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, format+"\n", args...)
+	}
+}
+
+func randomHex(nBytes int) string {
+	b := make([]byte, nBytes)
+	_, _ = rand.Read(b) // never fails (crypto/rand, Go 1.24+)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,17 @@
+//go:build !linux
+
+package testdb
+
+import "syscall"
+
+// sysProcAttr puts a child in its own process group (so a Ctrl-C delivered to
+// the test's process group does not kill it before Close runs) and runs it as
+// cred when non-nil. Outside Linux there is no parent-death signal: a server
+// whose test process was killed keeps running until stopped by hand.
+func sysProcAttr(cred *credential, deathSig syscall.Signal) *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if cred != nil {
+		attr.Credential = &syscall.Credential{Uid: cred.uid, Gid: cred.gid}
+	}
+	return attr
+}
