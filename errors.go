@@ -104,6 +104,12 @@ func translate(what string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	// Failing to connect (refused, unknown database, bad credentials) is
+	// an unavailable database, whatever the server said.
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
@@ -129,13 +135,31 @@ var (
 )
 
 // redact removes passwords from text that may hold a connection string, and
-// also the literal password when it is known.
-func redact(s, password string) string {
-	if password != "" {
-		s = strings.ReplaceAll(s, password, "xxxxx")
+// also the literal passwords given (as found by passwordsIn, or known).
+func redact(s string, passwords ...string) string {
+	for _, p := range passwords {
+		if p != "" {
+			s = strings.ReplaceAll(s, p, "xxxxx")
+		}
 	}
 	s = passwordInURL.ReplaceAllString(s, "${1}xxxxx@")
 	return passwordInKV.ReplaceAllString(s, "${1}xxxxx")
+}
+
+// passwordsIn finds the password values written in a connection string, so
+// that an error about a string pgx could not parse can be redacted by value,
+// whatever pgx's own redaction left over.
+func passwordsIn(connString string) []string {
+	var found []string
+	for _, m := range passwordInURL.FindAllString(connString, -1) {
+		if i := strings.LastIndexByte(strings.TrimSuffix(m, "@"), ':'); i >= 0 {
+			found = append(found, strings.TrimSuffix(m, "@")[i+1:])
+		}
+	}
+	for _, m := range passwordInKV.FindAllStringSubmatch(connString, -1) {
+		found = append(found, m[2], strings.Trim(m[2], "'"))
+	}
+	return found
 }
 
 // redactedError keeps errors.Is/As working on the cause while its message has

@@ -87,7 +87,7 @@ type ListOptions struct {
 // after the last id seen, so deep pages cost what the first one does.
 const listJobs = `
 SELECT ` + jobColumns + ` FROM compute.jobs j
-WHERE j.queue = $1 AND ($2 = '' OR j.status = $2) AND j.job_id > $3
+WHERE j.queue = $1 AND ($2 = '' OR j.status = $2) AND ($3::bytea IS NULL OR j.job_id > $3)
 ORDER BY j.job_id
 LIMIT $4`
 
@@ -110,7 +110,11 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 	}
 	var jobs []*Job
 	err := q.do(ctx, "compute: list jobs", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, listJobs, opts.Queue, string(opts.Status), opts.After[:], limit)
+		var after []byte // nil: from the start, even a job whose id is all zeros
+		if opts.After != (JobID{}) {
+			after = opts.After[:]
+		}
+		rows, err := q.pool.Query(ctx, listJobs, opts.Queue, string(opts.Status), after, limit)
 		if err != nil {
 			return err
 		}

@@ -122,7 +122,7 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("%w: cannot parse the connection string (%s); use a postgres:// URL, key=value pairs, or \"\" for the PG* environment variables",
-			ErrInvalidOption, redact(err.Error(), ""))
+			ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...))
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "compute"
