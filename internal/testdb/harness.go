@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -46,6 +47,58 @@ func Run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "testdb: stopping the shared PostgreSQL server: %v\n", err)
 		if code == 0 {
 			code = 1
+		}
+	}
+	return code
+}
+
+// RunWithExamples is Run for a package whose Example functions open
+// os.Getenv("DATABASE_URL"), as a user's program would: it starts the shared
+// server first, creates a fresh database for the examples, points
+// DATABASE_URL at it for the whole run, and drops it afterwards. Examples
+// cannot skip, so without any PostgreSQL they are left out (-test.skip),
+// unless CI is "true": then the run fails.
+func RunWithExamples(m *testing.M) int {
+	if !flag.Parsed() {
+		flag.Parse() // testing.Verbose, used while starting, needs the flags
+	}
+	shared.mu.Lock()
+	shared.inRun = true
+	shared.mu.Unlock()
+	srv, err := sharedServer()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if !errors.Is(err, ErrNoPostgres) || os.Getenv("CI") == "true" {
+			return 1
+		}
+		skip := "^Example"
+		if cur := flag.Lookup("test.skip").Value.String(); cur != "" {
+			skip = cur + "|" + skip
+		}
+		if err := flag.Set("test.skip", skip); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return Run(m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	name := "examples_" + randomHex(6)
+	connString, err := srv.CreateDatabase(ctx, name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := os.Setenv("DATABASE_URL", connString); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := Run(m) // closes the server unless it is DATABASE_URL's
+	if srv.kind == kindExternal {
+		// DATABASE_URL's server outlives the run: drop the examples'
+		// database ourselves.
+		if err := srv.DropDatabase(context.Background(), name); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 		}
 	}
 	return code

@@ -1,0 +1,317 @@
+package compute
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+func TestValidQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"a", true},
+		{"0", true},
+		{"images", true},
+		{"Render_v2.high-prio", true},
+		{strings.Repeat("q", 32), true},
+		{"a-", true},
+		{"", false},
+		{strings.Repeat("q", 33), false},
+		{"-a", false},
+		{"_a", false},
+		{".a", false},
+		{"a b", false},
+		{"a/b", false},
+		{"a'b", false},
+		{`a"b`, false},
+		{"a;b", false},
+		{"a'; drop table compute.jobs; --", false},
+		{"ü", false},
+		{"aü", false},
+		{"a\x00", false},
+		{"a\n", false},
+		{"\xff", false},
+	} {
+		err := validQueue(tc.name)
+		if tc.ok != (err == nil) {
+			t.Errorf("validQueue(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalidQueue) || !errors.Is(err, ErrInvalid)) {
+			t.Errorf("validQueue(%q) = %v, want ErrInvalidQueue and ErrInvalid", tc.name, err)
+		}
+	}
+}
+
+func TestValidFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files []string
+		ok    bool
+	}{
+		{"nil", nil, true},
+		{"empty list", []string{}, true},
+		{"tricky but valid", []string{`a"b`, `c\d`, "e,f", "{g}", " h ", "NULL", "日本"}, true},
+		{"same name in other case", []string{"a", "A"}, true},
+		{"empty name", []string{""}, false},
+		{"empty name later", []string{"a", ""}, false},
+		{"duplicate", []string{"a", "b", "a"}, false},
+		{"NUL", []string{"a\x00"}, false},
+		{"invalid UTF-8", []string{"a\xc3"}, false},
+	} {
+		err := validFiles(tc.files, "input files")
+		if tc.ok != (err == nil) {
+			t.Errorf("%s: validFiles(%q) = %v, want ok=%v", tc.name, tc.files, err, tc.ok)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalidFiles) || !errors.Is(err, ErrInvalid)) {
+			t.Errorf("%s: validFiles = %v, want ErrInvalidFiles and ErrInvalid", tc.name, err)
+		}
+	}
+}
+
+func TestValidMetaCountsCharacters(t *testing.T) {
+	for _, tc := range []struct {
+		name, key, value string
+		ok               bool
+	}{
+		{"shortest key", "abc", "", true},
+		{"longest key", strings.Repeat("k", 32), "v", true},
+		{"three multibyte characters", "äöü", "v", true},
+		{"longest multibyte value", "key", strings.Repeat("€", 256), true},
+		{"two characters in six bytes", "€€", "v", false},
+		{"33 characters", strings.Repeat("ä", 33), "v", false},
+		{"257 characters", "key", strings.Repeat("v", 257), false},
+		{"NUL in value", "key", "\x00", false},
+		{"bad UTF-8 key", "ke\xff", "v", false},
+	} {
+		err := validMeta(tc.key, tc.value)
+		if tc.ok != (err == nil) {
+			t.Errorf("%s: validMeta = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalidMeta) || !errors.Is(err, ErrInvalid)) {
+			t.Errorf("%s: validMeta = %v, want ErrInvalidMeta and ErrInvalid", tc.name, err)
+		}
+	}
+}
+
+func TestCleanErrorMakesErrorsStorable(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"plain", "plain"},
+		{"nul\x00byte", `nul\x00byte`},
+		{"bad\xffutf8", "bad\uFFFDutf8"},
+	} {
+		if got := cleanError(tc.in); got != tc.want {
+			t.Errorf("cleanError(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	long := cleanError(strings.Repeat("é", maxErrorLen)) // twice the limit in bytes
+	if len(long) > maxErrorLen+len(" [truncated]") || !strings.HasSuffix(long, " [truncated]") || !strings.HasPrefix(long, "éé") {
+		t.Errorf("cleanError of %d bytes gave %d bytes ending %q", 2*maxErrorLen, len(long), long[len(long)-20:])
+	}
+	if strings.ContainsRune(long, '\uFFFD') {
+		t.Error("truncation split a character")
+	}
+}
+
+// TestArrayLiteralRoundTripsThroughPostgres casts arrayLiteral's output to
+// varchar[] in Postgres, as the batched statements do, and checks that the
+// same names come back. It is not parallel: a paused parallel test of
+// package compute would look like a leaked library goroutine to the
+// goroutine-leak checks of the worker tests.
+func TestArrayLiteralRoundTripsThroughPostgres(t *testing.T) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, testdb.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, names := range [][]string{
+		{},
+		{"plain"},
+		{`quote"d`, `back\slash`, `\`, `"`, `\"`, `""`, `\\`},
+		{"com,ma", "{braces}", "{", "}", "{}", "a}b{c"},
+		{"sp ace", " leading", "trailing ", " ", "\t", "tab\there", "new\nline", "cr\r"},
+		{"NULL", "null", "Null"},
+		{"'single'", "a;b", "$1", "--", "/* */"},
+		{"ünïcødé", "日本語", "🎉", "\u200b", "\uFEFFbom"},
+		{strings.Repeat(`"\,{} `, 500)},
+	} {
+		lit := arrayLiteral(names)
+		var got []string
+		if err := conn.QueryRow(ctx, `SELECT $1::text::varchar[]`, lit).Scan(&got); err != nil {
+			t.Errorf("%.40q as %.200s: %v", names, lit, err)
+			continue
+		}
+		if got == nil {
+			got = []string{}
+		}
+		if strings.Join(got, "\x00") != strings.Join(names, "\x00") || len(got) != len(names) {
+			t.Errorf("round trip of %.40q through %.200s gave %.40q", names, lit, got)
+		}
+	}
+}
+
+// TestContentJobIDIsStable pins the derivation: ids already stored in
+// databases must keep matching the jobs that made them.
+func TestContentJobIDIsStable(t *testing.T) {
+	id := contentJobID("images", `{"w": 100}`, []string{"a.png", "b.png"})
+	if again := contentJobID("images", `{"w": 100}`, []string{"a.png", "b.png"}); again != id {
+		t.Fatalf("same job, two ids: %s and %s", id, again)
+	}
+	const pinned = "530c2cdafbb78e08b731b97625fefe24" // recomputed outside Go from the documented derivation
+	if got := hex.EncodeToString(id[:]); got != pinned {
+		t.Errorf("contentJobID changed: %s, was %s; a changed derivation duplicates every content-id job already stored", got, pinned)
+	}
+	u := uuid.UUID(id)
+	if u.Version() != 8 || u.Variant() != uuid.RFC4122 {
+		t.Errorf("content id %s is version %d variant %v, want version 8, RFC 9562 variant", id, u.Version(), u.Variant())
+	}
+
+	// No two ways of splitting the same bytes collide.
+	seen := make(map[JobID]string)
+	for _, tc := range []struct {
+		queue, config string
+		files         []string
+	}{
+		{"ab", "c", nil},
+		{"a", "bc", nil},
+		{"a", "b", []string{"c"}},
+		{"a", "", []string{"bc"}},
+		{"a", "", []string{"b", "c"}},
+		{"a", "", []string{"c", "b"}},
+		{"a", "", []string{""}},
+		{"a", "", []string{"", ""}},
+		{"a", "", nil},
+		{"a", "compute.job.v1", nil},
+	} {
+		id := contentJobID(tc.queue, tc.config, tc.files)
+		key := fmt.Sprintf("%q/%q/%q", tc.queue, tc.config, tc.files)
+		if prev, dup := seen[id]; dup {
+			t.Errorf("%s and %s share the id %s", prev, key, id)
+		}
+		seen[id] = key
+		if u := uuid.UUID(id); u.Version() != 8 || u.Variant() != uuid.RFC4122 {
+			t.Errorf("content id %s of %s is version %d variant %v", id, key, u.Version(), u.Variant())
+		}
+	}
+	if contentJobID("a", "", nil) != contentJobID("a", "", []string{}) {
+		t.Error("nil and empty input files give different ids; both mean no files")
+	}
+}
+
+func TestParseJobID(t *testing.T) {
+	id, err := newJobID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{id.String(), strings.ToUpper(id.String()), hex.EncodeToString(id[:])} {
+		got, err := ParseJobID(s)
+		if err != nil || got != id {
+			t.Errorf("ParseJobID(%q) = %s, %v; want %s", s, got, err, id)
+		}
+	}
+	for _, s := range []string{
+		"",
+		"xyz",
+		id.String()[:35],
+		id.String() + "0",
+		strings.Replace(id.String(), "-", "x", 1),
+		"{" + id.String() + "}",
+		"urn:uuid:" + id.String(),
+		strings.Repeat("g", 32),
+		hex.EncodeToString(id[:]) + "00",
+	} {
+		if _, err := ParseJobID(s); !errors.Is(err, ErrInvalidJob) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseJobID(%q) = %v, want ErrInvalidJob", s, err)
+		}
+	}
+}
+
+func TestRedact(t *testing.T) {
+	const pw = "S3cretPw"
+	for _, tc := range []struct {
+		in, known string
+		keep      string // must survive redaction
+	}{
+		{"postgres://user:S3cretPw@host:5432/db", "", "postgres://user:"},
+		{"postgresql://user:S3cretPw@host/db?sslmode=disable", "", "host/db?sslmode=disable"},
+		{"cannot parse `postgres://user:S3cretPw@host:x/db`: invalid port", "", "invalid port"},
+		{`parse "postgres://user:S3cretPw@h:x/db": invalid port`, "", `parse "postgres://user:`},
+		{"host=h password=S3cretPw dbname=db", "", "dbname=db"},
+		{"host=h PASSWORD = S3cretPw dbname=db", "", "dbname=db"},
+		{"host=h password='S3cretPw with spaces' dbname=db", "", "dbname=db"},
+		{`host=h password='S3cret\'Pw' dbname=db`, "", "dbname=db"},
+		{"dial error: S3cretPw", pw, "dial error"},
+	} {
+		got := redact(tc.in, tc.known)
+		if strings.Contains(got, pw) || strings.Contains(got, "S3cret") {
+			t.Errorf("redact(%q) = %q still holds the password", tc.in, got)
+		}
+		if !strings.Contains(got, tc.keep) {
+			t.Errorf("redact(%q) = %q lost %q", tc.in, got, tc.keep)
+		}
+	}
+	for _, s := range []string{"postgres://user@host/db", "host=h user=u dbname=db", "no secret here"} {
+		if got := redact(s, ""); got != s {
+			t.Errorf("redact(%q) = %q, want it unchanged", s, got)
+		}
+	}
+	cause := errors.New("connect postgres://u:S3cretPw@h/db: refused")
+	err := redactError(cause, "")
+	if strings.Contains(err.Error(), pw) || !errors.Is(err, cause) {
+		t.Errorf("redactError = %q (wraps cause: %v), want no password and the cause kept", err, errors.Is(err, cause))
+	}
+}
+
+// TestBackoffGrowsAndIsCapped checks the bounds of every attempt (base
+// 2^(attempt-1) s capped at 1 h, plus up to 25% jitter), that each attempt
+// up to the cap waits longer than any wait of the one before, and that the
+// jitter is there.
+func TestBackoffGrowsAndIsCapped(t *testing.T) {
+	base := func(attempt int) time.Duration {
+		if attempt < 1 {
+			attempt = 1
+		}
+		if attempt > 13 {
+			return time.Hour
+		}
+		return min(time.Duration(1<<(attempt-1))*time.Second, time.Hour)
+	}
+	const samples = 200
+	var prevLongest time.Duration
+	for attempt := -2; attempt <= 30; attempt++ {
+		lo, hi := base(attempt), base(attempt)+base(attempt)/4
+		shortest, longest := time.Duration(1<<62), time.Duration(0)
+		distinct := make(map[time.Duration]bool)
+		for range samples {
+			d := Backoff(attempt)
+			if d < lo || d > hi {
+				t.Fatalf("Backoff(%d) = %s, want %s..%s", attempt, d, lo, hi)
+			}
+			shortest, longest = min(shortest, d), max(longest, d)
+			distinct[d] = true
+		}
+		if len(distinct) < samples/2 {
+			t.Errorf("Backoff(%d) gave only %d distinct waits in %d: too little jitter", attempt, len(distinct), samples)
+		}
+		if attempt >= 2 && attempt <= 13 && shortest <= prevLongest {
+			t.Errorf("Backoff(%d) can wait %s, not longer than Backoff(%d)'s %s", attempt, shortest, attempt-1, prevLongest)
+		}
+		prevLongest = longest
+	}
+	for _, attempt := range []int{64, 1000, 1 << 30, 1<<62 + 1} {
+		if d := Backoff(attempt); d < time.Hour || d > time.Hour+15*time.Minute {
+			t.Errorf("Backoff(%d) = %s, want 1h..1h15m", attempt, d)
+		}
+	}
+}
