@@ -1,0 +1,154 @@
+// Package compute is a job queue that keeps its state in PostgreSQL.
+// Programs enqueue jobs into named queues; workers in any number of
+// processes, on any number of hosts, claim and run them. The database is
+// the only thing they share: there is no broker and no leader.
+//
+// Everything lives in the schema compute: the table compute.jobs (one row
+// per job), the key/value table compute.meta, and goose's version table.
+// The first version of compute.jobs is a documented contract that other
+// programs read and write with plain SQL; later columns all have defaults,
+// so a job inserted with only those columns still runs.
+//
+// # Enqueue
+//
+// Open connects (a postgres:// URL, key=value pairs, or "" for the PG*
+// environment variables) and, with WithMigrate, brings the schema up to
+// date. One Queue per process, shared by all goroutines:
+//
+//	q, err := compute.Open(ctx, os.Getenv("DATABASE_URL"), compute.WithMigrate())
+//	if err != nil { ... }
+//	defer q.Close()
+//	id, err := q.Enqueue(ctx, compute.Job{
+//		Queue:      "thumbnails",
+//		Config:     `{"width": 256}`,
+//		InputFiles: []string{"cat.png"},
+//	})
+//
+// A job names its queue, carries a config (usually JSON, 1 MiB at most by
+// default) and the names of the files it reads. Priority (smaller runs
+// first), RunAt or Delay, and MaxAttempts (default 25) are optional.
+// EnqueueMany submits thousands of jobs in one statement, all or none.
+// Get reads a job, List pages through a queue, Counts totals the jobs per
+// queue and status.
+//
+// # Work
+//
+// A Worker runs a Handler for each queue it serves, with bounded
+// concurrency:
+//
+//	w, err := compute.NewWorker(q, compute.WorkerConfig{
+//		Queues: map[string]compute.QueueConfig{
+//			"thumbnails": {Handler: makeThumbnail, Concurrency: 8},
+//		},
+//	})
+//	err = w.Run(ctx) // blocks until ctx ends or Shutdown is called
+//
+// A handler returns the job's output files, or an error. A plain error
+// fails the attempt, and the job runs again after a Backoff while it has
+// attempts left; Permanent(err) fails the job now; Snooze(d) runs it again
+// after d without spending an attempt. A panic fails the attempt, with its
+// stack. The handler's context ends when the job is cancelled, times out
+// (QueueConfig.Timeout), loses its lease, or the worker stops past its
+// grace period; handlers should return soon after.
+//
+// The worker claims jobs in batches, wakes on notifications and polls as
+// well, renews the leases of running jobs, writes outcomes in batches, and
+// hands back the jobs of workers that died (Queue.RequeueStale). A program
+// that wants its own loop uses the same primitives: Claim, Heartbeat,
+// Complete and Fail.
+//
+// # Transactions
+//
+// EnqueueTx enqueues inside the caller's transaction: the job exists only
+// if the transaction commits, so it never refers to data that was rolled
+// back, and no worker sees it before the commit.
+//
+//	tx, err := q.Pool().Begin(ctx)
+//	if err != nil { ... }
+//	defer tx.Rollback(ctx)
+//	// ... the application's own writes, in tx ...
+//	id, err := q.EnqueueTx(ctx, tx, job)
+//	if err != nil { ... }
+//	err = tx.Commit(ctx)
+//
+// # Shutdown
+//
+// Worker.Shutdown works like http.Server.Shutdown: the worker stops
+// claiming, running jobs may finish until Shutdown's context ends, then
+// their contexts are cancelled and their jobs go back to the queue
+// without spending an attempt. Ending Run's context does the same, with
+// WorkerConfig.StopTimeout (30 s by default) as the grace period. Either
+// way every outcome is written before Run returns. Stop workers before
+// closing their Queue.
+//
+// # Migrations
+//
+// The schema is versioned with goose migrations embedded in the library
+// (package migrations). Migrate, or Open with WithMigrate, applies those
+// missing. Any number of processes may do so at once: an advisory lock of
+// the library's own lets one migrate while the others wait and then find
+// nothing to do. goose's version table is compute.goose_db_version, so the
+// host application's own goose migrations are unaffected. MigrateTo moves
+// to a given version; version 0 drops the schema, jobs included. Calls on
+// a database that was never migrated return ErrNotMigrated.
+//
+// # Operations
+//
+// PgBouncer in transaction mode: set WorkerConfig.PollOnly, since LISTEN
+// needs a session of its own (a worker that finds notifications are not
+// delivered logs a warning and polls anyway), and run Migrate over a
+// direct connection, since goose's advisory lock is held by a session.
+// pgx caches prepared statements per connection: use PgBouncer 1.21 or
+// later with max_prepared_statements set, or add
+// default_query_exec_mode=exec to the connection string.
+//
+// Permissions: the first Migrate needs a role with CREATE on the database
+// (it creates schema compute, which that role then owns; later migrations
+// must run as that owner). A role that only runs jobs needs USAGE on schema
+// compute and SELECT, INSERT, UPDATE, DELETE on compute.jobs and
+// compute.meta, plus SELECT on compute.goose_db_version if it opens with
+// WithMigrate (which then only checks the version).
+//
+// Very high insert rates: every statement that enqueues sends one
+// notification per queue, and each notifying commit takes a
+// cluster-wide lock. SetMeta(ctx, MetaNotify, "off") turns the insert
+// notifications off; workers then find jobs by polling
+// (WorkerConfig.PollInterval).
+//
+// # Semantics
+//
+// Execution is at least once: a job runs until one attempt is recorded as
+// its outcome, whatever dies on the way, so a handler may run more than
+// once for the same job and should be safe to repeat. A claim leases the
+// job to one worker (WithLease, 30 s by default, renewed while it runs);
+// a job whose lease runs out goes back to the queue, or fails once its
+// attempts are spent. Exactly one outcome wins: Complete, Fail and
+// Heartbeat only write while (job, attempt, worker) still match the
+// claim, and a holder that lost its job gets a *LeaseLostError instead.
+//
+// All times (created, run_at, leases, retention) come from the database's
+// now(), never from a worker's clock.
+//
+// Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
+// the queue, config and input files, so enqueuing the same job again
+// returns the existing job's id and creates nothing, whatever its status.
+//
+// Cancel is a failure with a reason: a queued job never runs, and a
+// running one ends failed at once; its handler's context is cancelled and
+// its result discarded. Retry queues a failed job again.
+//
+// Finished jobs stay in the table. Expire marks complete and failed jobs
+// that nobody read (Get) within a retention period as expired; call it
+// periodically, as the Worker does not. The library never deletes rows.
+//
+// # Errors
+//
+// Errors wrap sentinels to test with errors.Is: ErrInvalid for any bad
+// input (and the more specific ErrInvalidQueue, ErrInvalidConfig,
+// ErrConfigTooLarge, ErrInvalidFiles, ErrInvalidJob, ErrInvalidMeta,
+// ErrInvalidOption), after which nothing was written; ErrNotFound;
+// ErrWrongStatus (cancelling a finished job, retrying one that did not
+// fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
+// retry later); ErrNotMigrated; ErrClosed; ErrPermanent, for errors made
+// with Permanent. No error or log line holds the connection's password.
+package compute
