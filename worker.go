@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 )
@@ -470,6 +471,9 @@ func (w *Worker) forget(id JobID) {
 	w.mu.Unlock()
 }
 
+// maxWrite caps the outcomes one completer round writes.
+const maxWrite = 1000
+
 // complete is the completer loop: it writes queued outcomes in batches,
 // one Complete and one Fail statement per round, as fast as the database
 // takes them (outcomes that arrive during a write go into the next one).
@@ -486,10 +490,20 @@ func (w *Worker) complete(ctx context.Context) {
 				giveUp = time.After(15 * time.Second)
 			}
 		}
+		// At most maxWrite outcomes per round, so one write stays well
+		// inside its timeout however far the completer fell behind.
 		w.mu.Lock()
-		batch := w.outcomes
-		w.outcomes = nil
+		n := min(len(w.outcomes), maxWrite)
+		batch := slices.Clone(w.outcomes[:n])
+		w.outcomes = w.outcomes[n:]
+		more := len(w.outcomes) > 0
 		w.mu.Unlock()
+		if more {
+			select {
+			case w.flush <- struct{}{}:
+			default:
+			}
+		}
 		for failures := 0; len(batch) > 0; failures++ {
 			err := w.write(batch)
 			if err == nil {
