@@ -44,9 +44,12 @@ type listener struct {
 func (l *listener) run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
-		err := l.session(ctx)
+		delivered, err := l.session(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if delivered {
+			failures = 0 // a working session: the next loss is a fresh start
 		}
 		failures++
 		wait := backoffWait(failures, 30*time.Second)
@@ -68,22 +71,23 @@ func (l *listener) run(ctx context.Context) {
 var errNoDelivery = fmt.Errorf("compute: notifications are not delivered")
 
 // session runs one connection's life: connect, LISTEN, probe, then deliver
-// notifications until the connection fails or ctx ends.
-func (l *listener) session(ctx context.Context) error {
+// notifications until the connection fails or ctx ends. delivered reports
+// whether the first probe came back, i.e. the session worked.
+func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 	connectCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	conn, err := pgx.ConnectConfig(connectCtx, l.q.pool.Config().ConnConfig.Copy())
 	cancel()
 	if err != nil {
-		return redactError(err, l.q.password)
+		return false, redactError(err, l.q.password)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	for _, ch := range []string{channelJobs, channelCancel, channelProbe} {
 		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if err := l.probe(ctx, conn); err != nil {
-		return err
+		return false, err
 	}
 	l.log.Debug("listening for notifications")
 	l.wakeAll()
@@ -93,14 +97,14 @@ func (l *listener) session(ctx context.Context) error {
 		cancel()
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return true, nil
 		case err != nil && waitCtx.Err() != nil:
 			// Quiet for l.idle: make sure the connection still works.
 			if err := l.probe(ctx, conn); err != nil {
-				return err
+				return true, err
 			}
 		case err != nil:
-			return err
+			return true, err
 		default:
 			l.deliver(n.Channel, n.Payload)
 		}

@@ -241,9 +241,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	var grace context.Context
 	select {
 	case <-ctx.Done():
-		var cancel context.CancelFunc
-		grace, cancel = context.WithTimeout(context.Background(), w.cfg.StopTimeout)
-		defer cancel()
+		var endGrace context.CancelFunc
+		grace, endGrace = context.WithTimeout(context.Background(), w.cfg.StopTimeout)
+		// A Shutdown during this grace period brings its own deadline:
+		// whichever ends first ends the grace period.
+		var watch sync.WaitGroup
+		defer watch.Wait()
+		defer endGrace()
+		watch.Go(func() {
+			select {
+			case <-w.stop:
+				select {
+				case <-w.shutdownCtx.Done():
+					endGrace()
+				case <-grace.Done():
+				}
+			case <-grace.Done():
+			}
+		})
 	case <-w.stop:
 		grace = w.shutdownCtx
 	}
@@ -369,6 +384,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, job *Job) {
 	ctx, cancel := context.WithCancelCause(jobsCtx)
 	w.mu.Lock()
+	if old := w.running[job.ID]; old != nil {
+		// This worker claimed the job again after its own lease ran out
+		// (a stall or an outage longer than the lease): the old attempt
+		// is fenced off and must stop.
+		old.lost = true
+		old.cancel(errLeaseLost)
+	}
 	w.running[job.ID] = &runningJob{job: job, cancel: cancel, renewed: time.Now()}
 	w.mu.Unlock()
 	jobs.Go(func() {
@@ -412,7 +434,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	cause := context.Cause(ctx)
 	switch {
 	case cause == errLeaseLost:
-		w.forget(job.ID)
+		w.forget(job)
 		w.log.Warn("job lost its lease or was cancelled; result discarded", "job", job.ID, "queue", job.Queue)
 		return
 	case err != nil && cause == errShutdown:
@@ -429,7 +451,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 		o.err = &retryError{err: err, in: qs.cfg.Backoff(job.Attempt)}
 	}
 	w.mu.Lock()
-	if r := w.running[job.ID]; r != nil {
+	if r := w.running[job.ID]; r != nil && r.job == job {
 		r.finished = true
 	}
 	w.outcomes = append(w.outcomes, o)
@@ -464,11 +486,19 @@ func firstLine(err error) string {
 	return s
 }
 
-// forget drops a job from the running set.
-func (w *Worker) forget(id JobID) {
+// forget drops a job's attempt from the running set, unless a newer
+// attempt of the same job replaced it there.
+func (w *Worker) forget(job *Job) {
 	w.mu.Lock()
-	delete(w.running, id)
+	w.forgetLocked(job)
 	w.mu.Unlock()
+}
+
+// forgetLocked is forget with w.mu held.
+func (w *Worker) forgetLocked(job *Job) {
+	if r := w.running[job.ID]; r != nil && r.job == job {
+		delete(w.running, job.ID)
+	}
 }
 
 // maxWrite caps the outcomes one completer round writes.
@@ -537,8 +567,8 @@ func (w *Worker) write(batch []outcome) error {
 	var failed []Failure
 	w.mu.Lock()
 	for _, o := range batch {
-		if r := w.running[o.job.ID]; r != nil && r.lost {
-			continue
+		if r := w.running[o.job.ID]; r == nil || r.job != o.job || r.lost {
+			continue // lost, or superseded by a newer attempt of ours
 		}
 		if o.err == nil {
 			done = append(done, Completion{Job: o.job, OutputFiles: o.outputs})
@@ -566,7 +596,7 @@ func (w *Worker) write(batch []outcome) error {
 	}
 	w.mu.Lock()
 	for _, o := range batch {
-		delete(w.running, o.job.ID)
+		w.forgetLocked(o.job)
 	}
 	w.mu.Unlock()
 	return nil
@@ -609,8 +639,8 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		w.mu.Lock()
 		for _, j := range held {
 			r := w.running[j.ID]
-			if r == nil {
-				continue
+			if r == nil || r.job != j {
+				continue // written back, or replaced by a newer attempt
 			}
 			if err == nil || lost != nil && !containsID(lost.IDs, j.ID) {
 				r.renewed = sent
