@@ -70,8 +70,10 @@ var ErrUnavailable = errors.New("compute: database unavailable")
 // ErrClosed is returned by every method called after Close.
 var ErrClosed = errors.New("compute: queue closed")
 
-// ErrNotMigrated is returned when the compute schema is missing or older than
-// this library: call Migrate, or open with WithMigrate.
+// ErrNotMigrated is returned when a table or column a call needs is missing:
+// the compute schema was never migrated, or is older than the call needs
+// (calls that use only the version-1 columns, such as Counts, work on a
+// version-1 schema). Call Migrate, or open with WithMigrate.
 var ErrNotMigrated = errors.New("compute: schema not migrated; call Queue.Migrate or open with WithMigrate")
 
 // Postgres error codes the library reacts to.
