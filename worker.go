@@ -97,7 +97,7 @@ type queueState struct {
 	name    string
 	cfg     QueueConfig
 	handler Handler
-	slots   chan struct{} // one entry per running job
+	slots   chan struct{} // one entry per claimed job not yet written back
 	wake    chan struct{} // a notification or reconnect
 	freed   chan struct{} // a slot was released
 }
@@ -106,6 +106,7 @@ type queueState struct {
 // renewed are set at start and then touched only under Worker.mu.
 type runningJob struct {
 	job      *Job
+	qs       *queueState // whose slot the job holds
 	cancel   context.CancelCauseFunc
 	renewed  time.Time // when the last successful lease renewal was sent
 	lost     bool      // the lease is gone: never write an outcome
@@ -390,17 +391,13 @@ func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueS
 		// is fenced off and must stop.
 		old.lost = true
 		old.cancel(errLeaseLost)
+		old.qs.release()
 	}
-	w.running[job.ID] = &runningJob{job: job, cancel: cancel, renewed: time.Now()}
+	w.running[job.ID] = &runningJob{job: job, qs: qs, cancel: cancel, renewed: time.Now()}
 	w.mu.Unlock()
 	jobs.Go(func() {
 		defer cancel(nil)
 		outputs, err := w.call(ctx, qs, job)
-		<-qs.slots
-		select {
-		case qs.freed <- struct{}{}:
-		default:
-		}
 		w.finish(ctx, qs, job, outputs, err)
 	})
 }
@@ -494,15 +491,28 @@ func (w *Worker) forget(job *Job) {
 	w.mu.Unlock()
 }
 
-// forgetLocked is forget with w.mu held.
+// forgetLocked is forget with w.mu held. It frees the job's slot: a slot
+// is held from the claim until the outcome is written (or dropped), so the
+// claimed-but-unwritten jobs never outnumber Concurrency, however far the
+// completer falls behind.
 func (w *Worker) forgetLocked(job *Job) {
 	if r := w.running[job.ID]; r != nil && r.job == job {
 		delete(w.running, job.ID)
+		r.qs.release()
+	}
+}
+
+// release gives back one slot and tells the fetcher.
+func (qs *queueState) release() {
+	<-qs.slots
+	select {
+	case qs.freed <- struct{}{}:
+	default:
 	}
 }
 
 // maxWrite caps the outcomes one completer round writes.
-const maxWrite = 1000
+const maxWrite = 5000
 
 // complete is the completer loop: it writes queued outcomes in batches,
 // one Complete and one Fail statement per round, as fast as the database
@@ -630,10 +640,20 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		}
 		sent := time.Now()
 		callCtx, cancel := context.WithTimeout(ctx, interval)
-		err := w.q.Heartbeat(callCtx, held...)
+		lost := make(map[JobID]bool)
+		var err error
+		for chunk := range slices.Chunk(held, maxWrite) {
+			var chunkLost *LeaseLostError
+			if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
+				for _, id := range chunkLost.IDs {
+					lost[id] = true
+				}
+			} else if e != nil {
+				err = e
+			}
+		}
 		cancel()
-		var lost *LeaseLostError
-		if err != nil && !errors.As(err, &lost) {
+		if err != nil {
 			w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
 		}
 		w.mu.Lock()
@@ -642,25 +662,16 @@ func (w *Worker) heartbeat(ctx context.Context) {
 			if r == nil || r.job != j {
 				continue // written back, or replaced by a newer attempt
 			}
-			if err == nil || lost != nil && !containsID(lost.IDs, j.ID) {
+			if err == nil && !lost[j.ID] {
 				r.renewed = sent
 			}
-			if lost != nil && containsID(lost.IDs, j.ID) || time.Since(r.renewed) > w.q.opts.lease {
+			if lost[j.ID] || time.Since(r.renewed) > w.q.opts.lease {
 				r.lost = true
 				r.cancel(errLeaseLost)
 			}
 		}
 		w.mu.Unlock()
 	}
-}
-
-func containsID(ids []JobID, id JobID) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }
 
 // rescue hands back other workers' expired jobs every RescueInterval (with
