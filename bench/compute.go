@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/computeplatform/compute"
+)
+
+// benchQueue is the queue every compute workload uses.
+const benchQueue = "bench"
+
+// computeSystem runs the workloads on the library. Its worker uses the
+// library's defaults (LISTEN plus a 1 s poll) except Concurrency.
+type computeSystem struct {
+	conn      string // connection string with pool_max_conns
+	workers   int    // QueueConfig.Concurrency
+	producers int    // pool size of the steady-state producers' own Queue
+	log       *slog.Logger
+	trace     bool // sample the rows in progress during burn-downs
+	q         *compute.Queue
+}
+
+func openCompute(ctx context.Context, conn string, workers, producers int, log *slog.Logger, trace bool) (*computeSystem, error) {
+	q, err := compute.Open(ctx, conn, compute.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	return &computeSystem{conn: conn, workers: workers, producers: producers, log: log, trace: trace, q: q}, nil
+}
+
+func (s *computeSystem) name() string { return "compute" }
+func (s *computeSystem) close()       { s.q.Close() }
+
+func (s *computeSystem) migrate(ctx context.Context) error { return s.q.Migrate(ctx) }
+
+func (s *computeSystem) vacuum(ctx context.Context) error {
+	_, err := s.q.Pool().Exec(ctx, `VACUUM ANALYZE compute.jobs`)
+	return err
+}
+
+// insert uses EnqueueMany, the library's one bulk path (one unnest INSERT
+// per call).
+func (s *computeSystem) insert(ctx context.Context, n, batch int) error {
+	jobs := make([]compute.Job, 0, batch)
+	return insertBatches(ctx, "compute insert", n, batch, func(ctx context.Context, from, to int) error {
+		jobs = jobs[:0]
+		for i := from; i < to; i++ {
+			jobs = append(jobs, compute.Job{Queue: benchQueue, Config: numConfig(i)})
+		}
+		_, err := s.q.EnqueueMany(ctx, jobs)
+		return err
+	})
+}
+
+// numConfig is the job payload: the same JSON River's bench puts in its job
+// args, so both systems store and read the same bytes.
+func numConfig(i int) string { return `{"num":` + strconv.Itoa(i) + `}` }
+
+// unfinished counts the bench queue's jobs that are not complete yet.
+func (s *computeSystem) unfinished(ctx context.Context) (int, error) {
+	var n int
+	err := s.q.Pool().QueryRow(ctx,
+		`SELECT count(*) FROM compute.jobs WHERE queue = $1 AND status IN ('queued', 'in-progress')`, benchQueue).Scan(&n)
+	return n, err
+}
+
+// runWorker starts a Worker on the bench queue with handler and returns a
+// function that shuts it down and waits for Run to return.
+func (s *computeSystem) runWorker(handler compute.Handler) (stop func() error, err error) {
+	w, err := compute.NewWorker(s.q, compute.WorkerConfig{
+		Queues: map[string]compute.QueueConfig{benchQueue: {Handler: handler, Concurrency: s.workers}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(context.Background()) }()
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		errShutdown := w.Shutdown(ctx)
+		return errors.Join(<-ran, errShutdown)
+	}, nil
+}
+
+func (s *computeSystem) burnDown(ctx context.Context, n int) (burnResult, error) {
+	c := newCounter(n)
+	start := time.Now()
+	stop, err := s.runWorker(func(context.Context, *compute.Job) ([]string, error) {
+		c.add()
+		return nil, nil
+	})
+	if err != nil {
+		return burnResult{}, err
+	}
+	var stopTrace func()
+	if s.trace {
+		// The Worker bounds running handlers, not claimed rows: show how
+		// many rows are in progress in the database meanwhile.
+		stopTrace = every(time.Second, func() {
+			var inProgress, queued int
+			err := s.q.Pool().QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'in-progress'),
+			    count(*) FILTER (WHERE status = 'queued') FROM compute.jobs WHERE queue = $1`, benchQueue).Scan(&inProgress, &queued)
+			if err == nil {
+				progressf("compute burn-down trace: %d handler calls, %d rows in progress, %d queued", c.n.Load(), inProgress, queued)
+			}
+		})
+	}
+	err = waitDone(ctx, c, "compute burn-down", s.unfinished)
+	elapsed := time.Since(start)
+	if stopTrace != nil {
+		stopTrace()
+	}
+	err = errors.Join(err, stop())
+	return burnResult{elapsed: elapsed, handled: int(c.n.Load())}, err
+}
+
+// steady runs the producers on a Queue of their own (its own pool, as a web
+// application's would be), each job in its own transaction: BEGIN,
+// EnqueueTx, COMMIT.
+func (s *computeSystem) steady(ctx context.Context, cfg steadyConfig) (steadyResult, error) {
+	pconn, err := withPoolSize(s.conn, cfg.producers)
+	if err != nil {
+		return steadyResult{}, err
+	}
+	producer, err := compute.Open(ctx, pconn, compute.WithLogger(s.log))
+	if err != nil {
+		return steadyResult{}, err
+	}
+	defer producer.Close()
+	p := newPickup[compute.JobID]()
+	stop, err := s.runWorker(func(_ context.Context, job *compute.Job) ([]string, error) {
+		p.started(job.ID)
+		return nil, nil
+	})
+	if err != nil {
+		return steadyResult{}, err
+	}
+	r, err := steadyRun(ctx, cfg, "compute", p, func(ctx context.Context, i int) error {
+		var id compute.JobID
+		err := pgx.BeginFunc(ctx, producer.Pool(), func(tx pgx.Tx) error {
+			var err error
+			id, err = producer.EnqueueTx(ctx, tx, compute.Job{Queue: benchQueue, Config: numConfig(i)})
+			return err
+		})
+		if err == nil {
+			p.committed(id)
+		}
+		return err
+	})
+	return r, errors.Join(err, stop())
+}
+
+// ceiling works n queued jobs with a bare loop of Queue.Claim and
+// Queue.Complete from goroutines goroutines, batch jobs per claim and one
+// Complete per claimed batch: no Worker, no handlers, no heartbeats. It
+// shows what the library's two statements allow on this database.
+func (s *computeSystem) ceiling(ctx context.Context, n, goroutines, batch int) (time.Duration, error) {
+	var (
+		done     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	stop := every(2*time.Second, func() {
+		progressf("compute ceiling: %d/%d jobs complete", done.Load(), n)
+	})
+	for range goroutines {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				jobs, err := s.q.Claim(ctx, benchQueue, batch)
+				if err == nil && len(jobs) == 0 {
+					return // every job is claimed; the others complete theirs
+				}
+				if err == nil {
+					completions := make([]compute.Completion, len(jobs))
+					for i, j := range jobs {
+						completions[i] = compute.Completion{Job: j}
+					}
+					err = s.q.Complete(ctx, completions...)
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = err; cancel() })
+					return
+				}
+				done.Add(int64(len(jobs)))
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	stop()
+	if firstErr != nil {
+		return 0, fmt.Errorf("compute ceiling: %w", firstErr)
+	}
+	if got := done.Load(); got != int64(n) {
+		return 0, fmt.Errorf("compute ceiling: completed %d jobs, want %d", got, n)
+	}
+	return elapsed, nil
+}
+
+// loadFiller adds finished rows (status complete, in queue "archive") and
+// queued rows spread over ten other queues, each set in one INSERT ...
+// SELECT generate_series statement, for the cost-growth workload. The ids
+// are md5 digests (16 bytes) of a per-set prefix and the row number.
+func (s *computeSystem) loadFiller(ctx context.Context, finished, queued int) error {
+	start := time.Now()
+	if finished > 0 {
+		if _, err := s.q.Pool().Exec(ctx, `
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
+                          grabbed, finished, output_files, attempt, worker)
+SELECT decode(md5('done' || i), 'hex'), 'complete', 'archive', '{"num":' || i || '}', '{}', now(), now(),
+       now(), now(), '{}', 1, 'filler'
+FROM generate_series(1, $1) AS i`, finished); err != nil {
+			return fmt.Errorf("load %d finished rows: %w", finished, err)
+		}
+	}
+	if queued > 0 {
+		if _, err := s.q.Pool().Exec(ctx, `
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
+SELECT decode(md5('queued' || i), 'hex'), 'queued', 'other-' || (i % 10), '{"num":' || i || '}', '{}', now(), now()
+FROM generate_series(1, $1) AS i`, queued); err != nil {
+			return fmt.Errorf("load %d queued rows: %w", queued, err)
+		}
+	}
+	progressf("compute growth: loaded %d finished and %d queued rows in %s", finished, queued, time.Since(start).Round(time.Millisecond))
+	return nil
+}

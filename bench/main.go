@@ -1,0 +1,200 @@
+// Command bench compares the compute job queue with River
+// (github.com/riverqueue/river), the fastest Go peer, on the same
+// PostgreSQL server in one run, and prints one table.
+//
+// It lives in its own module so that River never becomes a dependency of
+// the library. Run it from this directory:
+//
+//	go run . -help
+//	go run .            # one run of every workload at the default sizes
+//	go run . -runs 3    # medians of three runs of (a), (b) and (c)
+//	go run . -smoke     # every workload at tiny sizes, well under a minute
+//
+// Without DATABASE_URL it starts a throwaway server through the test
+// harness (internal/testdb); each system gets a fresh database on it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	jobs        int
+	loadBatch   int
+	insertJobs  int
+	insertBatch int
+
+	rate      int
+	producers int
+	steady    time.Duration
+	drain     time.Duration
+
+	growth        string
+	growthQueued  string
+	growthJobs    int
+	growthSizes   []int // parsed -growth
+	growthQueuedN int   // parsed -growth-queued
+
+	ceilingJobs       int
+	ceilingGoroutines int
+	ceilingBatch      int
+
+	rssJobs int
+
+	runs    int
+	workers int
+	conns   int
+	only    string
+	smoke   bool
+	timeout time.Duration
+	verbose bool
+
+	// Set only when the program runs itself as a child for the RSS
+	// measurement.
+	system string
+	db     string
+}
+
+const usageText = `Usage: go run . [flags]
+
+Runs the same workloads on compute and on River against one PostgreSQL
+server and prints one table with both figures and their ratio:
+
+  (a) burn-down: insert -jobs no-op jobs, then work them; jobs/s worked
+  (b) bulk insert: -insert jobs in batches of -insert-batch
+      (compute EnqueueMany vs River InsertManyFast, which uses COPY); jobs/s
+  (c) steady state: -producers goroutines enqueue -rate jobs/s, one job per
+      transaction, for -steady while workers consume; pick-up latency
+      (commit -> handler start) p50/p99 and the backlog when they stop
+  (d) cost growth (compute only): burn-down of -growth-jobs jobs while
+      compute.jobs also holds -growth finished rows (each size in turn) and
+      -growth-queued queued rows of other queues; ratio to an empty table
+  (e) ceiling (compute only): a bare loop of Queue.Claim/Queue.Complete from
+      -ceiling-goroutines goroutines, no Worker
+  rss: peak RSS (VmHWM) of a -rss-jobs burn-down, each system in a child
+      process of this program, so neither sees the other's memory
+
+Every phase runs on fresh databases (one per system, migrated by the
+system's own migrator) on one server. Without DATABASE_URL that is a
+throwaway server (the harness's settings: fsync=off), so compare the two
+systems with each other, not with figures from other machines. Progress
+goes to stderr, the table to stdout; a failed phase is listed under the
+table and makes the exit status 1.
+
+Flags:
+`
+
+func parseFlags() options {
+	var o options
+	flag.IntVar(&o.jobs, "jobs", 200_000, "(a) burn-down size")
+	flag.IntVar(&o.loadBatch, "load-batch", 5_000, "batch size for loading the jobs a burn-down works (River's bench inserts 5,000 per batch)")
+	flag.IntVar(&o.insertJobs, "insert", 200_000, "(b) bulk insert size")
+	flag.IntVar(&o.insertBatch, "insert-batch", 1_000, "(b) jobs per bulk insert call")
+	flag.IntVar(&o.rate, "rate", 2_000, "(c) jobs per second, all producers together")
+	flag.IntVar(&o.producers, "producers", 8, "(c) producer goroutines; they share a pool of this many connections, separate from the worker's")
+	flag.DurationVar(&o.steady, "steady", 20*time.Second, "(c) how long the producers run")
+	flag.DurationVar(&o.drain, "drain", 10*time.Second, "(c) how long to wait for the backlog after the producers stop")
+	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m is opt-in (-growth 10k,1m,10m) and takes minutes to load")
+	flag.StringVar(&o.growthQueued, "growth-queued", "1m", "(d) queued rows of other queues added at every growth size")
+	flag.IntVar(&o.growthJobs, "growth-jobs", 200_000, "(d) burn-down size at each growth size")
+	flag.IntVar(&o.ceilingJobs, "ceiling-jobs", 200_000, "(e) jobs the bare claim/complete loop works")
+	flag.IntVar(&o.ceilingGoroutines, "ceiling-goroutines", 4, "(e) goroutines of the bare loop")
+	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
+	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
+	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b) and (c), alternating which system goes first; the table shows medians")
+	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
+	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
+	flag.StringVar(&o.only, "only", "a,b,c,d,e,rss", "workloads to run, comma-separated")
+	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
+	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
+	flag.BoolVar(&o.verbose, "v", false, "log the systems' warnings and info on stderr (default: errors only), and sample compute's rows in progress every second of a burn-down")
+	flag.StringVar(&o.system, "system", "", "internal: run one burn-down of an already loaded database as a child process (compute or river)")
+	flag.StringVar(&o.db, "db", "", "internal: the child's connection string")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), usageText)
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if o.smoke {
+		o.jobs, o.loadBatch, o.insertJobs, o.insertBatch = 2_000, 1_000, 2_000, 1_000
+		o.rate, o.producers, o.steady, o.drain = 500, 4, 2*time.Second, 5*time.Second
+		o.growth, o.growthQueued, o.growthJobs = "1k", "1k", 2_000
+		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
+		o.timeout = 2 * time.Minute
+	}
+	return o
+}
+
+// check validates the flags and parses the row-count lists.
+func (o *options) check() error {
+	var err error
+	if o.growthSizes, err = parseSizes(o.growth); err != nil {
+		return fmt.Errorf("-growth: %w", err)
+	}
+	if o.growthQueuedN, err = parseCount(strings.ToLower(o.growthQueued)); err != nil {
+		return fmt.Errorf("-growth-queued: %w", err)
+	}
+	switch {
+	case o.jobs < 1 || o.insertJobs < 1 || o.growthJobs < 1 || o.ceilingJobs < 1:
+		return fmt.Errorf("job counts must be positive")
+	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:
+		return fmt.Errorf("batch sizes must be 1..10000")
+	case o.rate < 1 || o.producers < 1 || o.steady <= 0:
+		return fmt.Errorf("-rate, -producers and -steady must be positive")
+	case o.workers < 1 || o.workers > 10_000:
+		return fmt.Errorf("-workers must be 1..10000 (River's limit)")
+	case o.conns < 2:
+		return fmt.Errorf("-conns must be at least 2")
+	case o.runs < 1 || o.ceilingGoroutines < 1 || o.rssJobs < 0:
+		return fmt.Errorf("-runs and -ceiling-goroutines must be positive, -rss-jobs not negative")
+	}
+	return nil
+}
+
+// logger returns the logger both systems get: errors only unless -v.
+func (o options) logger() *slog.Logger {
+	level := slog.LevelError
+	if o.verbose {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func main() {
+	o := parseFlags()
+	if err := o.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	var err error
+	if o.system != "" {
+		err = child(ctx, o)
+	} else {
+		err = run(ctx, o)
+	}
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// selected reports whether workload w is in -only.
+func (o options) selected(w string) bool {
+	for part := range strings.SplitSeq(o.only, ",") {
+		if strings.TrimSpace(part) == w {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,396 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+// results holds every figure the table prints. Per-system maps are keyed by
+// system name; slices hold one entry per run.
+type results struct {
+	burn   map[string][]float64 // (a) jobs/s
+	reruns map[string]int       // (a) handler calls beyond one per job, all runs
+	bulk   map[string][]float64 // (b) jobs/s
+	steady map[string][]steadyResult
+	growth []growthResult // (d)
+	ceil   float64        // (e) jobs/s
+	rss    map[string]childResult
+
+	failures []string // phases that failed, with why
+}
+
+type growthResult struct {
+	finished, queued int
+	jobsPerSec       float64
+	reruns           int // handler calls beyond one per job
+}
+
+// childResult is what a child process reports on stdout, as JSON.
+type childResult struct {
+	Seconds    float64 `json:"seconds"`
+	Jobs       int     `json:"jobs"`
+	Handled    int     `json:"handled"`
+	BaseRSSKiB int64   `json:"base_rss_kib"` // VmRSS before the burn-down
+	HWMKiB     int64   `json:"hwm_kib"`      // VmHWM after it
+	RSSKiB     int64   `json:"rss_kib"`      // VmRSS after it
+}
+
+// run starts (or finds) the server and runs the selected workloads, each
+// phase on fresh databases.
+func run(ctx context.Context, o options) error {
+	srv, err := testdb.Start(ctx, progressf)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	log := o.logger()
+	// fresh creates a new database for one phase of the named system,
+	// migrates it with that system's own migrator and opens the system on
+	// it. Fresh databases keep the phases apart: no phase sees another's
+	// rows, table statistics, dead tuples or cached statement plans (with
+	// TRUNCATE between phases instead, a steady state after a burn-down
+	// picked jobs up 5 to 20 times slower, for both systems). done closes
+	// the system and drops the database.
+	dbs := 0
+	fresh := func(ctx context.Context, name string) (s system, conn string, done func(), err error) {
+		dbs++
+		dbname := fmt.Sprintf("bench_%d_%d_%s", os.Getpid(), dbs, strings.ToLower(name))
+		if conn, err = srv.CreateDatabase(ctx, dbname); err == nil {
+			conn, err = withPoolSize(conn, o.conns)
+		}
+		if err != nil {
+			return nil, "", nil, err
+		}
+		drop := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := srv.DropDatabase(ctx, dbname); err != nil {
+				progressf("drop database %s: %v", dbname, err)
+			}
+		}
+		if name == "compute" {
+			var cs *computeSystem
+			if cs, err = openCompute(ctx, conn, o.workers, o.producers, log, o.verbose); err == nil {
+				s, err = cs, cs.migrate(ctx)
+			}
+		} else {
+			var rs *riverSystem
+			if rs, err = openRiver(ctx, conn, o.workers, o.producers, log); err == nil {
+				s, err = rs, rs.migrate(ctx)
+			}
+		}
+		if err != nil {
+			if s != nil {
+				s.close()
+			}
+			drop()
+			return nil, "", nil, fmt.Errorf("set up %s: %w", name, err)
+		}
+		return s, conn, func() { s.close(); drop() }, nil
+	}
+
+	var hdr header
+	s, _, done, err := fresh(ctx, "compute")
+	if err != nil {
+		return err
+	}
+	hdr, err = readHeader(ctx, s.(*computeSystem).q.Pool(), srv, o)
+	done()
+	if err != nil {
+		return err
+	}
+
+	res := &results{
+		burn: map[string][]float64{}, reruns: map[string]int{}, bulk: map[string][]float64{},
+		steady: map[string][]steadyResult{}, rss: map[string]childResult{},
+	}
+	// phase runs one workload on a fresh database of the named system
+	// within -timeout. A failed phase is reported and the others still run,
+	// so one system's failure does not hide every other figure.
+	phase := func(what, name string, f func(ctx context.Context, s system, conn string) error) {
+		if ctx.Err() != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		s, conn, done, err := fresh(ctx, name)
+		if err == nil {
+			err = f(ctx, s, conn)
+			done()
+		}
+		if err != nil {
+			res.failures = append(res.failures, fmt.Sprintf("%s, %s: %v", what, name, err))
+			progressf("FAILED: %s, %s: %v", what, name, err)
+		}
+	}
+	scfg := steadyConfig{rate: o.rate, producers: o.producers, duration: o.steady, drain: o.drain}
+	for r := range o.runs {
+		// Alternate which system goes first, so slow drift of the machine
+		// (other load, the server's caches) does not favour one of them.
+		order := []string{"compute", "River"}
+		if r%2 == 1 {
+			order = []string{"River", "compute"}
+		}
+		progressf("run %d of %d: %s first", r+1, o.runs, order[0])
+		for _, name := range order {
+			if !o.selected("a") {
+				break
+			}
+			phase("(a) burn-down", name, func(ctx context.Context, s system, _ string) error {
+				b, err := loadAndBurn(ctx, s, o.jobs, o.loadBatch)
+				if err == nil {
+					res.burn[name] = append(res.burn[name], float64(o.jobs)/b.elapsed.Seconds())
+					res.reruns[name] += b.handled - o.jobs
+				}
+				return err
+			})
+		}
+		for _, name := range order {
+			if !o.selected("b") {
+				break
+			}
+			phase("(b) bulk insert", name, func(ctx context.Context, s system, _ string) error {
+				start := time.Now()
+				err := s.insert(ctx, o.insertJobs, o.insertBatch)
+				if err == nil {
+					res.bulk[name] = append(res.bulk[name], float64(o.insertJobs)/time.Since(start).Seconds())
+				}
+				return err
+			})
+		}
+		for _, name := range order {
+			if !o.selected("c") {
+				break
+			}
+			phase("(c) steady state", name, func(ctx context.Context, s system, _ string) error {
+				sr, err := s.steady(ctx, scfg)
+				if err == nil {
+					res.steady[name] = append(res.steady[name], sr)
+				}
+				return err
+			})
+		}
+	}
+	if o.selected("d") {
+		// A burn-down on an empty table first, the base of the ratios;
+		// then one per finished-row count.
+		steps := [][2]int{{0, 0}}
+		for _, n := range o.growthSizes {
+			steps = append(steps, [2]int{n, o.growthQueuedN})
+		}
+		for _, st := range steps {
+			what := fmt.Sprintf("(d) cost growth, %s complete + %s queued rows", human(st[0]), human(st[1]))
+			phase(what, "compute", func(ctx context.Context, s system, _ string) error {
+				g, err := growthStep(ctx, s.(*computeSystem), st[0], st[1], o)
+				if err == nil {
+					res.growth = append(res.growth, g)
+				}
+				return err
+			})
+		}
+	}
+	if o.selected("e") {
+		phase("(e) ceiling", "compute", func(ctx context.Context, s system, _ string) error {
+			cs := s.(*computeSystem)
+			if err := cs.insert(ctx, o.ceilingJobs, o.loadBatch); err != nil {
+				return err
+			}
+			if err := cs.vacuum(ctx); err != nil {
+				return err
+			}
+			d, err := cs.ceiling(ctx, o.ceilingJobs, o.ceilingGoroutines, o.ceilingBatch)
+			if err == nil {
+				res.ceil = float64(o.ceilingJobs) / d.Seconds()
+				progressf("compute ceiling: %d jobs in %s, %.0f jobs/s", o.ceilingJobs, d.Round(time.Millisecond), res.ceil)
+			}
+			return err
+		})
+	}
+	if o.selected("rss") && o.rssJobs > 0 {
+		for _, name := range []string{"compute", "River"} {
+			phase("RSS burn-down", name, func(ctx context.Context, s system, conn string) error {
+				cr, err := rssChild(ctx, s, conn, o)
+				if err == nil {
+					res.rss[name] = cr
+				}
+				return err
+			})
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	printTable(os.Stdout, hdr, o, res)
+	if len(res.failures) > 0 {
+		return fmt.Errorf("%d phase(s) failed (see the end of the table)", len(res.failures))
+	}
+	return nil
+}
+
+// loadAndBurn inserts n jobs, vacuums, and times their burn-down. VACUUM
+// ANALYZE gives both systems' planners the same fresh statistics, instead
+// of whatever autovacuum happened to do during the load.
+func loadAndBurn(ctx context.Context, s system, n, batch int) (burnResult, error) {
+	if err := s.insert(ctx, n, batch); err != nil {
+		return burnResult{}, err
+	}
+	if err := s.vacuum(ctx); err != nil {
+		return burnResult{}, err
+	}
+	progressf("%s burn-down of %d jobs", s.name(), n)
+	b, err := s.burnDown(ctx, n)
+	if err == nil {
+		progressf("%s burn-down: %d jobs in %s, %.0f jobs/s, %d handler calls", s.name(), n,
+			b.elapsed.Round(time.Millisecond), float64(n)/b.elapsed.Seconds(), b.handled)
+	}
+	return b, err
+}
+
+// growthStep is one step of workload (d), on a fresh database: it loads
+// finished complete rows and queued rows of other queues (then VACUUM
+// ANALYZE), and times a burn-down of the bench queue.
+func growthStep(ctx context.Context, cs *computeSystem, finished, queued int, o options) (growthResult, error) {
+	if finished+queued > 0 {
+		if err := cs.loadFiller(ctx, finished, queued); err != nil {
+			return growthResult{}, err
+		}
+		if err := cs.vacuum(ctx); err != nil {
+			return growthResult{}, err
+		}
+	}
+	b, err := loadAndBurn(ctx, cs, o.growthJobs, o.loadBatch)
+	if err != nil {
+		return growthResult{}, err
+	}
+	return growthResult{finished: finished, queued: queued,
+		jobsPerSec: float64(o.growthJobs) / b.elapsed.Seconds(), reruns: b.handled - o.growthJobs}, nil
+}
+
+// rssChild loads rssJobs jobs into s's database and has a child process of
+// this program work them, so the peak RSS it reports belongs to that
+// system's worker alone (VmHWM never goes down, so one process running both
+// systems would report the larger of the two for the second).
+func rssChild(ctx context.Context, s system, conn string, o options) (childResult, error) {
+	if err := s.insert(ctx, o.rssJobs, o.loadBatch); err != nil {
+		return childResult{}, err
+	}
+	if err := s.vacuum(ctx); err != nil {
+		return childResult{}, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return childResult{}, err
+	}
+	sys := "compute"
+	if s.name() == "River" {
+		sys = "river"
+	}
+	args := []string{"-system", sys, "-db", conn, "-jobs", strconv.Itoa(o.rssJobs),
+		"-workers", strconv.Itoa(o.workers), "-timeout", o.timeout.String()}
+	if o.verbose {
+		args = append(args, "-v")
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	progressf("%s RSS: burn-down of %d jobs in a child process", s.name(), o.rssJobs)
+	if err := cmd.Run(); err != nil {
+		return childResult{}, fmt.Errorf("child process: %w", err)
+	}
+	var cr childResult
+	if err := json.Unmarshal(out.Bytes(), &cr); err != nil {
+		return childResult{}, fmt.Errorf("child output %q: %w", out.String(), err)
+	}
+	return cr, nil
+}
+
+// child is the child process of rssChild: it works the jobs already loaded
+// in -db and prints a childResult.
+func child(ctx context.Context, o options) error {
+	if o.db == "" {
+		return errors.New("-system needs -db")
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	var (
+		s   system
+		err error
+	)
+	switch o.system {
+	case "compute":
+		s, err = openCompute(ctx, o.db, o.workers, 1, o.logger(), o.verbose)
+	case "river":
+		s, err = openRiver(ctx, o.db, o.workers, 1, o.logger())
+	default:
+		return fmt.Errorf("-system %q: want compute or river", o.system)
+	}
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	_, base := memStatus()
+	b, err := s.burnDown(ctx, o.jobs)
+	if err != nil {
+		return err
+	}
+	hwm, rss := memStatus()
+	return json.NewEncoder(os.Stdout).Encode(childResult{
+		Seconds: b.elapsed.Seconds(), Jobs: o.jobs, Handled: b.handled, BaseRSSKiB: base, HWMKiB: hwm, RSSKiB: rss,
+	})
+}
+
+// header is what the table's header says about the setup.
+type header struct {
+	server, pgVersion                             string
+	fsync, syncCommit, fullPageWrites, sharedBufs string
+	maxConns                                      string
+	riverVersion                                  string
+}
+
+func readHeader(ctx context.Context, pool *pgxpool.Pool, srv *testdb.Server, o options) (header, error) {
+	var h header
+	err := pool.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('fsync'),
+	    current_setting('synchronous_commit'), current_setting('full_page_writes'),
+	    current_setting('shared_buffers'), current_setting('max_connections')`).
+		Scan(&h.pgVersion, &h.fsync, &h.syncCommit, &h.fullPageWrites, &h.sharedBufs, &h.maxConns)
+	if err != nil {
+		return h, fmt.Errorf("read server settings: %w", err)
+	}
+	switch {
+	case os.Getenv("DATABASE_URL") != "":
+		h.server = "the server in DATABASE_URL"
+	case srv.Owned():
+		h.server = "a throwaway server the harness started from local binaries"
+	default:
+		h.server = "a throwaway Docker container the harness started"
+	}
+	h.riverVersion = "(unknown)"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == "github.com/riverqueue/river" {
+				h.riverVersion = m.Version
+			}
+		}
+	}
+	return h, nil
+}
+
+// goInfo names the Go toolchain and scheduler width.
+func goInfo() string {
+	return fmt.Sprintf("%s, GOMAXPROCS=%d, %d CPUs", runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU())
+}

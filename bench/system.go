@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// system is one job queue under test, on a database of its own made for
+// one phase. The workloads call the same methods on both, in the same order.
+type system interface {
+	// name is "compute" or "River".
+	name() string
+	// insert adds n no-op jobs in batches through the system's fastest
+	// bulk-insert call.
+	insert(ctx context.Context, n, batch int) error
+	// vacuum runs VACUUM ANALYZE on the jobs table.
+	vacuum(ctx context.Context) error
+	// burnDown starts a worker, waits until n queued jobs are complete and
+	// stops it.
+	burnDown(ctx context.Context, n int) (burnResult, error)
+	// steady runs the paced producers against a running worker.
+	steady(ctx context.Context, s steadyConfig) (steadyResult, error)
+	// close releases the system's connections.
+	close()
+}
+
+// burnResult is what one burn-down measured.
+type burnResult struct {
+	elapsed time.Duration // from the worker's start to the last completion
+	handled int           // handler calls: more than the jobs if some ran twice
+}
+
+// steadyConfig describes the steady-state workload (c).
+type steadyConfig struct {
+	rate      int           // jobs per second, all producers together
+	producers int           // goroutines, each with its own connection
+	duration  time.Duration // how long the producers run
+	drain     time.Duration // how long to wait afterwards for the rest
+}
+
+// steadyResult is what one steady-state run measured.
+type steadyResult struct {
+	produced  int           // jobs committed by the producers
+	rate      float64       // jobs committed per second
+	backlog   int           // committed but not started when the producers stopped
+	unstarted int           // still not started after the drain
+	p50, p99  time.Duration // pick-up latency: commit → handler start
+	max       time.Duration
+}
+
+// keepsUp reports whether the consumers kept pace: the producers reached at
+// least 95% of the asked rate (else the run measured the producers) and at
+// most a quarter second of production was waiting when they stopped.
+func (r steadyResult) keepsUp(rate int) bool {
+	return r.rate >= 0.95*float64(rate) && r.backlog <= rate/4 && r.unstarted == 0
+}
+
+// produce runs s.producers goroutines that together enqueue s.rate jobs per
+// second for s.duration, each on its own fixed schedule (an open loop: a
+// goroutine that falls behind sends at once until it is back on time). send
+// enqueues job number i in its own transaction. It returns the first error.
+func produce(ctx context.Context, s steadyConfig, label string, send func(ctx context.Context, i int) error) error {
+	interval := time.Duration(float64(time.Second) * float64(s.producers) / float64(s.rate))
+	start := time.Now()
+	end := start.Add(s.duration)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	for p := range s.producers {
+		wg.Go(func() {
+			next := start.Add(interval * time.Duration(p) / time.Duration(s.producers))
+			for i := p; ; i += s.producers {
+				if next.After(end) {
+					return
+				}
+				if d := time.Until(next); d > 0 {
+					t := time.NewTimer(d)
+					select {
+					case <-ctx.Done():
+						t.Stop()
+						return
+					case <-t.C:
+					}
+				}
+				if err := send(ctx, i); err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("%s producer: %w", label, err); cancel() })
+					return
+				}
+				next = next.Add(interval)
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// steadyRun is the part of the steady-state workload both systems share:
+// it runs the producers, measures the backlog when they stop, waits up to
+// s.drain for the rest to start, and computes the latencies.
+func steadyRun[K comparable](ctx context.Context, s steadyConfig, label string, p *pickup[K], send func(ctx context.Context, i int) error) (steadyResult, error) {
+	start := time.Now()
+	stop := every(2*time.Second, func() {
+		committed, waiting := p.counts()
+		progressf("%s steady state: %d jobs committed (%.0f/s), %d waiting", label, committed, float64(committed)/time.Since(start).Seconds(), waiting)
+	})
+	err := produce(ctx, s, label, send)
+	elapsed := time.Since(start)
+	stop()
+	if err != nil {
+		return steadyResult{}, err
+	}
+	var r steadyResult
+	r.produced, r.backlog = p.counts()
+	r.rate = float64(r.produced) / elapsed.Seconds()
+	deadline := time.Now().Add(s.drain)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, r.unstarted = p.counts()
+		if r.unstarted == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-tick.C:
+		}
+	}
+	lat := p.latencies()
+	r.p50, r.p99 = quantile(lat, 0.50), quantile(lat, 0.99)
+	if len(lat) > 0 {
+		r.max = lat[len(lat)-1]
+	}
+	return r, nil
+}
+
+// withPoolSize sets pool_max_conns in a postgres:// connection string; both
+// pgxpool-based systems read it from there.
+func withPoolSize(conn string, n int) (string, error) {
+	u, err := url.Parse(conn)
+	if err != nil {
+		return "", fmt.Errorf("parse connection string: %w", err)
+	}
+	q := u.Query()
+	q.Set("pool_max_conns", strconv.Itoa(n))
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+// insertBatches calls insert for consecutive batches of n jobs, printing
+// progress for long loads.
+func insertBatches(ctx context.Context, label string, n, batch int, insert func(ctx context.Context, from, to int) error) error {
+	var done atomic.Int64 // written by the loop, read by the progress printer
+	start := time.Now()
+	var stop func()
+	if n >= 100_000 {
+		stop = every(2*time.Second, func() {
+			progressf("%s: %d/%d jobs inserted", label, done.Load(), n)
+		})
+	}
+	var err error
+	for from := 0; from < n && err == nil; from += batch {
+		err = insert(ctx, from, min(from+batch, n))
+		if err == nil {
+			done.Store(int64(min(from+batch, n)))
+		}
+	}
+	if stop != nil {
+		stop()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	progressf("%s: %d jobs inserted in %s", label, n, time.Since(start).Round(time.Millisecond))
+	return nil
+}
