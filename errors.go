@@ -51,6 +51,9 @@ type LeaseLostError struct {
 }
 
 func (e *LeaseLostError) Error() string {
+	if len(e.IDs) == 0 {
+		return "compute: lease lost"
+	}
 	return fmt.Sprintf("compute: lease lost on %d job(s) (first %s): another holder or a cancel took them; stop working on them", len(e.IDs), e.IDs[0])
 }
 

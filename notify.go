@@ -53,7 +53,7 @@ func (l *listener) run(ctx context.Context) {
 		}
 		failures++
 		wait := backoffWait(failures, 30*time.Second)
-		if err == errNoDelivery {
+		if !delivered && err == errNoDelivery {
 			wait = 5 * time.Minute
 			l.log.Warn("LISTEN does not deliver notifications (a pooler in transaction mode?); polling only", "retry_in", wait)
 		} else {
@@ -116,12 +116,16 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 // the round trip within probeWait; a pooler that swallows notifications
 // gives errNoDelivery.
 func (l *listener) probe(ctx context.Context, conn *pgx.Conn) error {
-	ctx, cancel := context.WithTimeout(ctx, l.probeWait)
+	sendCtx, cancel := context.WithTimeout(ctx, l.probeWait)
 	defer cancel()
 	token := fmt.Sprintf("%016x", rand.Uint64())
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", channelProbe, token); err != nil {
+	if _, err := conn.Exec(sendCtx, "SELECT pg_notify($1, $2)", channelProbe, token); err != nil {
 		return err
 	}
+	// The wait gets its own budget: a slow round trip on a loaded server
+	// must not pass for notifications that never come.
+	ctx, cancel = context.WithTimeout(ctx, l.probeWait)
+	defer cancel()
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

@@ -129,6 +129,12 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 	}
 	// Spread reconnects after a database restart instead of a storm.
 	cfg.MaxConnLifetimeJitter = cfg.MaxConnLifetime / 10
+	// pgxpool's background connects otherwise wait up to two minutes on
+	// a blackholed network, holding pool slots; connect_timeout in the
+	// connection string overrides this.
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, redactError(translate("compute: open", err), cfg.ConnConfig.Password)

@@ -330,7 +330,7 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 	for {
 		free := cap(qs.slots) - len(qs.slots)
 		if more && free > 0 {
-			claimCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			claimCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 			claimed, err := w.q.Claim(claimCtx, qs.name, free)
 			cancel()
 			if err != nil {
@@ -366,6 +366,13 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 		}
 		poll.Stop()
 	}
+}
+
+// callTimeout bounds the fetch and rescue loops' database calls: a call
+// stuck on a dead or blackholed connection is abandoned (and the connection
+// with it) well before another lease could run out.
+func (w *Worker) callTimeout() time.Duration {
+	return min(30*time.Second, w.q.opts.lease)
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.
@@ -429,6 +436,13 @@ func (w *Worker) call(ctx context.Context, qs *queueState, job *Job) (outputs []
 // completer.
 func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs []string, err error) {
 	cause := context.Cause(ctx)
+	if err == nil {
+		// Bad output names would make Complete reject the whole batch
+		// they are written in: they fail this job alone, for good.
+		if bad := validFiles(outputs, "output files"); bad != nil {
+			err = Permanent(fmt.Errorf("handler returned %w", bad))
+		}
+	}
 	switch {
 	case cause == errLeaseLost:
 		w.forget(job)
@@ -599,7 +613,7 @@ func (w *Worker) write(batch []outcome) error {
 	for _, err := range []error{errDone, errFailed} {
 		var lost *LeaseLostError
 		if errors.As(err, &lost) {
-			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "first", lost.IDs[0])
+			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "err", lost)
 		} else if err != nil {
 			return err
 		}
@@ -678,7 +692,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 // jitter), and once at start.
 func (w *Worker) rescue(ctx context.Context) {
 	for {
-		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 		n, err := w.q.RequeueStale(callCtx)
 		cancel()
 		switch {
