@@ -109,6 +109,11 @@
 // compute.meta, plus SELECT on compute.goose_db_version if it opens with
 // WithMigrate (which then only checks the version).
 //
+// Pool size: Open's pool has pgx's default size, max(4, CPUs), unless the
+// connection string sets pool_max_conns. A Worker's fetch loops, completer,
+// heartbeat and rescue share it with handlers that use the database; at
+// high throughput give it more (the bench module uses 10).
+//
 // Very high insert rates: every statement that enqueues sends one
 // notification per queue, and each notifying commit takes a
 // cluster-wide lock. SetMeta(ctx, MetaNotify, "off") turns the insert
