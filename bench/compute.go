@@ -43,8 +43,10 @@ func (s *computeSystem) close()       { s.q.Close() }
 func (s *computeSystem) migrate(ctx context.Context) error { return s.q.Migrate(ctx) }
 
 func (s *computeSystem) vacuum(ctx context.Context) error {
-	_, err := s.q.Pool().Exec(ctx, `VACUUM ANALYZE compute.jobs`)
-	return err
+	if _, err := s.q.Pool().Exec(ctx, `VACUUM ANALYZE compute.jobs`); err != nil {
+		return err
+	}
+	return checkpoint(ctx, s.q.Pool())
 }
 
 // insert uses EnqueueMany, the library's one bulk path (one unnest INSERT

@@ -86,8 +86,10 @@ func (s *riverSystem) migrate(ctx context.Context) error {
 }
 
 func (s *riverSystem) vacuum(ctx context.Context) error {
-	_, err := s.pool.Exec(ctx, `VACUUM ANALYZE river_job`)
-	return err
+	if _, err := s.pool.Exec(ctx, `VACUUM ANALYZE river_job`); err != nil {
+		return err
+	}
+	return checkpoint(ctx, s.pool)
 }
 
 // insert uses InsertManyFast, River's fastest bulk path (COPY FROM).

@@ -132,7 +132,7 @@ func printTable(out io.Writer, h header, o options, res *results) {
 
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "ratio = compute ÷ River. Burn-down time runs from the worker's start to the last completion visible in the")
-	fmt.Fprintln(out, "database; jobs are loaded and VACUUM ANALYZEd first, untimed. Pick-up latency runs from the producer's")
+	fmt.Fprintln(out, "database; jobs are loaded, VACUUM ANALYZEd and CHECKPOINTed first, untimed. Pick-up latency runs from the producer's")
 	fmt.Fprintln(out, "commit returning to the handler's start, on this process's monotonic clock. Keeps up: the producers hit 95%")
 	fmt.Fprintln(out, "of the rate, at most 1/4 s of jobs waited when they stopped, and all started within the drain time.")
 
