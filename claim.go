@@ -60,7 +60,7 @@ func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) 
 		if err != nil {
 			return err
 		}
-		jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) { return scanJob(row) })
+		jobs, err = pgx.CollectRows(rows, collectJob)
 		return err
 	})
 	slices.SortFunc(jobs, func(a, b *Job) int {
@@ -101,19 +101,16 @@ func (q *Queue) Complete(ctx context.Context, done ...Completion) error {
 	if len(done) == 0 {
 		return nil
 	}
-	ids, attempts, workers := make([][]byte, len(done)), make([]int32, len(done)), make([]string, len(done))
-	outputs := make([]string, len(done))
+	jobs, outputs := make([]*Job, len(done)), make([]string, len(done))
 	for i, c := range done {
-		if c.Job == nil {
-			return fmt.Errorf("%w: completion %d has no job", ErrInvalidJob, i)
+		if c.Job != nil {
+			if err := validFiles(c.OutputFiles, "output files"); err != nil {
+				return fmt.Errorf("job %s: %w", c.Job.ID, err)
+			}
 		}
-		if err := validFiles(c.OutputFiles, "output files"); err != nil {
-			return fmt.Errorf("job %s: %w", c.Job.ID, err)
-		}
-		ids[i], attempts[i], workers[i] = c.Job.ID[:], int32(c.Job.Attempt), c.Job.Worker
-		outputs[i] = arrayLiteral(c.OutputFiles)
+		jobs[i], outputs[i] = c.Job, arrayLiteral(c.OutputFiles)
 	}
-	return q.fenced(ctx, "compute: complete", ids, completeJobs, ids, attempts, workers, outputs)
+	return q.fenced(ctx, "compute: complete", jobs, completeJobs, outputs)
 }
 
 // Failure is one failed attempt for Fail.
@@ -160,16 +157,15 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 		return nil
 	}
 	n := len(failed)
-	ids, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
+	jobs := make([]*Job, n)
 	msgs, permanent, snooze, delays := make([]string, n), make([]bool, n), make([]bool, n), make([]int64, n)
 	for i, f := range failed {
-		if f.Job == nil {
-			return fmt.Errorf("%w: failure %d has no job", ErrInvalidJob, i)
+		if jobs[i] = f.Job; f.Job == nil {
+			continue // fenced reports it
 		}
 		if f.RetryIn < 0 {
 			return fmt.Errorf("%w: job %s: RetryIn %s is negative", ErrInvalidJob, f.Job.ID, f.RetryIn)
 		}
-		ids[i], attempts[i], workers[i] = f.Job.ID[:], int32(f.Job.Attempt), f.Job.Worker
 		msgs[i] = "failed"
 		if f.Err != nil {
 			msgs[i] = cleanError(f.Err.Error())
@@ -185,7 +181,7 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 		permanent[i] = errors.Is(f.Err, ErrPermanent)
 		delays[i] = delay.Microseconds()
 	}
-	return q.fenced(ctx, "compute: fail", ids, failJobs, ids, attempts, workers, msgs, permanent, snooze, delays)
+	return q.fenced(ctx, "compute: fail", jobs, failJobs, msgs, permanent, snooze, delays)
 }
 
 // heartbeatJobs renews the leases of many jobs in one statement, fenced like
@@ -204,33 +200,34 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
-	ids, attempts, workers := make([][]byte, len(jobs)), make([]int32, len(jobs)), make([]string, len(jobs))
-	for i, j := range jobs {
-		if j == nil {
-			return fmt.Errorf("%w: heartbeat %d has no job", ErrInvalidJob, i)
-		}
-		ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
-	}
-	return q.fenced(ctx, "compute: heartbeat", ids, heartbeatJobs, ids, attempts, workers, q.opts.lease.Microseconds())
+	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobs, q.opts.lease.Microseconds())
 }
 
-// fenced runs one of the fenced batch statements and reports the ids it did
-// not return as a *LeaseLostError.
+// fenced runs one of the fenced batch statements: the claim of each job
+// (id, attempt, worker) goes in as its first three array parameters, extra
+// as the rest, and the ids the statement did not return come back as a
+// *LeaseLostError.
 //
 // The statements run unprepared (QueryExecModeExec), so Postgres plans each
 // call with its real arrays. A cached generic plan guesses ten unnest rows
 // and one in-progress row and picks a nested loop that compares every job
 // with every other: 30 times slower at 1,000 jobs.
-func (q *Queue) fenced(ctx context.Context, what string, want [][]byte, sql string, args ...any) error {
-	seen := make(map[string]bool, len(want))
-	for _, id := range want {
-		if seen[string(id)] {
-			return fmt.Errorf("%w: job %s appears twice in one call; pass each job once", ErrInvalidJob, JobID(id))
+func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string, extra ...any) error {
+	n := len(jobs)
+	want, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
+	seen := make(map[string]bool, n)
+	for i, j := range jobs {
+		if j == nil {
+			return fmt.Errorf("%s: %w: entry %d has no job", what, ErrInvalidJob, i)
 		}
-		seen[string(id)] = true
+		if seen[string(j.ID[:])] {
+			return fmt.Errorf("%w: job %s appears twice in one call; pass each job once", ErrInvalidJob, j.ID)
+		}
+		seen[string(j.ID[:])] = true
+		want[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
 	}
 	var got [][]byte
-	args = append([]any{pgx.QueryExecModeExec}, args...)
+	args := append([]any{pgx.QueryExecModeExec, want, attempts, workers}, extra...)
 	err := q.do(ctx, what, func(ctx context.Context) error {
 		rows, err := q.pool.Query(ctx, sql, args...)
 		if err != nil {

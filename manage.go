@@ -38,6 +38,9 @@ func scanJob(row pgx.Row) (*Job, error) {
 	return &j, nil
 }
 
+// collectJob is scanJob in the shape pgx.CollectRows takes.
+func collectJob(row pgx.CollectableRow) (*Job, error) { return scanJob(row) }
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -136,7 +139,7 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 		if err != nil {
 			return err
 		}
-		jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) { return scanJob(row) })
+		jobs, err = pgx.CollectRows(rows, collectJob)
 		return err
 	})
 	return jobs, err

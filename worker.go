@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -117,7 +118,8 @@ type runningJob struct {
 type outcome struct {
 	job     *Job
 	outputs []string
-	err     error // nil: complete
+	err     error         // nil: complete
+	retryIn time.Duration // for a failed attempt: when it may run again
 }
 
 // Causes of a job context's cancellation.
@@ -451,15 +453,16 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	case err != nil && cause == errShutdown:
 		err = Snooze(0) // interrupted by our own shutdown: hand back, attempt not spent
 	}
-	if err != nil && qs.cfg.MaxAttempts > 0 && job.Attempt >= qs.cfg.MaxAttempts && !isSnooze(err) {
-		err = Permanent(fmt.Errorf("queue allows %d attempts: %w", qs.cfg.MaxAttempts, err))
-	}
-	if err != nil && !isSnooze(err) {
-		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Attempt, "err", firstLine(err))
-	}
 	o := outcome{job: job, outputs: outputs, err: err}
-	if err != nil && !isSnooze(err) && !errors.Is(err, ErrPermanent) {
-		o.err = &retryError{err: err, in: qs.cfg.Backoff(job.Attempt)}
+	var snooze *snoozeError
+	if err != nil && !errors.As(err, &snooze) {
+		if qs.cfg.MaxAttempts > 0 && job.Attempt >= qs.cfg.MaxAttempts {
+			o.err = Permanent(fmt.Errorf("queue allows %d attempts: %w", qs.cfg.MaxAttempts, err))
+		}
+		// The queue's backoff; at least 1µs, since 0 would mean Fail's default.
+		o.retryIn = max(qs.cfg.Backoff(job.Attempt), time.Microsecond)
+		first, _, _ := strings.Cut(o.err.Error(), "\n")
+		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Attempt, "err", first)
 	}
 	w.mu.Lock()
 	if r := w.running[job.ID]; r != nil && r.job == job {
@@ -467,34 +470,16 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	}
 	w.outcomes = append(w.outcomes, o)
 	w.mu.Unlock()
+	signal(w.flush)
+}
+
+// signal makes a non-blocking send on a capacity-1 channel: a full channel
+// already holds a pending signal.
+func signal(ch chan struct{}) {
 	select {
-	case w.flush <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// retryError carries a failed attempt's error with the queue's backoff.
-type retryError struct {
-	err error
-	in  time.Duration
-}
-
-func (e *retryError) Error() string { return e.err.Error() }
-func (e *retryError) Unwrap() error { return e.err }
-
-func isSnooze(err error) bool {
-	var s *snoozeError
-	return errors.As(err, &s)
-}
-
-func firstLine(err error) string {
-	s := err.Error()
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			return s[:i]
-		}
-	}
-	return s
 }
 
 // forget drops a job's attempt from the running set, unless a newer
@@ -519,10 +504,7 @@ func (w *Worker) forgetLocked(job *Job) {
 // release gives back one slot and tells the fetcher.
 func (qs *queueState) release() {
 	<-qs.slots
-	select {
-	case qs.freed <- struct{}{}:
-	default:
-	}
+	signal(qs.freed)
 }
 
 // maxWrite caps the outcomes one completer round writes.
@@ -553,10 +535,7 @@ func (w *Worker) complete(ctx context.Context) {
 		more := len(w.outcomes) > 0
 		w.mu.Unlock()
 		if more {
-			select {
-			case w.flush <- struct{}{}:
-			default:
-			}
+			signal(w.flush)
 		}
 		for failures := 0; len(batch) > 0; failures++ {
 			err := w.write(batch)
@@ -598,12 +577,7 @@ func (w *Worker) write(batch []outcome) error {
 			done = append(done, Completion{Job: o.job, OutputFiles: o.outputs})
 			continue
 		}
-		f := Failure{Job: o.job, Err: o.err}
-		var r *retryError
-		if errors.As(o.err, &r) {
-			f.Err, f.RetryIn = r.err, max(r.in, time.Microsecond)
-		}
-		failed = append(failed, f)
+		failed = append(failed, Failure{Job: o.job, Err: o.err, RetryIn: o.retryIn})
 	}
 	w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -712,10 +686,7 @@ func (w *Worker) rescue(ctx context.Context) {
 // wakeQueue is the listener's hook for a notification about queue.
 func (w *Worker) wakeQueue(queue string) {
 	if qs := w.queues[queue]; qs != nil {
-		select {
-		case qs.wake <- struct{}{}:
-		default:
-		}
+		signal(qs.wake)
 	}
 }
 
