@@ -3,6 +3,7 @@ package compute
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,146 +16,309 @@ import (
 // Input files arrive as one array literal per job (see arrayLiteral). ON
 // CONFLICT DO NOTHING makes a second submit of a content-id job a no-op,
 // also when two submitters race. run_at is the caller's time when given, else
-// the database's now() plus the delay.
+// the database's now() plus the delay. Empty keys are stored as NULL, which
+// keeps those jobs out of the partial index jobs_unique.
 const insertJobs = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
-                          priority, run_at, max_attempts)
+                          priority, run_at, max_attempts, unique_key, partition_key)
 SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], now(), now(),
-       d.priority, coalesce(d.run_at, now() + d.delay_us * interval '1 microsecond'), d.max_attempts
+       d.priority, coalesce(d.run_at, now() + d.delay_us * interval '1 microsecond'), d.max_attempts,
+       nullif(d.unique_key, ''), nullif(d.partition_key, '')
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[],
-            $7::bigint[], $8::integer[])
-     AS d(job_id, queue, config, input_files, priority, run_at, delay_us, max_attempts)
+            $7::bigint[], $8::integer[], $9::text[], $10::text[])
+     AS d(job_id, queue, config, input_files, priority, run_at, delay_us, max_attempts,
+          unique_key, partition_key)
 ON CONFLICT (job_id) DO NOTHING`
+
+// insertJobsReturning is insertJobs for batches with content ids: the ids it
+// returns are the jobs it created, the rest already existed.
+const insertJobsReturning = insertJobs + ` RETURNING job_id`
+
+// lockUniqueKeys serializes submitters of the same unique keys until their
+// transactions end, in a fixed (sorted) order so two batches cannot
+// deadlock. The lookup that follows runs as a new statement and so sees
+// every job a previous holder committed. That holds only at READ COMMITTED,
+// which the statement reports so the caller can refuse other levels.
+const lockUniqueKeys = `
+SELECT count(pg_advisory_xact_lock($1, s.h)), current_setting('transaction_isolation')
+FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) AS h
+      FROM unnest($2::text[], $3::text[]) AS d(queue, key) ORDER BY 1) s`
+
+// lockClassUnique is the first key of the advisory locks on unique keys
+// ("comu"); the second is a hash of queue and key.
+const lockClassUnique = 0x636f6d75
+
+// findDuplicates returns, for each unique job of a batch (by its 1-based
+// position), the newest earlier job of its queue with the same key within
+// its scope. jobs_unique finds a key's jobs newest first; the scope is a
+// filter on those few rows.
+const findDuplicates = `
+SELECT d.i, e.job_id
+FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) WITH ORDINALITY AS d(queue, key, scope, window_us, i)
+CROSS JOIN LATERAL (
+    SELECT j.job_id FROM compute.jobs j
+    WHERE j.queue = d.queue AND j.unique_key = d.key
+      AND CASE d.scope WHEN 0 THEN j.status IN ('queued', 'in-progress')
+                       WHEN 1 THEN j.status = 'queued'
+                       ELSE j.created > now() - d.window_us * interval '1 microsecond' END
+    ORDER BY j.created DESC
+    LIMIT 1) e`
 
 // maxBatchBytes caps the configs sent in one statement; a larger batch is
 // split into several statements inside one transaction.
 const maxBatchBytes = 64 << 20
 
-// execer is what the enqueue path needs from a pool or a caller's transaction.
-type execer interface {
+// db is what the enqueue path needs from a pool or a caller's transaction.
+type db interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-// Enqueue submits one job and returns its id. With job.ContentID set and an
-// identical job already present, it returns that job's id and creates
-// nothing. Errors: bad input matches ErrInvalid (nothing is written); a
-// database that cannot be reached matches ErrUnavailable. If ctx ends or the
-// connection drops while the commit is in flight, the job may or may not
-// exist: enqueue with ContentID set when a retry must not duplicate it.
+// Enqueued is what Submit reports for each job.
+type Enqueued struct {
+	// ID is the new job's id, or the existing job's when Duplicate.
+	ID JobID
+	// Duplicate is true when no job was created: a job with the same
+	// content id, or the same unique key within its scope, already
+	// existed (or came earlier in the same batch).
+	Duplicate bool
+}
+
+// Enqueue submits one job and returns its id. With job.ContentID or
+// job.Unique set and a matching job already present, it returns that job's
+// id and creates nothing (use Submit to learn which happened). Errors: bad
+// input matches ErrInvalid (nothing is written); a database that cannot be
+// reached matches ErrUnavailable. If ctx ends or the connection drops while
+// the commit is in flight, the job may or may not exist: enqueue with
+// ContentID or a unique key when a retry must not duplicate it.
 func (q *Queue) Enqueue(ctx context.Context, job Job) (JobID, error) {
-	ids, err := q.EnqueueMany(ctx, []Job{job})
+	res, err := q.Submit(ctx, job)
 	if err != nil {
 		return JobID{}, err
 	}
-	return ids[0], nil
+	return res[0].ID, nil
 }
 
 // EnqueueMany submits jobs in one round trip (batches above 64 MiB of config
 // take a few, in one transaction) and returns their ids in order. Either all
 // jobs are submitted or none: one invalid job fails the call with an error
-// naming its index. See Enqueue for content ids and errors.
+// naming its index. See Enqueue for duplicates and errors.
 func (q *Queue) EnqueueMany(ctx context.Context, jobs []Job) ([]JobID, error) {
-	batches, ids, err := q.prepare(jobs)
-	if err != nil || len(jobs) == 0 {
-		return ids, err
+	return ids(q.Submit(ctx, jobs...))
+}
+
+// Submit is EnqueueMany that also reports, per job, whether it was a
+// duplicate of an existing job (content id or unique key) and so created
+// nothing. Batches with unique keys take one transaction of three short
+// statements; others take one statement.
+func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
+	b, err := q.prepare(jobs)
+	if err != nil {
+		return nil, err
+	}
+	if len(jobs) == 0 {
+		return []Enqueued{}, nil
 	}
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
-		if len(batches) == 1 {
-			_, err := q.pool.Exec(ctx, insertJobs, batches[0]...)
-			return err
+		b.reset()
+		if len(b.batches) == 1 && !b.unique {
+			return b.insert(ctx, q.pool)
 		}
-		return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
-			return execBatches(ctx, tx, batches)
-		})
+		return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
 	if err != nil {
 		return nil, redactError(err, q.password)
 	}
-	return ids, nil
+	return b.results, nil
 }
 
 // EnqueueTx submits a job inside the caller's transaction: the job exists
 // only if tx commits, and no worker sees it before then. Errors from the
 // database leave tx aborted, as any failed statement does; the caller rolls
-// back. See Enqueue for content ids.
+// back. Unique jobs need tx at READ COMMITTED (the default), and hold a lock
+// on their keys until tx ends. See Enqueue for duplicates.
 func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, job Job) (JobID, error) {
-	ids, err := q.EnqueueManyTx(ctx, tx, []Job{job})
+	res, err := q.SubmitTx(ctx, tx, job)
 	if err != nil {
 		return JobID{}, err
 	}
-	return ids[0], nil
+	return res[0].ID, nil
 }
 
 // EnqueueManyTx submits jobs inside the caller's transaction, in one round
 // trip; see EnqueueTx and EnqueueMany.
 func (q *Queue) EnqueueManyTx(ctx context.Context, tx pgx.Tx, jobs []Job) ([]JobID, error) {
+	return ids(q.SubmitTx(ctx, tx, jobs...))
+}
+
+// SubmitTx is EnqueueManyTx that reports duplicates, as Submit does.
+func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueued, error) {
 	if tx == nil {
 		return nil, fmt.Errorf("%w: EnqueueTx needs a transaction; use Enqueue without one", ErrInvalidOption)
 	}
 	if q.closed.Load() {
 		return nil, fmt.Errorf("compute: enqueue: %w", ErrClosed)
 	}
-	batches, ids, err := q.prepare(jobs)
-	if err != nil || len(jobs) == 0 {
-		return ids, err
+	b, err := q.prepare(jobs)
+	if err != nil {
+		return nil, err
+	}
+	if len(jobs) == 0 {
+		return []Enqueued{}, nil
 	}
 	// Serialization failures are not retried here: they abort the caller's
 	// transaction, which only the caller can retry.
-	if err := execBatches(ctx, tx, batches); err != nil {
+	if err := b.write(ctx, tx); err != nil {
 		return nil, redactError(translate("compute: enqueue", err), q.password)
 	}
-	return ids, nil
+	return b.results, nil
 }
 
-func execBatches(ctx context.Context, db execer, batches [][]any) error {
-	for _, args := range batches {
-		if _, err := db.Exec(ctx, insertJobs, args...); err != nil {
+func ids(res []Enqueued, err error) ([]JobID, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]JobID, len(res))
+	for i, r := range res {
+		out[i] = r.ID
+	}
+	return out, nil
+}
+
+// batch is a validated submission: the jobs with their ids, and what the
+// statements need.
+type batch struct {
+	jobs    []Job
+	ids     []JobID // the ids the jobs get if they are created
+	chosen  []bool  // the id is not new (content id, periodic tick): it may exist
+	results []Enqueued
+	// firstOf maps a job to an earlier job of the same batch it duplicates
+	// (same content id, or same queue and unique key), else to itself.
+	firstOf []int
+	unique  bool    // some job has a unique key
+	content bool    // some job has a chosen id
+	batches [][]int // job indexes per insert statement (maxBatchBytes)
+}
+
+// reset clears what a failed attempt may have filled in, before a retry.
+func (b *batch) reset() {
+	for i := range b.results {
+		b.results[i] = Enqueued{ID: b.ids[b.firstOf[i]], Duplicate: b.firstOf[i] != i}
+	}
+}
+
+// write runs the whole submission on tx: lock and look up unique keys,
+// then insert what is new.
+func (b *batch) write(ctx context.Context, tx db) error {
+	if b.unique {
+		if err := b.skipDuplicates(ctx, tx); err != nil {
 			return err
+		}
+	}
+	return b.insert(ctx, tx)
+}
+
+// skipDuplicates locks the batch's unique keys and marks the jobs whose key
+// an existing job holds within their scope.
+func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
+	var queues, keys []string
+	var scopes []int16
+	var windows []int64
+	var pos []int
+	for i, j := range b.jobs {
+		if j.Unique.Key != "" && b.firstOf[i] == i {
+			queues, keys = append(queues, j.Queue), append(keys, j.Unique.Key)
+			scopes, windows = append(scopes, int16(j.Unique.Scope)), append(windows, j.Unique.Window.Microseconds())
+			pos = append(pos, i)
+		}
+	}
+	var locked int64
+	var isolation string
+	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys)
+	if err != nil {
+		return err
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&locked, &isolation}, func() error { return nil }); err != nil {
+		return err
+	}
+	if isolation != "read committed" {
+		return fmt.Errorf("%w: unique jobs need a READ COMMITTED transaction, this one is %s; enqueue them in a separate transaction", ErrInvalidOption, strings.ToUpper(isolation))
+	}
+	rows, err = tx.Query(ctx, findDuplicates, queues, keys, scopes, windows)
+	if err != nil {
+		return err
+	}
+	var i int64
+	var existing []byte
+	_, err = pgx.ForEachRow(rows, []any{&i, &existing}, func() error {
+		at := pos[i-1]
+		b.results[at] = Enqueued{ID: JobID(existing), Duplicate: true}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Later jobs of the batch with the same key follow their first.
+	for k := range b.results {
+		if f := b.firstOf[k]; f != k {
+			b.results[k].ID = b.results[f].ID
 		}
 	}
 	return nil
 }
 
-// prepare validates every job, assigns ids and builds the column arrays of
-// insertJobs, split so no batch carries more than maxBatchBytes of config.
-func (q *Queue) prepare(jobs []Job) (batches [][]any, ids []JobID, err error) {
-	ids = make([]JobID, len(jobs))
-	var (
-		jobIDs     [][]byte
-		queues     []string
-		configs    []string
-		files      []string
-		priorities []int16
-		runAts     []*time.Time
-		delays     []int64
-		maxes      []int32
-		size       int
-	)
-	flush := func() {
-		if len(jobIDs) > 0 {
-			batches = append(batches, []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes})
+// insert writes the jobs not known to be duplicates, one statement per
+// batch, and marks content-id jobs that already existed.
+func (b *batch) insert(ctx context.Context, tx db) error {
+	for _, idx := range b.batches {
+		args := b.columns(idx)
+		if args == nil {
+			continue
 		}
-		jobIDs, queues, configs, files, priorities, runAts, delays, maxes = nil, nil, nil, nil, nil, nil, nil, nil
-		size = 0
-	}
-	for i := range jobs {
-		j := &jobs[i]
-		if err := validJob(j, q.opts.maxConfig); err != nil {
-			if len(jobs) > 1 {
-				return nil, nil, fmt.Errorf("job %d: %w", i, err)
+		if !b.content {
+			if _, err := tx.Exec(ctx, insertJobs, args...); err != nil {
+				return err
 			}
-			return nil, nil, err
+			continue
 		}
-		if j.ContentID {
-			ids[i] = contentJobID(j.Queue, j.Config, j.InputFiles)
-		} else if ids[i], err = newJobID(); err != nil {
-			return nil, nil, err
+		rows, err := tx.Query(ctx, insertJobsReturning, args...)
+		if err != nil {
+			return err
 		}
-		if size+len(j.Config) > maxBatchBytes {
-			flush()
+		created, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		if err != nil {
+			return err
 		}
-		size += len(j.Config)
-		jobIDs = append(jobIDs, ids[i][:])
+		made := make(map[JobID]bool, len(created))
+		for _, id := range created {
+			made[JobID(id)] = true
+		}
+		for _, i := range idx {
+			if b.firstOf[i] == i && b.chosen[i] && !made[b.results[i].ID] {
+				b.results[i].Duplicate = true
+			}
+		}
+	}
+	return nil
+}
+
+// columns builds insertJobs' array parameters for the jobs at idx that are
+// to be created; nil when there are none.
+func (b *batch) columns(idx []int) []any {
+	var (
+		jobIDs                                []([]byte)
+		queues, configs, files, uniques, keys []string
+		priorities                            []int16
+		runAts                                []*time.Time
+		delays                                []int64
+		maxes                                 []int32
+	)
+	for _, i := range idx {
+		if b.results[i].Duplicate {
+			continue
+		}
+		j := &b.jobs[i]
+		jobIDs = append(jobIDs, b.results[i].ID[:])
 		queues = append(queues, j.Queue)
 		configs = append(configs, j.Config)
 		files = append(files, arrayLiteral(j.InputFiles))
@@ -165,12 +329,72 @@ func (q *Queue) prepare(jobs []Job) (batches [][]any, ids []JobID, err error) {
 		}
 		runAts = append(runAts, runAt)
 		delays = append(delays, j.Delay.Microseconds())
-		maxAttempts := j.MaxAttempts
-		if maxAttempts == 0 {
-			maxAttempts = DefaultMaxAttempts
-		}
-		maxes = append(maxes, int32(maxAttempts))
+		maxes = append(maxes, int32(cmpOr(j.MaxAttempts, DefaultMaxAttempts)))
+		uniques = append(uniques, j.Unique.Key)
+		keys = append(keys, j.PartitionKey)
 	}
-	flush()
-	return batches, ids, nil
+	if len(jobIDs) == 0 {
+		return nil
+	}
+	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys}
+}
+
+// prepare validates every job, assigns ids, finds duplicates within the
+// batch, and splits it so no statement carries more than maxBatchBytes of
+// config.
+func (q *Queue) prepare(jobs []Job) (*batch, error) {
+	n := len(jobs)
+	b := &batch{jobs: jobs, ids: make([]JobID, n), chosen: make([]bool, n), results: make([]Enqueued, n), firstOf: make([]int, n)}
+	type uniqueKey struct{ queue, key string }
+	firstUnique := make(map[uniqueKey]int)
+	firstContent := make(map[JobID]int)
+	var cur []int
+	size := 0
+	for i := range jobs {
+		j := &jobs[i]
+		if err := validJob(j, q.opts.maxConfig); err != nil {
+			if len(jobs) > 1 {
+				return b, fmt.Errorf("job %d: %w", i, err)
+			}
+			return b, err
+		}
+		b.firstOf[i] = i
+		switch {
+		case j.ContentID:
+			b.content, b.chosen[i] = true, true
+			b.ids[i] = contentJobID(j.Queue, j.Config, j.InputFiles)
+			if f, ok := firstContent[b.ids[i]]; ok {
+				b.firstOf[i] = f
+			} else {
+				firstContent[b.ids[i]] = i
+			}
+		default:
+			id, err := newJobID()
+			if err != nil {
+				return b, err
+			}
+			b.ids[i] = id
+			if j.Unique.Key == "" {
+				break
+			}
+			b.unique = true
+			k := uniqueKey{j.Queue, j.Unique.Key}
+			if f, ok := firstUnique[k]; ok {
+				b.firstOf[i] = f
+			} else {
+				firstUnique[k] = i
+			}
+		}
+		if size+len(j.Config) > maxBatchBytes && len(cur) > 0 {
+			b.batches = append(b.batches, cur)
+			cur, size = nil, 0
+		}
+		size += len(j.Config)
+		cur = append(cur, i)
+	}
+	if len(cur) > 0 {
+		b.batches = append(b.batches, cur)
+	}
+	b.reset()
+	return b, nil
 }

@@ -91,8 +91,9 @@ func (s Status) valid() bool {
 }
 
 // Job is a unit of work. On enqueue the caller sets Queue, Config, InputFiles
-// and, optionally, Priority, RunAt or Delay, MaxAttempts and ContentID; every
-// other field is set by the queue and ignored on enqueue.
+// and, optionally, Priority, RunAt or Delay, MaxAttempts, PartitionKey, and
+// ContentID or Unique; every other field is set by the queue and ignored on
+// enqueue.
 type Job struct {
 	// Queue names the queue: 1 to 32 characters from a-z, A-Z, 0-9, '_',
 	// '-' and '.', starting with a letter or digit.
@@ -118,6 +119,16 @@ type Job struct {
 	// enqueuing the same job again returns the existing job's id and
 	// creates nothing, whatever that job's status.
 	ContentID bool
+	// Unique, when its Key is set, makes Enqueue skip the job if an
+	// earlier job of the same queue has the same key within the scope, and
+	// return that job's id instead (Submit also reports it). It cannot be
+	// combined with ContentID.
+	Unique Unique
+	// PartitionKey names the tenant (customer, account) the job belongs
+	// to. Queues with per-key limits or fair claims (SetQueueSettings)
+	// count and rotate by it; elsewhere it is only stored. At most 256
+	// bytes; empty means none.
+	PartitionKey string
 
 	// ID identifies the job.
 	ID JobID
@@ -139,6 +150,36 @@ type Job struct {
 	// Errors holds one entry per failed attempt, oldest first.
 	Errors []AttemptError
 }
+
+// Unique asks Enqueue to skip a job that duplicates an earlier one: one with
+// the same queue and Key within Scope. Concurrent submitters of the same key,
+// in one process or many, create one job between them.
+type Unique struct {
+	// Key identifies the work, for example "invoice:42"; at most 256
+	// bytes. Empty means the job is not unique.
+	Key string
+	// Scope says which earlier jobs count; the default is
+	// UniqueWhileActive.
+	Scope UniqueScope
+	// Window is the time UniqueWithinWindow looks back, from the
+	// database's now(); required for that scope, ignored by the others.
+	Window time.Duration
+}
+
+// UniqueScope says which earlier jobs with the same unique key make a new
+// one a duplicate.
+type UniqueScope int
+
+const (
+	// UniqueWhileActive: a queued or in-progress job with the key.
+	UniqueWhileActive UniqueScope = iota
+	// UniqueWhileQueued: a queued job with the key; once it runs, the key
+	// may be enqueued again.
+	UniqueWhileQueued
+	// UniqueWithinWindow: any job with the key created within Window,
+	// whatever its status.
+	UniqueWithinWindow
+)
 
 // DefaultMaxAttempts is the number of attempts a job gets when neither the
 // job nor the inserting program says otherwise (the column's default).

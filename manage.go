@@ -15,25 +15,27 @@ import (
 // Columns are qualified: statements alias compute.jobs as j.
 const jobColumns = `j.job_id, j.status, j.queue, j.config, j.input_files, j.created, j.last_accessed,
 	j.grabbed, j.finished, j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker,
-	j.lease_expires, j.errors`
+	j.lease_expires, j.errors, j.unique_key, j.partition_key`
 
-// scanJob reads one row of jobColumns.
-func scanJob(row pgx.Row) (*Job, error) {
+// scanJob reads one row of jobColumns, after the destinations in before
+// for columns that precede them.
+func scanJob(row pgx.Row, before ...any) (*Job, error) {
 	var (
 		j                               Job
 		id                              []byte
-		config, worker                  *string
+		config, worker, unique, part    *string
 		grabbed, finished, leaseExpires *time.Time
 	)
-	err := row.Scan(&id, &j.Status, &j.Queue, &config, &j.InputFiles, &j.Created, &j.LastAccessed,
+	err := row.Scan(append(before, &id, &j.Status, &j.Queue, &config, &j.InputFiles, &j.Created, &j.LastAccessed,
 		&grabbed, &finished, &j.OutputFiles, &j.Priority, &j.RunAt, &j.Attempt, &j.MaxAttempts,
-		&worker, &leaseExpires, &j.Errors)
+		&worker, &leaseExpires, &j.Errors, &unique, &part)...)
 	if err != nil {
 		return nil, err
 	}
 	copy(j.ID[:], id)
 	j.Config = deref(config)
 	j.Worker = deref(worker)
+	j.Unique.Key, j.PartitionKey = deref(unique), deref(part)
 	j.Grabbed, j.Finished, j.LeaseExpires = derefTime(grabbed), derefTime(finished), derefTime(leaseExpires)
 	return &j, nil
 }

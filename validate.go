@@ -16,6 +16,7 @@ const (
 	maxErrorLen      = 16384   // bytes of one attempt's error kept on the job
 	maxMaxAttempts   = 1000    // keeps the errors array of a job bounded
 	defaultMaxConfig = 1 << 20 // default WithMaxConfigSize
+	maxKeyLen        = 256     // partition and unique keys, in bytes
 )
 
 // validQueue checks a queue name: 1 to 32 of a-z A-Z 0-9 _ - . with a
@@ -95,6 +96,48 @@ func validJob(j *Job, maxConfig int) error {
 	}
 	if !j.RunAt.IsZero() && j.Delay != 0 {
 		return fmt.Errorf("%w: both RunAt and Delay are set; set one", ErrInvalidJob)
+	}
+	if err := validKey(j.PartitionKey, "partition key"); err != nil {
+		return err
+	}
+	return validUnique(j)
+}
+
+// validKey checks a partition or unique key: storable text of at most
+// maxKeyLen bytes.
+func validKey(key, what string) error {
+	if len(key) > maxKeyLen {
+		return fmt.Errorf("%w: %s is %d bytes long; use at most %d", ErrInvalidJob, what, len(key), maxKeyLen)
+	}
+	return validText(key, what, ErrInvalidJob)
+}
+
+// validUnique checks a job's uniqueness request.
+func validUnique(j *Job) error {
+	u := j.Unique
+	if u.Key == "" {
+		if u != (Unique{}) {
+			return fmt.Errorf("%w: Unique has a scope or window but no Key; set Key, or leave Unique empty", ErrInvalidJob)
+		}
+		return nil
+	}
+	if err := validKey(u.Key, "unique key"); err != nil {
+		return err
+	}
+	if j.ContentID {
+		return fmt.Errorf("%w: both ContentID and Unique are set; use one way to avoid duplicates", ErrInvalidJob)
+	}
+	switch u.Scope {
+	case UniqueWhileActive, UniqueWhileQueued:
+		if u.Window != 0 {
+			return fmt.Errorf("%w: Unique.Window is set but the scope is not UniqueWithinWindow", ErrInvalidJob)
+		}
+	case UniqueWithinWindow:
+		if u.Window <= 0 {
+			return fmt.Errorf("%w: UniqueWithinWindow needs a positive Unique.Window, got %s", ErrInvalidJob, u.Window)
+		}
+	default:
+		return fmt.Errorf("%w: unknown unique scope %d; use UniqueWhileActive, UniqueWhileQueued or UniqueWithinWindow", ErrInvalidJob, u.Scope)
 	}
 	return nil
 }

@@ -663,7 +663,7 @@ func TestWorkerStopDuringClaimLeavesNoJobInProgress(t *testing.T) {
 	r := runWorker(t, w, ctx)
 	claimRunning := func() bool {
 		return queryOne[bool](t, q.Pool(), `SELECT EXISTS (SELECT FROM pg_stat_activity
-			WHERE datname = current_database() AND state = 'active' AND query LIKE '%WITH picked%'
+			WHERE datname = current_database() AND state = 'active' AND query LIKE '%picked AS MATERIALIZED%'
 			  AND pid <> pg_backend_pid())`)
 	}
 	waitUntil(t, liveness, "the claim statement to run", claimRunning)

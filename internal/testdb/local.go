@@ -31,6 +31,8 @@ var serverSettings = []string{
 	"synchronous_commit=on",
 	"max_connections=300",
 	"shared_buffers=128MB",
+	// Tests read the library's statements back from pg_stat_activity.
+	"track_activity_query_size=8192",
 }
 
 // credential is the unprivileged user the server runs as when we are root.

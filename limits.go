@@ -1,0 +1,261 @@
+package compute
+
+import (
+	"context"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// lockClassClaim is the first key of the advisory lock that serializes
+// claims of a queue with rules ("comc"); the second is a hash of the name.
+const lockClassClaim = 0x636f6d63
+
+// lockGatedQueue serializes the claims of one queue with rules until the
+// claim's transaction ends, and reads the rules. Every statement after it
+// takes a new snapshot and so sees every claim a previous holder committed:
+// counts of running jobs and starts are exact.
+const lockGatedQueue = `
+SELECT paused, coalesce(max_running, 0), coalesce(key_max_running, 0), coalesce(rate_limit, 0),
+       coalesce(key_rate_limit, 0), coalesce(extract(epoch FROM rate_period) * 1e6, 0)::bigint, fair,
+       coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint, coalesce(fair_cursor, '')
+FROM compute.queues, pg_advisory_xact_lock($2, hashtext($1))
+WHERE name = $1`
+
+// queueUsage counts what the queue-wide limits need: running jobs (through
+// the small partial index jobs_running) and starts within the rate period.
+const queueUsage = `
+SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue = $1),
+       (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > now() - $2 * interval '1 microsecond')`
+
+// claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
+// no gate: the caller holds the queue's claim lock.
+const claimPicked = `
+WITH picked AS MATERIALIZED (
+    SELECT ctid FROM compute.jobs
+    WHERE status = 'queued' AND queue = $1 AND run_at <= now()
+    ORDER BY priority, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)` + claimUpdate
+
+// nextKeys steps through the distinct partition keys of a queue's queued
+// jobs after $2 (and up to $4 when given), in key order: one probe of
+// jobs_partition per key (a skip scan), so a million jobs under one key
+// cost no more than one job.
+const nextKeys = `
+WITH RECURSIVE k AS (
+    (SELECT partition_key FROM compute.jobs
+     WHERE status = 'queued' AND queue = $1 AND partition_key > $2
+     ORDER BY partition_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.partition_key FROM compute.jobs j
+            WHERE j.status = 'queued' AND j.queue = $1 AND j.partition_key > k.partition_key
+            ORDER BY j.partition_key LIMIT 1)
+    FROM k WHERE k.partition_key IS NOT NULL
+)
+SELECT partition_key FROM k
+WHERE partition_key IS NOT NULL AND ($4::text IS NULL OR partition_key <= $4)
+LIMIT $3`
+
+// claimKeyed claims up to $2 jobs across the keys in $5 (in round-robin
+// order; a NULL entry stands for the jobs without a key): each key's first
+// runnable job, then each key's second, and so on. Each key gives at most
+// $6 jobs and no more than its budget: $7 running per key minus those
+// running, $8 starts per key in the last $9 microseconds minus those.
+const claimKeyed = `
+WITH keys AS (
+    SELECT k, ord FROM unnest($5::text[]) WITH ORDINALITY AS t(k, ord)
+), running AS (
+    SELECT partition_key AS k, count(*) AS n FROM compute.jobs
+    WHERE status = 'in-progress' AND queue = $1 GROUP BY 1
+), started AS (
+    SELECT partition_key AS k, count(*) AS n FROM compute.starts
+    WHERE queue = $1 AND at > now() - $9 * interval '1 microsecond' GROUP BY 1
+), budget AS (
+    SELECT keys.k, keys.ord,
+           greatest(0, least($6, $7 - coalesce(r.n, 0), $8 - coalesce(s.n, 0))) AS n
+    FROM keys
+    LEFT JOIN running r ON r.k IS NOT DISTINCT FROM keys.k
+    LEFT JOIN started s ON s.k IS NOT DISTINCT FROM keys.k
+), candidates AS (
+    SELECT c.ctid, c.rank, b.ord
+    FROM budget b CROSS JOIN LATERAL (
+        SELECT s.ctid, row_number() OVER (ORDER BY s.priority, s.run_at) AS rank
+        FROM (SELECT ctid, priority, run_at FROM compute.jobs
+              WHERE status = 'queued' AND queue = $1 AND run_at <= now()
+                AND (partition_key = b.k OR (b.k IS NULL AND partition_key IS NULL))
+              ORDER BY priority, run_at
+              LIMIT b.n) s
+    ) c
+), picked AS MATERIALIZED (
+    SELECT j.ctid FROM compute.jobs j
+    JOIN (SELECT ctid FROM candidates ORDER BY rank, ord LIMIT $2) c ON j.ctid = c.ctid
+    FOR UPDATE OF j SKIP LOCKED
+)` + claimUpdate
+
+// recordStarts logs the starts of a rate-limited queue and drops the ones
+// older than the period, which no limit reads any more.
+const recordStarts = `
+WITH gone AS (
+    DELETE FROM compute.starts WHERE queue = $1 AND at <= now() - $3 * interval '1 microsecond'
+)
+INSERT INTO compute.starts (queue, partition_key) SELECT $1, k FROM unnest($2::text[]) AS t(k)`
+
+// saveCursor remembers where round-robin stopped.
+const saveCursor = `UPDATE compute.queues SET fair_cursor = $2 WHERE name = $1`
+
+// maxKeysPerClaim bounds the partition keys one claim visits.
+const maxKeysPerClaim = 100
+
+// claimGated claims from a queue with rules, in one transaction that holds
+// the queue's claim lock: claims of such a queue run one at a time across
+// the cluster, which is what makes its limits exact.
+func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, error) {
+	var jobs []*Job
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		jobs = nil
+		var cursor string
+		s, err := readSettings(ctx, tx.QueryRow(ctx, lockGatedQueue, queue, lockClassClaim), &cursor)
+		if err != nil || s.Paused {
+			return err
+		}
+		periodUS := s.RatePeriod.Microseconds()
+		var running, started int
+		if err := tx.QueryRow(ctx, queueUsage, queue, periodUS).Scan(&running, &started); err != nil {
+			return err
+		}
+		if s.MaxRunning > 0 {
+			n = min(n, s.MaxRunning-running)
+		}
+		if s.RateLimit > 0 {
+			n = min(n, s.RateLimit-started)
+		}
+		if n <= 0 {
+			return nil
+		}
+		if s.keyed() {
+			jobs, err = q.claimByKey(ctx, tx, queue, n, s, cursor)
+		} else {
+			var rows pgx.Rows
+			if rows, err = tx.Query(ctx, claimPicked, queue, n, q.opts.workerID, q.opts.lease.Microseconds()); err == nil {
+				jobs, err = pgx.CollectRows(rows, collectJob)
+			}
+		}
+		if err != nil || s.keyed() {
+			return err // claimByKey records its starts per pass
+		}
+		return recordStart(ctx, tx, queue, jobs, periodUS)
+	})
+	return jobs, err
+}
+
+// recordStart logs the starts of jobs when the queue is rate limited.
+func recordStart(ctx context.Context, tx pgx.Tx, queue string, jobs []*Job, periodUS int64) error {
+	if len(jobs) == 0 || periodUS == 0 {
+		return nil
+	}
+	keys := make([]*string, len(jobs))
+	for i, j := range jobs {
+		if j.PartitionKey != "" {
+			keys[i] = &j.PartitionKey
+		}
+	}
+	_, err := tx.Exec(ctx, recordStarts, queue, keys, periodUS)
+	return err
+}
+
+// claimByKey claims round-robin across partition keys, going on from where
+// the previous claim stopped. A pass gives each key an equal share of n; when
+// uneven backlogs leave slots unused, another pass (with fresh per-key
+// budgets, which now count this claim's jobs) offers them to the keys that
+// have more, with a larger share.
+func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, s QueueSettings, cursor string) ([]*Job, error) {
+	keys, err := roundKeys(ctx, tx, queue, cursor, min(n, maxKeysPerClaim))
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	keyMax, keyRate := math.MaxInt32, math.MaxInt32
+	if s.KeyMaxRunning > 0 {
+		keyMax = s.KeyMaxRunning
+	}
+	if s.KeyRateLimit > 0 {
+		keyRate = s.KeyRateLimit
+	}
+	var jobs []*Job
+	share := (n + len(keys) - 1) / len(keys)
+	for pass := 0; pass < 4 && len(jobs) < n; pass++ {
+		rows, err := tx.Query(ctx, claimKeyed, queue, n-len(jobs), q.opts.workerID, q.opts.lease.Microseconds(),
+			keys, share, keyMax, keyRate, s.RatePeriod.Microseconds())
+		if err != nil {
+			return nil, err
+		}
+		got, err := pgx.CollectRows(rows, collectJob)
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, got...)
+		if err := recordStart(ctx, tx, queue, got, s.RatePeriod.Microseconds()); err != nil {
+			return nil, err
+		}
+		if len(got) == 0 {
+			break
+		}
+		share *= 4
+	}
+	// The next claim starts after the last key served here.
+	last := -1
+	for _, j := range jobs {
+		for i, k := range keys {
+			if i > last && (k == nil && j.PartitionKey == "" || k != nil && *k == j.PartitionKey) {
+				last = i
+			}
+		}
+	}
+	if last >= 0 {
+		next := ""
+		if keys[last] != nil {
+			next = *keys[last]
+		}
+		_, err = tx.Exec(ctx, saveCursor, queue, next)
+	}
+	return jobs, err
+}
+
+// roundKeys lists up to m partition keys with queued jobs, in round-robin
+// order from after cursor, wrapping around once; the jobs without a key (a
+// nil entry) come at the wrap.
+func roundKeys(ctx context.Context, tx pgx.Tx, queue, cursor string, m int) ([]*string, error) {
+	after, err := keysAfter(ctx, tx, queue, cursor, nil, m)
+	if err != nil || len(after) >= m {
+		return after, err
+	}
+	var none bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM compute.jobs WHERE status = 'queued' AND queue = $1 AND partition_key IS NULL)`, queue).Scan(&none); err != nil {
+		return nil, err
+	}
+	if none {
+		after = append(after, nil)
+	}
+	if cursor == "" {
+		return after, nil
+	}
+	before, err := keysAfter(ctx, tx, queue, "", &cursor, m-len(after))
+	return append(after, before...), err
+}
+
+// keysAfter runs nextKeys: up to m keys after cursor, up to upTo if set.
+func keysAfter(ctx context.Context, tx pgx.Tx, queue, cursor string, upTo *string, m int) ([]*string, error) {
+	if m <= 0 {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, nextKeys, queue, cursor, m, upTo)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*string, error) {
+		var k string
+		err := row.Scan(&k)
+		return &k, err
+	})
+}

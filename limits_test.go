@@ -1,0 +1,253 @@
+package compute_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+// claimN claims up to n jobs of queue and fails the test on error.
+func claimN(t testing.TB, q *compute.Queue, queue string, n int) []*compute.Job {
+	t.Helper()
+	jobs, err := q.Claim(t.Context(), queue, n)
+	if err != nil {
+		t.Fatalf("claim %s: %v", queue, err)
+	}
+	return jobs
+}
+
+func complete(t testing.TB, q *compute.Queue, jobs ...*compute.Job) {
+	t.Helper()
+	done := make([]compute.Completion, len(jobs))
+	for i, j := range jobs {
+		done[i] = compute.Completion{Job: j}
+	}
+	if err := q.Complete(t.Context(), done...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setSettings(t testing.TB, q *compute.Queue, queue string, s compute.QueueSettings) {
+	t.Helper()
+	if err := q.SetQueueSettings(t.Context(), queue, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func keyed(queue string, counts map[string]int) []compute.Job {
+	var jobs []compute.Job
+	for key, n := range counts {
+		for range n {
+			jobs = append(jobs, compute.Job{Queue: queue, PartitionKey: key})
+		}
+	}
+	return jobs
+}
+
+func byKey(jobs []*compute.Job) map[string]int {
+	m := make(map[string]int)
+	for _, j := range jobs {
+		m[j.PartitionKey]++
+	}
+	return m
+}
+
+// TestPausedQueueClaimsNothingUntilResumed checks Pause and Resume through
+// Claim, and that settings round-trip and keep Paused apart.
+func TestPausedQueueClaimsNothingUntilResumed(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "p"}}, 3))
+	if err := q.Pause(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if got := claimN(t, q, "p", 10); len(got) != 0 {
+		t.Fatalf("a paused queue gave %d jobs", len(got))
+	}
+	// Settings leave Paused alone.
+	setSettings(t, q, "p", compute.QueueSettings{MaxRunning: 5})
+	s, err := q.GetQueueSettings(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Paused || s.MaxRunning != 5 {
+		t.Fatalf("settings = %+v, want paused with MaxRunning 5", s)
+	}
+	if err := q.Resume(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if got := claimN(t, q, "p", 10); len(got) != 3 {
+		t.Fatalf("a resumed queue gave %d jobs, want 3", len(got))
+	}
+}
+
+// TestMaxRunningHoldsAcrossClaimers checks the queue-wide cap with many
+// concurrent claimers (separate pools, as separate processes would have):
+// the running count never exceeds it, and it is reached.
+func TestMaxRunningHoldsAcrossClaimers(t *testing.T) {
+	t.Parallel()
+	conn := testdb.New(t)
+	admin := openQueue(t, conn, compute.WithMigrate())
+	setSettings(t, admin, "cap", compute.QueueSettings{MaxRunning: 7})
+	enqueueAll(t, admin, slices.Repeat([]compute.Job{{Queue: "cap"}}, 400))
+
+	var mu sync.Mutex
+	running, peak, done := 0, 0, 0
+	var wg sync.WaitGroup
+	for w := range 6 {
+		q := openQueue(t, conn, compute.WithWorkerID(fmt.Sprintf("w%d", w)))
+		wg.Go(func() {
+			for {
+				jobs, err := q.Claim(t.Context(), "cap", 5)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				running += len(jobs)
+				peak = max(peak, running)
+				finished := done == 400
+				mu.Unlock()
+				if finished {
+					return
+				}
+				if len(jobs) == 0 {
+					time.Sleep(time.Millisecond) // another claimer holds the cap
+					continue
+				}
+				time.Sleep(2 * time.Millisecond) // the work, so claims overlap
+				// Count down before completing: the database may free the
+				// slot as soon as Complete commits. So this count is never
+				// above the database's, and a peak above 7 is a violation.
+				mu.Lock()
+				running -= len(jobs)
+				done += len(jobs)
+				mu.Unlock()
+				complete(t, q, jobs...)
+			}
+		})
+	}
+	wg.Wait()
+	if peak > 7 {
+		t.Fatalf("peak running %d exceeds MaxRunning 7", peak)
+	}
+	if peak < 7 {
+		t.Fatalf("peak running %d never reached MaxRunning 7: the test shows nothing", peak)
+	}
+}
+
+// TestKeyMaxRunningCapsEachKey checks the per-key cap in one claim and
+// across claims.
+func TestKeyMaxRunningCapsEachKey(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "k", compute.QueueSettings{KeyMaxRunning: 3})
+	enqueueAll(t, q, keyed("k", map[string]int{"acme": 10, "globex": 2, "": 5}))
+
+	first := claimN(t, q, "k", 100)
+	if got, want := byKey(first), map[string]int{"acme": 3, "globex": 2, "": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("first claim by key = %v, want %v", got, want)
+	}
+	if again := claimN(t, q, "k", 100); len(again) != 0 {
+		t.Fatalf("claim at the cap gave %v", byKey(again))
+	}
+	var acme []*compute.Job
+	for _, j := range first {
+		if j.PartitionKey == "acme" {
+			acme = append(acme, j)
+		}
+	}
+	complete(t, q, acme[:2]...)
+	if got := byKey(claimN(t, q, "k", 100)); fmt.Sprint(got) != fmt.Sprint(map[string]int{"acme": 2}) {
+		t.Fatalf("after two acme jobs finished, claim gave %v, want acme:2", got)
+	}
+}
+
+// TestFairClaimRotatesKeys checks round-robin: one claim of n takes an equal
+// share from each key, and successive small claims rotate through the keys
+// instead of draining the first.
+func TestFairClaimRotatesKeys(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "f", compute.QueueSettings{Fair: true})
+	enqueueAll(t, q, keyed("f", map[string]int{"big": 1000}))
+	enqueueAll(t, q, keyed("f", map[string]int{"small1": 3, "small2": 3}))
+
+	if got := byKey(claimN(t, q, "f", 6)); fmt.Sprint(got) != fmt.Sprint(map[string]int{"big": 2, "small1": 2, "small2": 2}) {
+		t.Fatalf("one claim of 6 = %v, want 2 from each key", got)
+	}
+	var order []string
+	for range 6 {
+		for _, j := range claimN(t, q, "f", 1) {
+			order = append(order, j.PartitionKey)
+		}
+	}
+	// After the claim of 6 stopped at small2, single claims rotate: big,
+	// small1, small2, big, then small1 and small2 are empty.
+	want := []string{"big", "small1", "small2", "big", "big", "big"}
+	if !slices.Equal(order, want) {
+		t.Fatalf("single claims took keys %v, want %v", order, want)
+	}
+	// Uneven backlogs: slots the small keys cannot use go to the big one.
+	if got := byKey(claimN(t, q, "f", 50)); got["big"] != 50 {
+		t.Fatalf("a claim of 50 with only big left = %v", got)
+	}
+}
+
+// TestRateLimitCountsStartsInSlidingWindow checks the queue-wide and
+// per-key start limits.
+func TestRateLimitCountsStartsInSlidingWindow(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "r", compute.QueueSettings{RateLimit: 5, RatePeriod: time.Hour})
+	enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "r"}}, 20))
+	got := claimN(t, q, "r", 20)
+	if len(got) != 5 {
+		t.Fatalf("first claim gave %d, want the rate limit of 5", len(got))
+	}
+	complete(t, q, got...)
+	if again := claimN(t, q, "r", 20); len(again) != 0 {
+		t.Fatalf("a claim within the period gave %d more", len(again))
+	}
+	// Backdate the starts past the period: the window slides on.
+	mustExec(t, q.Pool(), `UPDATE compute.starts SET at = at - interval '61 minutes' WHERE queue = 'r'`)
+	if again := claimN(t, q, "r", 20); len(again) != 5 {
+		t.Fatalf("after the period a claim gave %d, want 5", len(again))
+	}
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.starts WHERE queue = 'r'`); n != 5 {
+		t.Fatalf("starts log holds %d rows, want the 5 inside the window", n)
+	}
+
+	setSettings(t, q, "rk", compute.QueueSettings{KeyRateLimit: 2, RatePeriod: time.Hour})
+	enqueueAll(t, q, keyed("rk", map[string]int{"a": 5, "b": 5}))
+	if got := byKey(claimN(t, q, "rk", 10)); fmt.Sprint(got) != fmt.Sprint(map[string]int{"a": 2, "b": 2}) {
+		t.Fatalf("per-key rate limit gave %v, want 2 each", got)
+	}
+}
+
+// TestSettingsRejectBadValues checks the validation of QueueSettings.
+func TestSettingsRejectBadValues(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	for _, s := range []compute.QueueSettings{
+		{MaxRunning: -1},
+		{RateLimit: 3},
+		{RatePeriod: time.Second},
+		{AgeAfter: time.Millisecond},
+	} {
+		if err := q.SetQueueSettings(t.Context(), "x", s); !errors.Is(err, compute.ErrInvalidOption) {
+			t.Errorf("SetQueueSettings(%+v) = %v, want ErrInvalidOption", s, err)
+		}
+	}
+	if err := q.Pause(context.Background(), "bad name!"); !errors.Is(err, compute.ErrInvalidQueue) {
+		t.Errorf("Pause(bad name) = %v", err)
+	}
+}
