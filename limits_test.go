@@ -251,3 +251,51 @@ func TestSettingsRejectBadValues(t *testing.T) {
 		t.Errorf("Pause(bad name) = %v", err)
 	}
 }
+
+// TestWorkerPauseLetsRunningJobsFinishAndResumeWakesAtOnce checks Pause and
+// Resume against a running worker whose poll interval is a minute, so only
+// the notification can wake it: a running job finishes after Pause, no new
+// job starts, and Resume starts the rest at once.
+func TestWorkerPauseLetsRunningJobsFinishAndResumeWakesAtOnce(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	started := make(chan compute.JobID, 10)
+	release := make(chan struct{})
+	r := startWorker(t, q, compute.WorkerConfig{
+		PollInterval: time.Minute,
+		Queues: map[string]compute.QueueConfig{"pz": {Concurrency: 1, Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
+			started <- job.ID
+			<-release
+			return nil, nil
+		}}},
+	})
+	defer r.stop(t)
+	ids := enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "pz"}}, 3))
+	first := receive(t, started, liveness, "the first job to start")
+	if err := q.Pause(ctx, "pz"); err != nil {
+		t.Fatal(err)
+	}
+	close(release) // the running job finishes while paused
+	awaitStatus(t, q, first, compute.StatusComplete)
+	// The freed slot makes the worker claim again: the claim must find the
+	// queue paused. Wait for that claim to pass, then check nothing started.
+	waitUntil(t, liveness, "a claim after the pause", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE queue = 'pz' AND status = 'queued'`) == 2 &&
+			queryOne[bool](t, q.Pool(), `SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%picked AS MATERIALIZED%' AND pid <> pg_backend_pid())`)
+	})
+	select {
+	case id := <-started:
+		t.Fatalf("job %s started while the queue was paused", id)
+	default:
+	}
+	if err := q.Resume(ctx, "pz"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		receive(t, started, 5*time.Second, "a job to start after Resume (well before the 1-minute poll)")
+	}
+	for _, id := range ids {
+		awaitStatus(t, q, id, compute.StatusComplete)
+	}
+}

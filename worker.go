@@ -61,9 +61,18 @@ type WorkerConfig struct {
 	// ends, before their contexts are cancelled and they are handed back.
 	// Default 30 s. (Shutdown takes its own deadline.)
 	StopTimeout time.Duration
-	// RescueInterval is how often this worker hands back other workers'
-	// expired jobs (Queue.RequeueStale). Default 10 s.
+	// RescueInterval is how often this worker runs its maintenance round:
+	// it hands back other workers' expired jobs (Queue.RequeueStale),
+	// applies Retention and priority aging, and tidies the worker
+	// registry. Default 10 s.
 	RescueInterval time.Duration
+	// Retention says how long finished jobs are kept; zero fields take
+	// Retention's defaults (expire after 7 days unread, delete a week
+	// later).
+	Retention Retention
+	// Periodic lists jobs to enqueue on a schedule. Every worker process
+	// may list the same ones: each tick is enqueued once in the cluster.
+	Periodic []PeriodicJob
 }
 
 // Worker runs handlers for named queues with bounded concurrency: it claims
@@ -75,6 +84,8 @@ type Worker struct {
 	cfg    WorkerConfig
 	log    *slog.Logger
 	queues map[string]*queueState
+	// schedules are the periodic jobs, checked by NewWorker.
+	schedules []*schedule
 
 	// stop is closed by Shutdown; shutdownCtx is Shutdown's deadline. Run
 	// reads both; stopOnce guards the close.
@@ -148,6 +159,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	cfg.PollInterval = cmpOr(cfg.PollInterval, time.Second)
 	cfg.StopTimeout = cmpOr(cfg.StopTimeout, 30*time.Second)
 	cfg.RescueInterval = cmpOr(cfg.RescueInterval, 10*time.Second)
+	cfg.Retention = cfg.Retention.withDefaults()
 	w := &Worker{
 		q: q, cfg: cfg, log: q.opts.logger.With(slog.String("worker", q.opts.workerID)),
 		queues:  make(map[string]*queueState, len(cfg.Queues)),
@@ -180,6 +192,10 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 			wake:  make(chan struct{}, 1),
 			freed: make(chan struct{}, 1),
 		}
+	}
+	var err error
+	if w.schedules, err = newSchedules(cfg.Periodic, q.opts.maxConfig); err != nil {
+		return nil, err
 	}
 	return w, nil
 }
@@ -234,6 +250,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		fetchers.Go(func() { w.fetch(fetchCtx, jobsCtx, &jobs, qs) })
 	}
 	fetchers.Go(func() { w.rescue(fetchCtx) })
+	if len(w.schedules) > 0 {
+		fetchers.Go(func() { w.enqueuePeriodic(fetchCtx) })
+	}
 	background.Go(func() { w.heartbeat(backgroundCtx) })
 	completerDone := make(chan struct{})
 	go func() { defer close(completerDone); w.complete(backgroundCtx) }()
@@ -285,6 +304,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopBackground()
 	<-completerDone
 	background.Wait()
+	w.unregister()
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -609,12 +629,14 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	interval := w.q.opts.lease / 3
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	w.register(ctx, interval)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		w.register(ctx, interval)
 		w.mu.Lock()
 		held := make([]*Job, 0, len(w.running))
 		for _, r := range w.running {
@@ -662,24 +684,37 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	}
 }
 
-// rescue hands back other workers' expired jobs every RescueInterval (with
-// jitter), and once at start.
+// rescue runs the maintenance round (see maintain) every RescueInterval
+// (with jitter), and once at start.
 func (w *Worker) rescue(ctx context.Context) {
 	for {
-		callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
-		n, err := w.q.RequeueStale(callCtx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			w.log.Warn("requeue of stale jobs failed", "err", err)
-		case n > 0:
-			w.log.Info("requeued stale jobs", "jobs", n)
-		}
+		w.maintain(ctx)
 		if !sleep(ctx, w.cfg.RescueInterval/2+rand.N(w.cfg.RescueInterval/2+1)) {
 			return
 		}
+	}
+}
+
+// register records this worker and its queues in compute.workers (for
+// Explain and operators); the heartbeat loop refreshes it.
+func (w *Worker) register(ctx context.Context, timeout time.Duration) {
+	names := make([]string, 0, len(w.queues))
+	for name := range w.queues {
+		names = append(names, name)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := w.q.pool.Exec(callCtx, registerWorker, w.q.opts.workerID, names); err != nil {
+		w.logFailure(ctx, "worker registry update failed", err)
+	}
+}
+
+// unregister removes this worker from compute.workers after a clean stop.
+func (w *Worker) unregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.q.pool.Exec(ctx, unregisterWorker, w.q.opts.workerID); err != nil {
+		w.log.Warn("could not remove this worker from the registry; it ages out in an hour", "err", err)
 	}
 }
 
