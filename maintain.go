@@ -21,6 +21,9 @@ type Retention struct {
 	// jobs this long after their last read, without expiring them first.
 	// Default 0: they are not deleted before they expire.
 	DeleteCompleteAfter, DeleteFailedAfter time.Duration
+	// JournalAfter: journal events older than this are deleted. Default
+	// 7 days; negative keeps them.
+	JournalAfter time.Duration
 }
 
 const day = 24 * time.Hour
@@ -28,6 +31,7 @@ const day = 24 * time.Hour
 func (r Retention) withDefaults() Retention {
 	r.ExpireAfter = cmpOr(r.ExpireAfter, 7*day)
 	r.DeleteExpiredAfter = cmpOr(r.DeleteExpiredAfter, 14*day)
+	r.JournalAfter = cmpOr(r.JournalAfter, 7*day)
 	return r
 }
 
@@ -162,6 +166,10 @@ func (w *Worker) maintain(ctx context.Context) {
 			n, err := w.q.Purge(callCtx, status, age)
 			w.logRound(ctx, "deleted old "+string(status)+" jobs", n, err)
 		}
+	}
+	if r.JournalAfter > 0 {
+		n, err := w.q.batches(callCtx, "compute: purge journal", purgeEvents, r.JournalAfter.Microseconds())
+		w.logRound(ctx, "deleted old journal events", n, err)
 	}
 	n, err := w.q.ageQueues(callCtx)
 	w.logRound(ctx, "raised the priority of waiting jobs", n, err)

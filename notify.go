@@ -18,6 +18,8 @@ const (
 	channelJobs   = "compute_jobs"
 	channelCancel = "compute_cancel"
 	channelProbe  = "compute_probe"
+	// channelEvents carries no payload: the journal has new events.
+	channelEvents = "compute_events"
 )
 
 // listener holds a process's one LISTEN connection, outside the pool so pool
@@ -30,6 +32,8 @@ type listener struct {
 	wake      func(queue string) // a job became runnable in queue
 	wakeAll   func()             // notifications may have been missed
 	cancelJob func(id JobID)     // Cancel was called on a running job
+	// channels are the channels to LISTEN on besides channelProbe.
+	channels []string
 	// idle is how long the connection may be silent before a probe checks
 	// that it still delivers; probeWait is how long the probe may take.
 	idle, probeWait time.Duration
@@ -81,7 +85,7 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 		return false, redactError(err, l.q.password)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	for _, ch := range []string{channelJobs, channelCancel, channelProbe} {
+	for _, ch := range append(l.channels, channelProbe) {
 		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
 			return false, err
 		}
@@ -147,6 +151,8 @@ func (l *listener) deliver(channel, payload string) {
 	switch channel {
 	case channelJobs:
 		l.wake(payload)
+	case channelEvents:
+		l.wakeAll()
 	case channelCancel:
 		var id JobID
 		if b, err := hex.DecodeString(payload); err == nil && len(b) == len(id) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,11 @@ type Queue struct {
 	password string // redacted from the errors Open returns
 	opts     options
 	closed   atomic.Bool
+
+	// hub is the journal listener of Wait and Follow, started by the
+	// first of them (under hubMu) and stopped by Close.
+	hubMu sync.Mutex
+	hub   *eventHub
 }
 
 // Option configures a Queue. A zero value passed to an option means its
@@ -186,8 +192,15 @@ func (q *Queue) WorkerID() string { return q.opts.workerID }
 // the queue return ErrClosed. Close is safe to call more than once; stop
 // Workers before closing the queue they use.
 func (q *Queue) Close() {
+	q.hubMu.Lock()
 	if q.closed.Swap(true) {
+		q.hubMu.Unlock()
 		return
+	}
+	hub := q.hub
+	q.hubMu.Unlock()
+	if hub != nil {
+		hub.close()
 	}
 	if q.ownsPool {
 		q.pool.Close()

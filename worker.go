@@ -243,7 +243,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var fetchers, jobs, background sync.WaitGroup
 	if !w.cfg.PollOnly {
 		l := &listener{q: w.q, log: w.log, wake: w.wakeQueue, wakeAll: w.wakeAll, cancelJob: w.cancelRunning,
-			idle: 10 * time.Second, probeWait: 5 * time.Second}
+			channels: []string{channelJobs, channelCancel}, idle: 10 * time.Second, probeWait: 5 * time.Second}
 		fetchers.Go(func() { l.run(fetchCtx) })
 	}
 	for _, qs := range w.queues {

@@ -1,0 +1,272 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Cursor is a position in the job journal: Events returns what comes after
+// it. The zero Cursor is the start of the journal. Cursors are ordered by
+// commit safety, not by time: an event is only returned once no running
+// transaction can still add an event before it, so a reader that resumes
+// from the last cursor it saw never misses one.
+type Cursor struct {
+	xid uint64 // the writing transaction
+	seq int64  // the event's number within the journal
+}
+
+// String encodes the cursor for storage, as "xid.seq".
+func (c Cursor) String() string { return fmt.Sprintf("%d.%d", c.xid, c.seq) }
+
+// ParseCursor decodes Cursor.String; "" is the zero Cursor. Anything else
+// fails with ErrInvalidOption.
+func ParseCursor(s string) (Cursor, error) {
+	if s == "" {
+		return Cursor{}, nil
+	}
+	x, q, ok := strings.Cut(s, ".")
+	xid, err1 := strconv.ParseUint(x, 10, 64)
+	seq, err2 := strconv.ParseInt(q, 10, 64)
+	if !ok || err1 != nil || err2 != nil || seq < 0 {
+		return Cursor{}, fmt.Errorf("%w: %q is not a journal cursor; pass what Cursor.String returned", ErrInvalidOption, s)
+	}
+	return Cursor{xid, seq}, nil
+}
+
+// Event is one status change of a job, as the journal recorded it.
+type Event struct {
+	// Cursor is this event's position; pass it to Events to read on.
+	Cursor  Cursor
+	JobID   JobID
+	Queue   string
+	Status  Status // the status the job entered
+	Attempt int    // the job's attempt count at the change
+	At      time.Time
+}
+
+// readEvents returns up to $3 events after the cursor ($1, $2) whose
+// transactions are older than every running one (pg_snapshot_xmin), in
+// cursor order: such a transaction has committed or aborted, so no event can
+// appear before the last one returned. The primary key (xid, seq) serves the
+// range. xid8 has no binary transfer in pgx, so it travels as text.
+const readEvents = `
+SELECT e.xid::text::bigint, e.seq, e.job_id, e.queue, e.status, e.attempt, e.at
+FROM compute.events e
+WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.xid, e.seq
+LIMIT $3`
+
+// heldBack says whether committed events after the cursor wait behind an
+// older running transaction.
+const heldBack = `
+SELECT EXISTS (SELECT FROM compute.events
+               WHERE (xid, seq) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot()))`
+
+// maxEvents caps one Events call.
+const maxEvents = 10000
+
+// Events returns up to limit journal events after the cursor, oldest first
+// in commit-safe order (see Cursor). Every status change of every job is
+// journaled, including those made by plain SQL. An event of a transaction
+// that is still open, or that an older open transaction holds back, comes
+// in a later call: a long-running transaction anywhere in the database
+// delays the journal, never reorders it.
+func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, error) {
+	if limit < 1 || limit > maxEvents {
+		return nil, fmt.Errorf("%w: events limit %d is outside 1..%d", ErrInvalidOption, limit, maxEvents)
+	}
+	var events []Event
+	err := q.do(ctx, "compute: read events", func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, readEvents, strconv.FormatUint(after.xid, 10), after.seq, limit)
+		if err != nil {
+			return err
+		}
+		events, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
+			var e Event
+			var id []byte
+			err := row.Scan(&e.Cursor.xid, &e.Cursor.seq, &id, &e.Queue, &e.Status, &e.Attempt, &e.At)
+			copy(e.JobID[:], id)
+			return e, err
+		})
+		return err
+	})
+	return events, err
+}
+
+// journalHead is the newest readable event: the primary key read backwards
+// from the horizon.
+const journalHead = `
+SELECT e.xid::text::bigint, e.seq FROM compute.events e
+WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
+
+// Head returns the cursor of the newest event readable now, so a new
+// follower can start from the present instead of the journal's start.
+func (q *Queue) Head(ctx context.Context) (Cursor, error) {
+	var c Cursor
+	err := q.do(ctx, "compute: journal head", func(ctx context.Context) error {
+		err := q.pool.QueryRow(ctx, journalHead).Scan(&c.xid, &c.seq)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	return c, err
+}
+
+// Follow calls fn with every batch of journal events after the cursor, as
+// they become readable, until ctx ends (it then returns ctx's error) or fn
+// returns an error (which Follow returns). It is woken by a notification
+// when events are written, re-reads quickly while an open transaction holds
+// events back, and otherwise checks every 5 s in case a notification was
+// lost. Store the last event's Cursor to resume after a restart.
+func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error) error {
+	hub, err := q.journalHub()
+	if err != nil {
+		return err
+	}
+	held := 0
+	for {
+		changed := hub.changed()
+		events, err := q.Events(ctx, after, 1000)
+		if err != nil && ctx.Err() == nil {
+			q.opts.logger.Warn("reading the journal failed; retrying", "err", err)
+		}
+		if len(events) > 0 {
+			if err := fn(events); err != nil {
+				return err
+			}
+			after, held = events[len(events)-1].Cursor, 0
+			continue
+		}
+		wait := 5 * time.Second
+		if err == nil {
+			var pending bool
+			if e := q.pool.QueryRow(ctx, heldBack, strconv.FormatUint(after.xid, 10), after.seq).Scan(&pending); e == nil && pending {
+				held++
+				wait = min(wait, time.Duration(10<<min(held, 8))*time.Millisecond)
+			}
+		} else {
+			wait = time.Second
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// waitStatus reads a job's status without touching last_accessed.
+const waitStatus = `SELECT status FROM compute.jobs WHERE job_id = $1`
+
+// Wait blocks until the job is complete, failed or expired, and returns it
+// (as Get does). It is woken by the journal's notifications, not by busy
+// polling (a slow 5 s check covers lost notifications). It returns
+// ErrNotFound for an unknown id and ctx's error when ctx ends first.
+func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
+	hub, err := q.journalHub()
+	if err != nil {
+		return nil, err
+	}
+	for {
+		changed := hub.changed()
+		var status Status
+		err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
+			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status)
+		})
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil, fmt.Errorf("compute: wait for job %s: %w", id, ErrNotFound)
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case err == nil && (status == StatusComplete || status == StatusFailed || status == StatusExpired):
+			return q.Get(ctx, id)
+		}
+		t := time.NewTimer(5 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// eventHub is a Queue's one LISTEN connection for journal notifications,
+// shared by every Wait and Follow of the queue. It starts with the first of
+// them and stops when the Queue closes.
+type eventHub struct {
+	mu     sync.Mutex
+	ch     chan struct{} // closed at the next notification
+	stop   context.CancelFunc
+	done   chan struct{}
+	closed bool
+}
+
+// journalHub returns the queue's hub, starting it on first use.
+func (q *Queue) journalHub() (*eventHub, error) {
+	q.hubMu.Lock()
+	defer q.hubMu.Unlock()
+	if q.closed.Load() {
+		return nil, fmt.Errorf("compute: journal: %w", ErrClosed)
+	}
+	if q.hub != nil {
+		return q.hub, nil
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
+	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, wakeAll: h.broadcast, cancelJob: func(JobID) {},
+		channels: []string{channelEvents}, idle: 10 * time.Second, probeWait: 5 * time.Second}
+	go func() {
+		defer close(h.done)
+		l.run(ctx)
+	}()
+	q.hub = h
+	return h, nil
+}
+
+// changed returns a channel that closes at the next notification. Take it
+// before reading, so a change between the read and the wait is not missed.
+func (h *eventHub) changed() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ch
+}
+
+// broadcast wakes everyone waiting on changed.
+func (h *eventHub) broadcast() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	close(h.ch)
+	h.ch = make(chan struct{})
+}
+
+// close stops the hub's listener and waits for it.
+func (h *eventHub) close() {
+	h.stop()
+	<-h.done
+}
+
+// purgeEvents deletes journal events older than $2 microseconds, a batch at
+// a time; the BRIN index on at finds them.
+const purgeEvents = `
+WITH old AS MATERIALIZED (
+    SELECT ctid FROM compute.events WHERE at < now() - $2 * interval '1 microsecond' LIMIT $1
+), gone AS (
+    DELETE FROM compute.events e USING old WHERE e.ctid = old.ctid RETURNING 1
+)
+SELECT count(*), 0 FROM gone`

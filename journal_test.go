@@ -1,0 +1,252 @@
+package compute_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+// readAll reads every readable event after c.
+func readAll(t *testing.T, q *compute.Queue, c compute.Cursor) []compute.Event {
+	t.Helper()
+	var all []compute.Event
+	for {
+		events, err := q.Events(t.Context(), c, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(events) == 0 {
+			return all
+		}
+		all = append(all, events...)
+		c = events[len(events)-1].Cursor
+	}
+}
+
+func statuses(events []compute.Event, id compute.JobID) []compute.Status {
+	var out []compute.Status
+	for _, e := range events {
+		if e.JobID == id {
+			out = append(out, e.Status)
+		}
+	}
+	return out
+}
+
+// TestJournalRecordsEveryStatusChange follows one job through the library
+// and through plain SQL.
+func TestJournalRecordsEveryStatusChange(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	id := enqueue(t, q, compute.Job{Queue: "j"})
+	job := claimOne(t, q, "j")
+	if err := q.Fail(ctx, compute.Failure{Job: job, Err: errors.New("x"), RetryIn: time.Microsecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, liveness, "the retry to be due", func() bool { return len(claimN(t, q, "j", 1)) == 1 })
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET status = 'complete', finished = now() WHERE job_id = $1`, id[:])
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET last_accessed = now() WHERE job_id = $1`, id[:]) // no status change
+	got := statuses(readAll(t, q, compute.Cursor{}), id)
+	want := []compute.Status{"queued", "in-progress", "queued", "in-progress", "complete"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("journal of the job: %v, want %v", got, want)
+	}
+}
+
+// TestJournalWaitsForLateCommittingTransaction: a transaction that took its
+// id first but commits last must not be skipped by a reader that already
+// read a later transaction's event.
+func TestJournalWaitsForLateCommittingTransaction(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	early, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Rollback(ctx)
+	earlyID, err := q.EnqueueTx(ctx, early, compute.Job{Queue: "late"}) // takes the lower xid
+	if err != nil {
+		t.Fatal(err)
+	}
+	laterID := enqueue(t, q, compute.Job{Queue: "late"}) // commits first
+	if got := readAll(t, q, compute.Cursor{}); len(got) != 0 {
+		t.Fatalf("a reader got %d events while an older transaction was open; a later commit of it would be missed", len(got))
+	}
+	if err := early.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, q, compute.Cursor{})
+	if len(got) != 2 || got[0].JobID != earlyID || got[1].JobID != laterID {
+		t.Fatalf("after the commit: %v, want the early job then the later one", got)
+	}
+}
+
+// TestJournalConcurrentWritersFollowerMissesNothing runs writers whose
+// transactions overlap and commit out of order (each inserts, sleeps a
+// random moment, then commits or rolls back) while a follower reads with
+// its cursor. The follower must see every committed job's queued event
+// exactly once and nothing of rolled-back ones.
+func TestJournalConcurrentWritersFollowerMissesNothing(t *testing.T) {
+	t.Parallel()
+	conn := testdb.New(t)
+	q := openQueue(t, conn, compute.WithMigrate())
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	var mu sync.Mutex
+	seen := make(map[compute.JobID]int)
+	var followErr error
+	var follower sync.WaitGroup
+	follower.Go(func() {
+		followErr = q.Follow(ctx, compute.Cursor{}, func(events []compute.Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range events {
+				seen[e.JobID]++
+			}
+			return nil
+		})
+	})
+
+	var committed sync.Map
+	var rolledBack atomic.Int64
+	var writers sync.WaitGroup
+	for w := range 8 {
+		wq := openQueue(t, conn)
+		writers.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for range 40 {
+				tx, err := wq.Pool().Begin(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				id, err := wq.EnqueueTx(t.Context(), tx, compute.Job{Queue: fmt.Sprint("w", w)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond) // overlap with other writers
+				if r.IntN(5) == 0 {
+					tx.Rollback(t.Context())
+					rolledBack.Add(1)
+					continue
+				}
+				if err := tx.Commit(t.Context()); err != nil {
+					t.Error(err)
+					return
+				}
+				committed.Store(id, true)
+			}
+		})
+	}
+	writers.Wait()
+	want := 0
+	committed.Range(func(any, any) bool { want++; return true })
+	waitUntil(t, liveness, "the follower to catch up", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= want
+	})
+	cancel()
+	follower.Wait()
+	if !errors.Is(followErr, context.Canceled) {
+		t.Errorf("Follow returned %v, want context.Canceled", followErr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range seen {
+		if _, ok := committed.Load(id); !ok {
+			t.Errorf("event for job %s, which was rolled back", id)
+		}
+		if n != 1 {
+			t.Errorf("job %s delivered %d times", id, n)
+		}
+	}
+	if len(seen) != want || rolledBack.Load() == 0 {
+		t.Fatalf("follower saw %d jobs, %d committed, %d rolled back", len(seen), want, rolledBack.Load())
+	}
+}
+
+// TestWaitReturnsWhenJobFinishes checks Wait against a worker: it returns
+// the finished job, woken by the journal's notification.
+func TestWaitReturnsWhenJobFinishes(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	release := make(chan struct{})
+	r := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"wait": {Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
+			<-release
+			return []string{"result.txt"}, nil
+		}},
+	}})
+	defer r.stop(t)
+	id := enqueue(t, q, compute.Job{Queue: "wait"})
+	done := make(chan *compute.Job, 1)
+	go func() {
+		job, err := q.Wait(t.Context(), id)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- job
+	}()
+	awaitStatus(t, q, id, compute.StatusInProgress)
+	select {
+	case j := <-done:
+		t.Fatalf("Wait returned while the job ran: %+v", j)
+	default:
+	}
+	close(release)
+	// The fallback check runs every 5 s: a return well before that came
+	// from the notification.
+	job := receive(t, done, 4*time.Second, "Wait to return after the job finished")
+	if job.Status != compute.StatusComplete || !slices.Equal(job.OutputFiles, []string{"result.txt"}) {
+		t.Fatalf("Wait returned %+v", job)
+	}
+	if _, err := q.Wait(t.Context(), compute.JobID{9}); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("Wait for an unknown id: %v", err)
+	}
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	other := enqueue(t, q, compute.Job{Queue: "nobody-serves-this"})
+	if _, err := q.Wait(short, other); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait past its deadline: %v", err)
+	}
+}
+
+// TestCursorRoundTrip checks ParseCursor.
+func TestCursorRoundTrip(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	enqueue(t, q, compute.Job{Queue: "c"})
+	head, err := q.Head(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := compute.ParseCursor(head.String())
+	if err != nil || back != head {
+		t.Fatalf("ParseCursor(%q) = %v, %v", head, back, err)
+	}
+	if len(readAll(t, q, head)) != 0 {
+		t.Error("events after Head")
+	}
+	if len(readAll(t, q, compute.Cursor{})) != 1 {
+		t.Error("not one event from the start")
+	}
+	for _, bad := range []string{"x", "1", "1.x", "-1.2", "1.-2"} {
+		if _, err := compute.ParseCursor(bad); !errors.Is(err, compute.ErrInvalidOption) {
+			t.Errorf("ParseCursor(%q) = %v", bad, err)
+		}
+	}
+}

@@ -1,0 +1,76 @@
+-- The job journal: one event per status change of a job, in the order a
+-- reader can rely on. A sequence alone is not commit order (a transaction
+-- can take a lower number and commit later), so each event also records its
+-- transaction id, and readers only take events of transactions older than
+-- every transaction still running (pg_snapshot_xmin): those can no longer
+-- gain events. The cursor is (xid, seq).
+
+-- +goose Up
+CREATE TABLE compute.events (
+    xid     xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    seq     BIGINT      GENERATED ALWAYS AS IDENTITY,
+    job_id  BYTEA       NOT NULL,
+    queue   VARCHAR(32) NOT NULL,
+    status  VARCHAR(16) NOT NULL,
+    attempt INTEGER     NOT NULL,
+    at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (xid, seq)
+);
+
+-- Journal retention deletes by age. Events arrive in time order, so a BRIN
+-- index finds old ones at almost no cost per insert.
+CREATE INDEX events_at ON compute.events USING brin (at);
+
+-- Statement-level triggers with transition tables: one INSERT ... SELECT per
+-- statement, however many jobs it touched, and one notification on
+-- compute_events so waiters and followers read the journal at once.
+-- +goose StatementBegin
+CREATE FUNCTION compute.journal_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    INSERT INTO compute.events (job_id, queue, status, attempt)
+    SELECT n.job_id, n.queue, n.status, coalesce(n.attempt, 0) FROM new_rows n;
+    IF FOUND THEN
+        PERFORM pg_notify('compute_events', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE FUNCTION compute.journal_update() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    INSERT INTO compute.events (job_id, queue, status, attempt)
+    SELECT n.job_id, n.queue, n.status, coalesce(n.attempt, 0)
+    FROM new_rows n JOIN old_rows o ON o.job_id = n.job_id
+    WHERE n.status IS DISTINCT FROM o.status;
+    IF FOUND THEN
+        PERFORM pg_notify('compute_events', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER jobs_journal_insert
+    AFTER INSERT ON compute.jobs
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal_insert();
+
+CREATE TRIGGER jobs_journal_update
+    AFTER UPDATE ON compute.jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal_update();
+
+-- +goose Down
+DROP TRIGGER jobs_journal_update ON compute.jobs;
+DROP TRIGGER jobs_journal_insert ON compute.jobs;
+DROP FUNCTION compute.journal_update();
+DROP FUNCTION compute.journal_insert();
+DROP TABLE compute.events;
