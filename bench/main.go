@@ -50,6 +50,9 @@ type options struct {
 
 	rssJobs int
 
+	computeSQL string     // run on every fresh compute database after its migration
+	soak       soakConfig // workload (s)
+
 	runs    int
 	workers int
 	conns   int
@@ -110,6 +113,14 @@ func parseFlags() options {
 	flag.IntVar(&o.ceilingGoroutines, "ceiling-goroutines", 4, "(e) goroutines of the bare loop")
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
 	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
+	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it, e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
+	flag.DurationVar(&o.soak.duration, "soak", 3*time.Minute, "(s) how long the table-health soak runs (select it with -only s)")
+	flag.DurationVar(&o.soak.sample, "soak-sample", 10*time.Second, "(s) sampling interval")
+	flag.IntVar(&o.soak.goroutines, "soak-goroutines", 4, "(s) goroutines of the bare claim/heartbeat/complete loop")
+	flag.IntVar(&o.soak.batch, "soak-batch", 100, "(s) jobs per Claim")
+	flag.IntVar(&o.soak.heartbeats, "soak-heartbeats", 0, "(s) Heartbeat calls per claimed batch before its Complete")
+	flag.IntVar(&o.soak.backlog, "soak-backlog", 50_000, "(s) queued jobs the producer keeps ahead of the claimers")
+	flag.BoolVar(&o.soak.holdXmin, "soak-hold-xmin", false, "(s) hold a REPEATABLE READ snapshot open in another session for the whole soak")
 	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b) and (c), alternating which system goes first; the table shows medians")
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")

@@ -87,6 +87,9 @@ func run(ctx context.Context, o options) error {
 			var cs *computeSystem
 			if cs, err = openCompute(ctx, conn, o.workers, o.producers, log, o.verbose); err == nil {
 				s, err = cs, cs.migrate(ctx)
+				if err == nil && o.computeSQL != "" {
+					_, err = cs.q.Pool().Exec(ctx, o.computeSQL)
+				}
 			}
 		} else {
 			var rs *riverSystem
@@ -219,6 +222,11 @@ func run(ctx context.Context, o options) error {
 				progressf("compute ceiling: %d jobs in %s, %.0f jobs/s", o.ceilingJobs, d.Round(time.Millisecond), res.ceil)
 			}
 			return err
+		})
+	}
+	if o.selected("s") {
+		phase("(s) table-health soak", "compute", func(ctx context.Context, s system, conn string) error {
+			return s.(*computeSystem).soak(ctx, o.soak, conn, os.Stdout)
 		})
 	}
 	if o.selected("rss") && o.rssJobs > 0 {

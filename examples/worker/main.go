@@ -19,10 +19,19 @@
 // attempt if fail is set, and otherwise completes the job with outputs as its
 // output files. Any other config fails the job at once, without retries.
 //
+// With -periodic name=schedule (repeatable, or several comma-separated), the
+// worker also runs a periodic schedule (compute.PeriodicJob) named name that
+// enqueues the job {} into the queue of the same name at each tick: the
+// schedule is a Go duration ("1s", "5m": Every) or else a cron expression
+// ("*/5 * * * *", "@hourly": Cron). Every process given the same schedule
+// shares it, so each tick is enqueued once in the cluster.
+//
 // With COMPUTE_LEDGER=<path> set, every attempt appends the line
-// "<job id> <attempt> <pid> start" to that file when it starts and
-// "... done" when its handler succeeded, so tests can check which process
-// ran what. The worker id is "worker-<pid>" for the same reason.
+// "<job id> <attempt> <pid> start <unix nanoseconds> <partition key>" to
+// that file when it starts and the same with "done" when its handler
+// succeeded, so tests can check which process ran what, and when. The time
+// is the worker's wall clock; the partition key is Go-quoted ("" when the
+// job has none). The worker id is "worker-<pid>" for the same reason.
 package main
 
 import (
@@ -50,6 +59,12 @@ func main() {
 	lease := flag.Duration("lease", 30*time.Second, "how long a claim holds a job without renewal")
 	stopTimeout := flag.Duration("stop-timeout", 30*time.Second, "how long running jobs may finish after SIGTERM")
 	rescueInterval := flag.Duration("rescue-interval", 10*time.Second, "how often to hand back expired jobs of dead workers")
+	var periodic []compute.PeriodicJob
+	flag.Func("periodic", "name=schedule: enqueue {} into queue name at each tick of schedule, a Go duration or a cron expression (repeatable; or comma-separated)", func(v string) error {
+		jobs, err := parsePeriodic(v)
+		periodic = append(periodic, jobs...)
+		return err
+	})
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -58,6 +73,7 @@ func main() {
 		PollOnly:       *pollOnly,
 		StopTimeout:    *stopTimeout,
 		RescueInterval: *rescueInterval,
+		Periodic:       periodic,
 	}, *lease); err != nil {
 		log.Error("worker failed", "err", err)
 		os.Exit(1)
@@ -99,6 +115,36 @@ func run(log *slog.Logger, queues string, concurrency int, cfg compute.WorkerCon
 	}
 	// Run returns after a graceful stop, once ctx ends.
 	return w.Run(ctx)
+}
+
+// parsePeriodic reads one -periodic value: name=schedule entries separated by
+// commas. A piece without "=" continues the previous entry, so cron
+// expressions with lists ("0,30 * * * *") need no quoting.
+func parsePeriodic(v string) ([]compute.PeriodicJob, error) {
+	var entries []string
+	for piece := range strings.SplitSeq(v, ",") {
+		if !strings.Contains(piece, "=") && len(entries) > 0 {
+			entries[len(entries)-1] += "," + piece
+			continue
+		}
+		entries = append(entries, piece)
+	}
+	var jobs []compute.PeriodicJob
+	for _, e := range entries {
+		name, schedule, ok := strings.Cut(e, "=")
+		name, schedule = strings.TrimSpace(name), strings.TrimSpace(schedule)
+		if !ok || name == "" || schedule == "" {
+			return nil, fmt.Errorf("%q is not name=schedule, e.g. beat=1s or nightly=0 3 * * *", e)
+		}
+		p := compute.PeriodicJob{Name: name, Job: compute.Job{Queue: name, Config: "{}"}}
+		if every, err := time.ParseDuration(schedule); err == nil {
+			p.Every = every
+		} else {
+			p.Cron = schedule
+		}
+		jobs = append(jobs, p)
+	}
+	return jobs, nil
 }
 
 // jobConfig is what a job's config may ask of handle.
@@ -158,13 +204,15 @@ func parseConfig(config string) (jobConfig, error) {
 }
 
 // record is a middleware that appends each attempt's start, and its success,
-// to ledger. Each line is one write on an O_APPEND file, so lines from many
-// processes never interleave.
+// to ledger, with the wall-clock time and the job's partition key. Each line
+// is one write on an O_APPEND file, so lines from many processes never
+// interleave.
 func record(ledger *os.File, log *slog.Logger) compute.Middleware {
 	return func(next compute.Handler) compute.Handler {
 		return func(ctx context.Context, job *compute.Job) ([]string, error) {
 			line := func(event string) {
-				b := fmt.Appendf(nil, "%s %d %d %s\n", job.ID, job.Attempt, os.Getpid(), event)
+				b := fmt.Appendf(nil, "%s %d %d %s %d %q\n", job.ID, job.Attempt, os.Getpid(), event,
+					time.Now().UnixNano(), job.PartitionKey)
 				if _, err := ledger.Write(b); err != nil {
 					log.Error("ledger write failed", "job", job.ID, "err", err)
 				}

@@ -475,22 +475,48 @@ func (c *cluster) readLedger() []entry {
 	var entries []entry
 	sc := bufio.NewScanner(strings.NewReader(text))
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 4 {
-			c.t.Fatalf("bad ledger line %q", sc.Text())
-		}
-		id, err := compute.ParseJobID(f[0])
+		e, _, _, err := parseLedgerLine(sc.Text())
 		if err != nil {
-			c.t.Fatalf("bad ledger line %q: %v", sc.Text(), err)
+			c.t.Fatal(err)
 		}
-		attempt, err1 := strconv.Atoi(f[1])
-		pid, err2 := strconv.Atoi(f[2])
-		if err1 != nil || err2 != nil || (f[3] != "start" && f[3] != "done") {
-			c.t.Fatalf("bad ledger line %q", sc.Text())
-		}
-		entries = append(entries, entry{job: id, attempt: attempt, pid: pid, event: f[3]})
+		entries = append(entries, e)
 	}
 	return entries
+}
+
+// parseLedgerLine parses one ledger line: "<job id> <attempt> <pid>
+// <start|done>", then (from workers that write them) the wall-clock time in
+// Unix nanoseconds and the Go-quoted partition key. Lines without them give
+// a zero time and an empty key.
+func parseLedgerLine(line string) (e entry, at time.Time, key string, err error) {
+	bad := func(why string) (entry, time.Time, string, error) {
+		return entry{}, time.Time{}, "", fmt.Errorf("bad ledger line %q: %s", line, why)
+	}
+	f := strings.SplitN(line, " ", 6)
+	if len(f) != 4 && len(f) != 6 {
+		return bad("want 4 or 6 fields")
+	}
+	id, err := compute.ParseJobID(f[0])
+	if err != nil {
+		return bad(err.Error())
+	}
+	attempt, err1 := strconv.Atoi(f[1])
+	pid, err2 := strconv.Atoi(f[2])
+	if err1 != nil || err2 != nil || (f[3] != "start" && f[3] != "done") {
+		return bad("attempt, pid or event")
+	}
+	e = entry{job: id, attempt: attempt, pid: pid, event: f[3]}
+	if len(f) == 6 {
+		nanos, err := strconv.ParseInt(f[4], 10, 64)
+		if err != nil {
+			return bad("time: " + err.Error())
+		}
+		if key, err = strconv.Unquote(f[5]); err != nil {
+			return bad("partition key: " + err.Error())
+		}
+		at = time.Unix(0, nanos)
+	}
+	return e, at, key, nil
 }
 
 // has reports whether the ledger holds the entry.
