@@ -4,7 +4,8 @@
 // the only thing they share: there is no broker and no leader.
 //
 // Everything lives in the schema compute: the table compute.jobs (one row
-// per job), the key/value table compute.meta, and goose's version table.
+// per job), the key/value table compute.meta, the queue settings, the job
+// journal, the worker registry and goose's version table.
 // The first version of compute.jobs is a documented contract that other
 // programs read and write with plain SQL; later columns all have defaults,
 // so a job inserted with only those columns still runs.
@@ -142,9 +143,80 @@
 // running one ends failed at once; its handler's context is cancelled and
 // its result discarded. Retry queues a failed job again.
 //
-// Finished jobs stay in the table. Expire marks complete and failed jobs
-// that nobody read (Get) within a retention period as expired; call it
-// periodically, as the Worker does not. The library never deletes rows.
+// # Unique jobs
+//
+// Job.Unique skips a job that duplicates an earlier one with the same key
+// in the same queue, within a scope: UniqueWhileActive (queued or running,
+// the default), UniqueWhileQueued, or UniqueWithinWindow (created within
+// Unique.Window, any status). Submit and SubmitTx report per job whether it
+// was a duplicate and give the existing job's id; Enqueue returns that id.
+// Concurrent submitters in any number of processes create one job between
+// them, also in batches: each key is locked (a transaction advisory lock)
+// until the submitting transaction ends, and the lookup runs after the lock,
+// so it needs READ COMMITTED, the default (SubmitTx refuses other levels).
+//
+// # Queue rules: pause, limits, fairness
+//
+// Rules live in compute.queues and bind every worker in the cluster.
+// Pause stops new starts of a queue (running jobs finish); Resume wakes the
+// workers at once. SetQueueSettings sets:
+//
+//   - MaxRunning: running jobs of the queue across all workers.
+//   - KeyMaxRunning: running jobs per Job.PartitionKey (a tenant,
+//     customer or account), e.g. at most 3 per customer.
+//   - RateLimit and KeyRateLimit per RatePeriod: job starts in any sliding
+//     window of that length, for the queue and per key.
+//   - Fair: claims go round-robin across partition keys, so a tenant with a
+//     million queued jobs does not starve one with ten.
+//   - AgeAfter: jobs that wait longer move up one priority step per period,
+//     so low-priority work runs eventually.
+//
+// A queue without rules takes the fast claim (one statement, no lock). A
+// queue with rules is claimed under a per-queue advisory lock, one claim at
+// a time across the cluster, which keeps its counts exact; such claims cost
+// a few milliseconds more, so give rules only to queues that need them.
+// Within a key, jobs go in priority order; across keys, in turn.
+//
+// # Periodic jobs
+//
+// WorkerConfig.Periodic lists jobs to enqueue on a cron schedule
+// ("*/5 * * * *", @hourly, with an optional CRON_TZ= prefix) or at a plain
+// interval (Every, aligned to the Unix epoch). Every process may list the
+// same schedules: a tick's job id is derived from the schedule's name and
+// the tick, so each tick is enqueued once, whichever processes start, stop
+// or restart around it. The job's RunAt is its tick. CatchUp enqueues up to
+// that many ticks that were missed while no worker ran; it is off by
+// default.
+//
+// # Retention
+//
+// A worker's maintenance round (every WorkerConfig.RescueInterval) applies
+// WorkerConfig.Retention: complete and failed jobs that nobody read (Get)
+// for ExpireAfter (7 days) become expired; expired ones are deleted once
+// their last read is DeleteExpiredAfter (14 days) ago; optionally complete
+// or failed jobs are deleted directly (DeleteCompleteAfter,
+// DeleteFailedAfter); journal events go after JournalAfter (7 days). It
+// works in batches of 1,000 rows that skip locked rows. Expire and Purge do
+// the same on demand.
+//
+// # Journal, waiting and following
+//
+// Every status change of every job, including changes made with plain SQL,
+// appends an event to compute.events. Events reads the events after a
+// Cursor; Follow calls a function with new events as they are written
+// (woken by a notification), for dashboards and pipelines; Wait returns a
+// job once it is finished. A cursor never skips an event whose transaction
+// committed late: an event is only readable once every older transaction
+// in the database has ended, so a long-running transaction delays the
+// journal (it never reorders it). Store the last Cursor to resume.
+//
+// # Why isn't my job running?
+//
+// Explain answers in words, with a ReasonKind per cause: the job is
+// scheduled later, its queue is paused, it is held by a concurrency cap or
+// a rate limit, N jobs are ahead of it, no worker serving its queue has been
+// seen in the last minute (workers register themselves in compute.workers),
+// or its lease is held by a worker that stopped renewing it.
 //
 // # Errors
 //
