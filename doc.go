@@ -106,9 +106,8 @@
 // Permissions: the first Migrate needs a role with CREATE on the database
 // (it creates schema compute, which that role then owns; later migrations
 // must run as that owner). A role that only runs jobs needs USAGE on schema
-// compute and SELECT, INSERT, UPDATE, DELETE on compute.jobs and
-// compute.meta, plus SELECT on compute.goose_db_version if it opens with
-// WithMigrate (which then only checks the version).
+// compute and SELECT, INSERT, UPDATE, DELETE on all its tables (granted
+// again after a migration that adds one).
 //
 // Pool size: Open's pool has pgx's default size, max(4, CPUs), unless the
 // connection string sets pool_max_conns. A Worker's fetch loops, completer,
