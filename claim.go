@@ -17,11 +17,13 @@ import (
 // with a lease of $4 microseconds. The row locks taken by the pick keep the
 // ctids valid; a row whose locked version is newer than the statement's
 // snapshot is not claimed this time. The attempt is incremented here, so a
-// job that kills its worker still spends its attempts.
+// job that kills its worker still spends its attempts. Times are
+// statement_timestamp(): in a one-statement claim that is now(), and in the
+// gated claim it is after the wait for the queue's lock.
 const claimUpdate = `
 UPDATE compute.jobs j
-SET status = 'in-progress', grabbed = now(), attempt = j.attempt + 1, worker = $3,
-    lease_expires = now() + $4 * interval '1 microsecond'
+SET status = 'in-progress', grabbed = statement_timestamp(), attempt = j.attempt + 1, worker = $3,
+    lease_expires = statement_timestamp() + $4 * interval '1 microsecond'
 FROM picked
 WHERE j.ctid = picked.ctid AND j.status = 'queued'
 RETURNING ` + jobColumns
@@ -125,7 +127,8 @@ type Completion struct {
 // and whose job was claimed again, or cancelled, matches no row.
 const completeJobs = `
 UPDATE compute.jobs j
-SET status = 'complete', finished = now(), lease_expires = NULL, output_files = d.outputs::varchar[]
+SET status = 'complete', finished = now(), last_accessed = now(), lease_expires = NULL,
+    output_files = d.outputs::varchar[]
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[]) AS d(job_id, attempt, worker, outputs)
 WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
 RETURNING j.job_id`
@@ -175,6 +178,8 @@ const failJobs = `
 UPDATE compute.jobs j
 SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
     finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now() END,
+    last_accessed = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now()
+                         ELSE j.last_accessed END,
     run_at = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN j.run_at
                   ELSE now() + d.delay_us * interval '1 microsecond' END,
     max_attempts = CASE WHEN d.snooze THEN j.max_attempts + 1 ELSE j.max_attempts END,
@@ -323,6 +328,7 @@ WITH stale AS MATERIALIZED (
     UPDATE compute.jobs j
     SET status = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END,
         finished = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        last_accessed = CASE WHEN j.attempt >= j.max_attempts THEN now() ELSE j.last_accessed END,
         run_at = now(), lease_expires = NULL,
         errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(),
             'error', 'lease expired: worker ' || coalesce(j.worker, '?') || ' stopped renewing it'))
@@ -364,8 +370,8 @@ WITH old AS MATERIALIZED (
 SELECT count(*), 0 FROM expired`
 
 // Expire marks complete and failed jobs whose last_accessed is older than
-// retention (by the database clock) as expired, and returns how many. Get
-// counts as an access.
+// retention (by the database clock) as expired, and returns how many. The
+// library sets last_accessed when a job finishes and when Get reads it.
 func (q *Queue) Expire(ctx context.Context, retention time.Duration) (int, error) {
 	if retention <= 0 {
 		return 0, fmt.Errorf("%w: retention %s must be positive", ErrInvalidOption, retention)

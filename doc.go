@@ -207,7 +207,9 @@
 // job once it is finished. A cursor never skips an event whose transaction
 // committed late: an event is only readable once every older transaction
 // in the database has ended, so a long-running transaction delays the
-// journal (it never reorders it). Store the last Cursor to resume.
+// journal. Events follow the order of their transactions' first writes,
+// which is commit order for the library's own one-statement changes (see
+// Events for the exception). Store the last Cursor to resume.
 //
 // # Why isn't my job running?
 //

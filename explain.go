@@ -60,8 +60,12 @@ func (e *Explanation) Has(k ReasonKind) bool {
 }
 
 // workerFresh is how recently a worker must have renewed its registry row to
-// count as serving its queues (three default heartbeats).
-const workerFresh = time.Minute
+// count as serving its queues: three refreshes.
+const workerFresh = 3 * registryRefresh
+
+// registryRefresh is the longest time between a running worker's registry
+// refreshes.
+const registryRefresh = 20 * time.Second
 
 // explainJob reads, in one statement, the job and everything that can hold
 // it back. Counts of waiting jobs stop at 10,001, so a huge backlog costs a

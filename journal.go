@@ -19,11 +19,12 @@ import (
 // from the last cursor it saw never misses one.
 type Cursor struct {
 	xid uint64 // the writing transaction
-	seq int64  // the event's number within the journal
+	seq int64  // the journal row, one per statement, queue and status
+	pos int64  // the event's position in the row's arrays, from 1
 }
 
-// String encodes the cursor for storage, as "xid.seq".
-func (c Cursor) String() string { return fmt.Sprintf("%d.%d", c.xid, c.seq) }
+// String encodes the cursor for storage, as "xid.seq.pos".
+func (c Cursor) String() string { return fmt.Sprintf("%d.%d.%d", c.xid, c.seq, c.pos) }
 
 // ParseCursor decodes Cursor.String; "" is the zero Cursor. Anything else
 // fails with ErrInvalidOption.
@@ -31,13 +32,16 @@ func ParseCursor(s string) (Cursor, error) {
 	if s == "" {
 		return Cursor{}, nil
 	}
-	x, q, ok := strings.Cut(s, ".")
-	xid, err1 := strconv.ParseUint(x, 10, 64)
-	seq, err2 := strconv.ParseInt(q, 10, 64)
-	if !ok || err1 != nil || err2 != nil || seq < 0 {
-		return Cursor{}, fmt.Errorf("%w: %q is not a journal cursor; pass what Cursor.String returned", ErrInvalidOption, s)
+	parts := strings.Split(s, ".")
+	if len(parts) == 3 {
+		xid, err1 := strconv.ParseUint(parts[0], 10, 64)
+		seq, err2 := strconv.ParseInt(parts[1], 10, 64)
+		pos, err3 := strconv.ParseInt(parts[2], 10, 64)
+		if err1 == nil && err2 == nil && err3 == nil && seq >= 0 && pos >= 0 {
+			return Cursor{xid, seq, pos}, nil
+		}
 	}
-	return Cursor{xid, seq}, nil
+	return Cursor{}, fmt.Errorf("%w: %q is not a journal cursor; pass what Cursor.String returned", ErrInvalidOption, s)
 }
 
 // Event is one status change of a job, as the journal recorded it.
@@ -51,20 +55,23 @@ type Event struct {
 	At      time.Time
 }
 
-// readEvents returns up to $3 events after the cursor ($1, $2) whose
+// readEvents returns up to $4 events after the cursor ($1, $2, $3) whose
 // transactions are older than every running one (pg_snapshot_xmin), in
 // cursor order: such a transaction has committed or aborted, so no event can
 // appear before the last one returned. The primary key (xid, seq) serves the
-// range. xid8 has no binary transfer in pgx, so it travels as text.
+// range; each row's arrays unnest into its events. xid8 has no binary
+// transfer in pgx, so it travels as text.
 const readEvents = `
-SELECT e.xid::text::bigint, e.seq, e.job_id, e.queue, e.status, e.attempt, e.at
+SELECT e.xid::text::bigint, e.seq, u.pos, u.job_id, e.queue, e.status, u.attempt, e.at
 FROM compute.events e
-WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY e.xid, e.seq
-LIMIT $3`
+CROSS JOIN LATERAL unnest(e.job_ids, e.attempts) WITH ORDINALITY AS u(job_id, attempt, pos)
+WHERE (e.xid, e.seq) >= ($1::text::xid8, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+  AND (e.xid, e.seq, u.pos) > ($1::text::xid8, $2, $3)
+ORDER BY e.xid, e.seq, u.pos
+LIMIT $4`
 
-// heldBack says whether committed events after the cursor wait behind an
-// older running transaction.
+// heldBack says whether committed events after the cursor's row wait
+// behind an older running transaction.
 const heldBack = `
 SELECT EXISTS (SELECT FROM compute.events
                WHERE (xid, seq) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot()))`
@@ -72,26 +79,31 @@ SELECT EXISTS (SELECT FROM compute.events
 // maxEvents caps one Events call.
 const maxEvents = 10000
 
-// Events returns up to limit journal events after the cursor, oldest first
-// in commit-safe order (see Cursor). Every status change of every job is
+// Events returns up to limit journal events after the cursor, in
+// commit-safe order (see Cursor). Every status change of every job is
 // journaled, including those made by plain SQL. An event of a transaction
 // that is still open, or that an older open transaction holds back, comes
 // in a later call: a long-running transaction anywhere in the database
-// delays the journal, never reorders it.
+// delays the journal. The order is that of the writing transactions' ids,
+// i.e. of each transaction's first write. For the library's own changes (one
+// statement per transaction) that is commit order; but a transaction that
+// wrote something, then changed a job after another transaction had
+// committed a change to it, is read first. When the order of one job's
+// events matters, compare Attempt and Status, or read the job.
 func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, error) {
 	if limit < 1 || limit > maxEvents {
 		return nil, fmt.Errorf("%w: events limit %d is outside 1..%d", ErrInvalidOption, limit, maxEvents)
 	}
 	var events []Event
 	err := q.do(ctx, "compute: read events", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, readEvents, strconv.FormatUint(after.xid, 10), after.seq, limit)
+		rows, err := q.pool.Query(ctx, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
 		if err != nil {
 			return err
 		}
 		events, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
 			var e Event
 			var id []byte
-			err := row.Scan(&e.Cursor.xid, &e.Cursor.seq, &id, &e.Queue, &e.Status, &e.Attempt, &e.At)
+			err := row.Scan(&e.Cursor.xid, &e.Cursor.seq, &e.Cursor.pos, &id, &e.Queue, &e.Status, &e.Attempt, &e.At)
 			copy(e.JobID[:], id)
 			return e, err
 		})
@@ -101,9 +113,9 @@ func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, e
 }
 
 // journalHead is the newest readable event: the primary key read backwards
-// from the horizon.
+// from the horizon, and the last position of that row.
 const journalHead = `
-SELECT e.xid::text::bigint, e.seq FROM compute.events e
+SELECT e.xid::text::bigint, e.seq, cardinality(e.job_ids) FROM compute.events e
 WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
@@ -112,7 +124,7 @@ ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 func (q *Queue) Head(ctx context.Context) (Cursor, error) {
 	var c Cursor
 	err := q.do(ctx, "compute: journal head", func(ctx context.Context) error {
-		err := q.pool.QueryRow(ctx, journalHead).Scan(&c.xid, &c.seq)
+		err := q.pool.QueryRow(ctx, journalHead).Scan(&c.xid, &c.seq, &c.pos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -136,6 +148,9 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	for {
 		changed := hub.changed()
 		events, err := q.Events(ctx, after, 1000)
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
 		if err != nil && ctx.Err() == nil {
 			q.opts.logger.Warn("reading the journal failed; retrying", "err", err)
 		}
@@ -191,6 +206,8 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 			return nil, fmt.Errorf("compute: wait for job %s: %w", id, ErrNotFound)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case errors.Is(err, ErrClosed):
+			return nil, err
 		case err == nil && (status == StatusComplete || status == StatusFailed || status == StatusExpired):
 			return q.Get(ctx, id)
 		}
@@ -255,10 +272,12 @@ func (h *eventHub) broadcast() {
 	h.ch = make(chan struct{})
 }
 
-// close stops the hub's listener and waits for it.
+// close stops the hub's listener, waits for it, and wakes every waiter,
+// which then finds the Queue closed.
 func (h *eventHub) close() {
 	h.stop()
 	<-h.done
+	h.broadcast()
 }
 
 // purgeEvents deletes journal events older than $2 microseconds, a batch at

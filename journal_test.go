@@ -256,7 +256,7 @@ func TestCursorRoundTrip(t *testing.T) {
 	if len(readAll(t, q, head)) != 0 {
 		t.Error("events after Head")
 	}
-	for _, bad := range []string{"x", "1", "1.x", "-1.2", "1.-2"} {
+	for _, bad := range []string{"x", "1", "1.2", "1.x.3", "-1.2.3", "1.-2.3", "1.2.-3", "1.2.3.4"} {
 		if _, err := compute.ParseCursor(bad); !errors.Is(err, compute.ErrInvalidOption) {
 			t.Errorf("ParseCursor(%q) = %v", bad, err)
 		}

@@ -12,28 +12,34 @@ import (
 const lockClassClaim = 0x636f6d63
 
 // lockGatedQueue serializes the claims of one queue with rules until the
-// claim's transaction ends, and reads the rules. Every statement after it
-// takes a new snapshot and so sees every claim a previous holder committed:
-// counts of running jobs and starts are exact.
-const lockGatedQueue = `
+// claim's transaction ends. Every statement after it takes a new snapshot
+// and so sees every claim a previous holder committed: the rules, the round
+// robin cursor, and the counts of running jobs and starts are exact. (Read
+// in the locking statement itself, they would come from a snapshot taken
+// before the wait.) Times in the gated claim are statement_timestamp(),
+// taken after the wait, not now(), the transaction's start.
+const lockGatedQueue = `SELECT pg_advisory_xact_lock($2, hashtext($1))`
+
+// gatedSettings reads the queue's rules and cursor under the claim lock.
+const gatedSettings = `
 SELECT paused, coalesce(max_running, 0), coalesce(key_max_running, 0), coalesce(rate_limit, 0),
        coalesce(key_rate_limit, 0), coalesce(extract(epoch FROM rate_period) * 1e6, 0)::bigint, fair,
        coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint, coalesce(fair_cursor, '')
-FROM compute.queues, pg_advisory_xact_lock($2, hashtext($1))
+FROM compute.queues
 WHERE name = $1`
 
 // queueUsage counts what the queue-wide limits need: running jobs (through
 // the small partial index jobs_running) and starts within the rate period.
 const queueUsage = `
 SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue = $1),
-       (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > now() - $2 * interval '1 microsecond')`
+       (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > statement_timestamp() - $2 * interval '1 microsecond')`
 
 // claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
 // no gate: the caller holds the queue's claim lock.
 const claimPicked = `
 WITH picked AS MATERIALIZED (
     SELECT ctid FROM compute.jobs
-    WHERE status = 'queued' AND queue = $1 AND run_at <= now()
+    WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp()
     ORDER BY priority, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -71,7 +77,7 @@ WITH keys AS (
     WHERE status = 'in-progress' AND queue = $1 GROUP BY 1
 ), started AS (
     SELECT partition_key AS k, count(*) AS n FROM compute.starts
-    WHERE queue = $1 AND at > now() - $9 * interval '1 microsecond' GROUP BY 1
+    WHERE queue = $1 AND at > statement_timestamp() - $9 * interval '1 microsecond' GROUP BY 1
 ), budget AS (
     SELECT keys.k, keys.ord,
            greatest(0, least($6, $7 - coalesce(r.n, 0), $8 - coalesce(s.n, 0))) AS n
@@ -83,7 +89,7 @@ WITH keys AS (
     FROM budget b CROSS JOIN LATERAL (
         SELECT s.ctid, row_number() OVER (ORDER BY s.priority, s.run_at) AS rank
         FROM (SELECT ctid, priority, run_at FROM compute.jobs
-              WHERE status = 'queued' AND queue = $1 AND run_at <= now()
+              WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp()
                 AND (partition_key = b.k OR (b.k IS NULL AND partition_key IS NULL))
               ORDER BY priority, run_at
               LIMIT b.n) s
@@ -98,9 +104,10 @@ WITH keys AS (
 // older than the period, which no limit reads any more.
 const recordStarts = `
 WITH gone AS (
-    DELETE FROM compute.starts WHERE queue = $1 AND at <= now() - $3 * interval '1 microsecond'
+    DELETE FROM compute.starts WHERE queue = $1 AND at <= statement_timestamp() - $3 * interval '1 microsecond'
 )
-INSERT INTO compute.starts (queue, partition_key) SELECT $1, k FROM unnest($2::text[]) AS t(k)`
+INSERT INTO compute.starts (queue, partition_key, at)
+SELECT $1, k, statement_timestamp() FROM unnest($2::text[]) AS t(k)`
 
 // saveCursor remembers where round-robin stopped.
 const saveCursor = `UPDATE compute.queues SET fair_cursor = $2 WHERE name = $1`
@@ -115,8 +122,11 @@ func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, er
 	var jobs []*Job
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		jobs = nil
+		if _, err := tx.Exec(ctx, lockGatedQueue, queue, lockClassClaim); err != nil {
+			return err
+		}
 		var cursor string
-		s, err := readSettings(ctx, tx.QueryRow(ctx, lockGatedQueue, queue, lockClassClaim), &cursor)
+		s, err := readSettings(ctx, tx.QueryRow(ctx, gatedSettings, queue), &cursor)
 		if err != nil || s.Paused {
 			return err
 		}
@@ -166,12 +176,13 @@ func recordStart(ctx context.Context, tx pgx.Tx, queue string, jobs []*Job, peri
 }
 
 // claimByKey claims round-robin across partition keys, going on from where
-// the previous claim stopped. A pass gives each key an equal share of n; when
-// uneven backlogs leave slots unused, another pass (with fresh per-key
-// budgets, which now count this claim's jobs) offers them to the keys that
-// have more, with a larger share.
+// the previous claim stopped. It visits up to maxKeysPerClaim keys with
+// queued jobs. A pass gives each key an equal share of n; when uneven
+// backlogs leave slots unused, another pass (with fresh per-key budgets,
+// which now count this claim's jobs) offers them to the keys that have more,
+// with a larger share.
 func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, s QueueSettings, cursor string) ([]*Job, error) {
-	keys, err := roundKeys(ctx, tx, queue, cursor, min(n, maxKeysPerClaim))
+	keys, err := roundKeys(ctx, tx, queue, cursor, maxKeysPerClaim)
 	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
@@ -203,22 +214,25 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, 
 		}
 		share *= 4
 	}
-	// The next claim starts after the last key served here.
-	last := -1
-	for _, j := range jobs {
-		for i, k := range keys {
-			if i > last && (k == nil && j.PartitionKey == "" || k != nil && *k == j.PartitionKey) {
-				last = i
+	// The next claim starts after the last key served here; when no key
+	// could give a job (all held by limits or scheduled later), after the
+	// last key visited, so keys beyond this window get their turn.
+	last := len(keys) - 1
+	if len(jobs) > 0 {
+		last = -1
+		for _, j := range jobs {
+			for i, k := range keys {
+				if i > last && (k == nil && j.PartitionKey == "" || k != nil && *k == j.PartitionKey) {
+					last = i
+				}
 			}
 		}
 	}
-	if last >= 0 {
-		next := ""
-		if keys[last] != nil {
-			next = *keys[last]
-		}
-		_, err = tx.Exec(ctx, saveCursor, queue, next)
+	next := ""
+	if keys[last] != nil {
+		next = *keys[last]
 	}
+	_, err = tx.Exec(ctx, saveCursor, queue, next)
 	return jobs, err
 }
 

@@ -156,7 +156,7 @@ WITH old AS MATERIALIZED (
     SELECT job_id, status FROM compute.jobs WHERE job_id = $1 FOR UPDATE
 ), cancelled AS (
     UPDATE compute.jobs j
-    SET status = 'failed', finished = now(), lease_expires = NULL,
+    SET status = 'failed', finished = now(), last_accessed = now(), lease_expires = NULL,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempt, 'at', now(), 'error', 'cancelled: ' || $2::text))
     FROM old

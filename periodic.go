@@ -223,20 +223,36 @@ func (w *Worker) missedTicks(ctx context.Context, now time.Time) ([]tick, error)
 		if s.CatchUp == 0 || !ok {
 			continue
 		}
-		var ticks []time.Time
-		// A schedule missed for years at a short interval has many ticks;
-		// walk at most a million of them.
-		for t, n := s.after(from), 0; !t.After(now) && n < 1_000_000; t, n = s.after(t), n+1 {
-			ticks = append(ticks, t)
-			if len(ticks) > s.CatchUp {
-				ticks = ticks[1:]
-			}
-		}
-		for _, t := range ticks {
+		for _, t := range s.latestTicks(from, now) {
 			due = append(due, tick{s, t})
 		}
 	}
 	return due, nil
+}
+
+// latestTicks returns the schedule's latest CatchUp ticks after from and up
+// to now, oldest first. Interval ticks are computed; cron ticks are walked,
+// from at most 400 days back (a cron schedule ticks at most once a minute,
+// so that is under 600,000 steps).
+func (s *schedule) latestTicks(from, now time.Time) []time.Time {
+	var ticks []time.Time
+	if s.Every > 0 {
+		last := time.Unix(0, now.UnixNano()/int64(s.Every)*int64(s.Every)).UTC()
+		for t := last; t.After(from) && len(ticks) < s.CatchUp; t = t.Add(-s.Every) {
+			ticks = append([]time.Time{t}, ticks...)
+		}
+		return ticks
+	}
+	if horizon := now.Add(-400 * day); from.Before(horizon) {
+		from = horizon
+	}
+	for t := s.after(from); !t.After(now); t = s.after(t) {
+		ticks = append(ticks, t)
+		if len(ticks) > s.CatchUp {
+			ticks = ticks[1:]
+		}
+	}
+	return ticks
 }
 
 // enqueueTicks enqueues the jobs of due ticks and records the latest tick

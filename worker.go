@@ -621,12 +621,16 @@ func (w *Worker) write(batch []outcome) error {
 }
 
 // heartbeat renews the leases of every job this worker holds, in one
-// statement, three times per lease. A job the database says is no longer
+// statement, three times per lease (at least every 20 s), and refreshes
+// the worker's registry row. A job the database says is no longer
 // ours is cancelled; when renewals keep failing, a job whose lease has run
 // out by our own clock is cancelled too, because another worker may be
 // running it by now.
 func (w *Worker) heartbeat(ctx context.Context) {
-	interval := w.q.opts.lease / 3
+	// Three renewals per lease, and at least every 20 s so the worker
+	// registry (which Explain reads as "seen in the last minute") stays
+	// fresh with long leases.
+	interval := min(w.q.opts.lease/3, registryRefresh)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	w.register(ctx, interval)
