@@ -114,11 +114,11 @@
 // heartbeat and rescue share it with handlers that use the database; at
 // high throughput give it more (the bench module uses 10).
 //
-// Very high insert rates: every statement that enqueues sends one
-// notification per queue, and each notifying commit takes a
-// cluster-wide lock. SetMeta(ctx, MetaNotify, "off") turns the insert
-// notifications off; workers then find jobs by polling
-// (WorkerConfig.PollInterval).
+// Very high rates: every statement that enqueues sends one notification per
+// queue, every statement that changes job statuses one for the journal, and
+// each notifying commit takes a cluster-wide lock. SetMeta(ctx, MetaNotify,
+// "off") turns both off; workers then find jobs by polling
+// (WorkerConfig.PollInterval), and Wait and Follow check every 5 s.
 //
 // # Semantics
 //

@@ -68,7 +68,9 @@ LIMIT $3`
 // order; a NULL entry stands for the jobs without a key): each key's first
 // runnable job, then each key's second, and so on. Each key gives at most
 // $6 jobs and no more than its budget: $7 running per key minus those
-// running, $8 starts per key in the last $9 microseconds minus those.
+// running, $8 starts per key in the last $9 microseconds minus those. The
+// key's jobs are read through jobs_partition, one branch for a key and one
+// for no key, since an OR of the two would defeat the index.
 const claimKeyed = `
 WITH keys AS (
     SELECT k, ord FROM unnest($5::text[]) WITH ORDINALITY AS t(k, ord)
@@ -88,11 +90,16 @@ WITH keys AS (
     SELECT c.ctid, c.rank, b.ord
     FROM budget b CROSS JOIN LATERAL (
         SELECT s.ctid, row_number() OVER (ORDER BY s.priority, s.run_at) AS rank
-        FROM (SELECT ctid, priority, run_at FROM compute.jobs
-              WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp()
-                AND (partition_key = b.k OR (b.k IS NULL AND partition_key IS NULL))
-              ORDER BY priority, run_at
-              LIMIT b.n) s
+        FROM ((SELECT ctid, priority, run_at FROM compute.jobs
+               WHERE status = 'queued' AND queue = $1 AND partition_key = b.k AND run_at <= statement_timestamp()
+               ORDER BY priority, run_at
+               LIMIT b.n)
+              UNION ALL
+              (SELECT ctid, priority, run_at FROM compute.jobs
+               WHERE b.k IS NULL AND status = 'queued' AND queue = $1 AND partition_key IS NULL
+                 AND run_at <= statement_timestamp()
+               ORDER BY priority, run_at
+               LIMIT b.n)) s
     ) c
 ), picked AS MATERIALIZED (
     SELECT j.ctid FROM compute.jobs j
@@ -115,13 +122,33 @@ const saveCursor = `UPDATE compute.queues SET fair_cursor = $2 WHERE name = $1`
 // maxKeysPerClaim bounds the partition keys one claim visits.
 const maxKeysPerClaim = 100
 
-// claimGated claims from a queue with rules, in one transaction that holds
-// the queue's claim lock: claims of such a queue run one at a time across
-// the cluster, which is what makes its limits exact.
+// claimGated claims from a queue with rules. Each round is one transaction
+// that holds the queue's claim lock, so claims of such a queue run one at a
+// time across the cluster, which is what makes its limits exact. A keyed
+// round gives each key an equal share of the slots; when uneven backlogs
+// leave slots unused, another round (up to four, with fresh budgets and a
+// larger share) offers them to the keys that have more. Rounds are separate
+// transactions because a transaction's only job write must be its first
+// write: the journal orders events by transaction id, and a later statement
+// of the same transaction could claim a job whose enqueue took a higher id.
 func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, error) {
 	var jobs []*Job
-	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
-		jobs = nil
+	for round, share := 0, 1; round < 4 && len(jobs) < n; round, share = round+1, share*4 {
+		got, more, err := q.claimRound(ctx, queue, n-len(jobs), share)
+		jobs = append(jobs, got...)
+		if err != nil || !more || len(got) == 0 {
+			return jobs, err
+		}
+	}
+	return jobs, nil
+}
+
+// claimRound is one transaction of claimGated; more says a further round
+// could find jobs the per-key shares left behind. share multiplies the
+// per-key share.
+func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (jobs []*Job, more bool, err error) {
+	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		jobs, more = nil, false
 		if _, err := tx.Exec(ctx, lockGatedQueue, queue, lockClassClaim); err != nil {
 			return err
 		}
@@ -145,46 +172,36 @@ func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, er
 			return nil
 		}
 		if s.keyed() {
-			jobs, err = q.claimByKey(ctx, tx, queue, n, s, cursor)
+			jobs, more, err = q.claimByKey(ctx, tx, queue, n, share, s, cursor)
 		} else {
 			var rows pgx.Rows
 			if rows, err = tx.Query(ctx, claimPicked, queue, n, q.opts.workerID, q.opts.lease.Microseconds()); err == nil {
 				jobs, err = pgx.CollectRows(rows, collectJob)
 			}
 		}
-		if err != nil || s.keyed() {
-			return err // claimByKey records its starts per pass
+		if err != nil || len(jobs) == 0 || periodUS == 0 {
+			return err
 		}
-		return recordStart(ctx, tx, queue, jobs, periodUS)
+		keys := make([]*string, len(jobs))
+		for i, j := range jobs {
+			if j.PartitionKey != "" {
+				keys[i] = &j.PartitionKey
+			}
+		}
+		_, err = tx.Exec(ctx, recordStarts, queue, keys, periodUS)
+		return err
 	})
-	return jobs, err
-}
-
-// recordStart logs the starts of jobs when the queue is rate limited.
-func recordStart(ctx context.Context, tx pgx.Tx, queue string, jobs []*Job, periodUS int64) error {
-	if len(jobs) == 0 || periodUS == 0 {
-		return nil
-	}
-	keys := make([]*string, len(jobs))
-	for i, j := range jobs {
-		if j.PartitionKey != "" {
-			keys[i] = &j.PartitionKey
-		}
-	}
-	_, err := tx.Exec(ctx, recordStarts, queue, keys, periodUS)
-	return err
+	return jobs, more, err
 }
 
 // claimByKey claims round-robin across partition keys, going on from where
 // the previous claim stopped. It visits up to maxKeysPerClaim keys with
-// queued jobs. A pass gives each key an equal share of n; when uneven
-// backlogs leave slots unused, another pass (with fresh per-key budgets,
-// which now count this claim's jobs) offers them to the keys that have more,
-// with a larger share.
-func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, s QueueSettings, cursor string) ([]*Job, error) {
+// queued jobs and takes up to share times an equal part of n from each.
+// more reports that a key gave its whole part, so it may have more.
+func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, share int, s QueueSettings, cursor string) (jobs []*Job, more bool, err error) {
 	keys, err := roundKeys(ctx, tx, queue, cursor, maxKeysPerClaim)
 	if err != nil || len(keys) == 0 {
-		return nil, err
+		return nil, false, err
 	}
 	keyMax, keyRate := math.MaxInt32, math.MaxInt32
 	if s.KeyMaxRunning > 0 {
@@ -193,26 +210,19 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, 
 	if s.KeyRateLimit > 0 {
 		keyRate = s.KeyRateLimit
 	}
-	var jobs []*Job
-	share := (n + len(keys) - 1) / len(keys)
-	for pass := 0; pass < 4 && len(jobs) < n; pass++ {
-		rows, err := tx.Query(ctx, claimKeyed, queue, n-len(jobs), q.opts.workerID, q.opts.lease.Microseconds(),
-			keys, share, keyMax, keyRate, s.RatePeriod.Microseconds())
-		if err != nil {
-			return nil, err
-		}
-		got, err := pgx.CollectRows(rows, collectJob)
-		if err != nil {
-			return nil, err
-		}
-		jobs = append(jobs, got...)
-		if err := recordStart(ctx, tx, queue, got, s.RatePeriod.Microseconds()); err != nil {
-			return nil, err
-		}
-		if len(got) == 0 {
-			break
-		}
-		share *= 4
+	part := min(n, share*((n+len(keys)-1)/len(keys)))
+	rows, err := tx.Query(ctx, claimKeyed, queue, n, q.opts.workerID, q.opts.lease.Microseconds(),
+		keys, part, keyMax, keyRate, s.RatePeriod.Microseconds())
+	if err != nil {
+		return nil, false, err
+	}
+	if jobs, err = pgx.CollectRows(rows, collectJob); err != nil {
+		return nil, false, err
+	}
+	perKey := make(map[string]int)
+	for _, j := range jobs {
+		perKey[j.PartitionKey]++
+		more = more || perKey[j.PartitionKey] == part
 	}
 	// The next claim starts after the last key served here; when no key
 	// could give a job (all held by limits or scheduled later), after the
@@ -233,7 +243,7 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n int, 
 		next = *keys[last]
 	}
 	_, err = tx.Exec(ctx, saveCursor, queue, next)
-	return jobs, err
+	return jobs, more, err
 }
 
 // roundKeys lists up to m partition keys with queued jobs, in round-robin

@@ -29,7 +29,8 @@ CREATE INDEX events_at ON compute.events USING brin (at);
 -- Statement-level triggers with transition tables: one INSERT ... SELECT per
 -- statement, one row per queue and status however many jobs it touched, and
 -- one notification on compute_events so waiters and followers read the
--- journal at once.
+-- journal at once, unless compute.meta says notify = off (every notifying
+-- commit takes a cluster-wide lock; waiters then poll).
 -- +goose StatementBegin
 CREATE FUNCTION compute.journal_insert() RETURNS trigger
 LANGUAGE plpgsql
@@ -39,7 +40,7 @@ BEGIN
     INSERT INTO compute.events (queue, status, job_ids, attempts)
     SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
     FROM new_rows n GROUP BY n.queue, n.status;
-    IF FOUND THEN
+    IF FOUND AND NOT EXISTS (SELECT 1 FROM compute.meta WHERE key = 'notify' AND value = 'off') THEN
         PERFORM pg_notify('compute_events', '');
     END IF;
     RETURN NULL;
@@ -58,7 +59,7 @@ BEGIN
     FROM new_rows n JOIN old_rows o ON o.job_id = n.job_id
     WHERE n.status IS DISTINCT FROM o.status
     GROUP BY n.queue, n.status;
-    IF FOUND THEN
+    IF FOUND AND NOT EXISTS (SELECT 1 FROM compute.meta WHERE key = 'notify' AND value = 'off') THEN
         PERFORM pg_notify('compute_events', '');
     END IF;
     RETURN NULL;
