@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"errors"
 	"math"
 
 	"github.com/jackc/pgx/v5"
@@ -70,7 +71,10 @@ LIMIT $3`
 // $6 jobs and no more than its budget: $7 running per key minus those
 // running, $8 starts per key in the last $9 microseconds minus those. The
 // key's jobs are read through jobs_partition, one branch for a key and one
-// for no key, since an OR of the two would defeat the index.
+// for no key, since an OR of the two would defeat the index; ordering by
+// partition_key first (a constant in each branch) makes jobs_partition the
+// only index that yields the order, so the plan keeps it even when the
+// statistics do not know the backlog yet.
 const claimKeyed = `
 WITH keys AS (
     SELECT k, ord FROM unnest($5::text[]) WITH ORDINALITY AS t(k, ord)
@@ -92,13 +96,13 @@ WITH keys AS (
         SELECT s.ctid, row_number() OVER (ORDER BY s.priority, s.run_at) AS rank
         FROM ((SELECT ctid, priority, run_at FROM compute.jobs
                WHERE status = 'queued' AND queue = $1 AND partition_key = b.k AND run_at <= statement_timestamp()
-               ORDER BY priority, run_at
+               ORDER BY partition_key, priority, run_at
                LIMIT b.n)
               UNION ALL
               (SELECT ctid, priority, run_at FROM compute.jobs
                WHERE b.k IS NULL AND status = 'queued' AND queue = $1 AND partition_key IS NULL
                  AND run_at <= statement_timestamp()
-               ORDER BY priority, run_at
+               ORDER BY partition_key, priority, run_at
                LIMIT b.n)) s
     ) c
 ), picked AS MATERIALIZED (
@@ -106,6 +110,17 @@ WITH keys AS (
     JOIN (SELECT ctid FROM candidates ORDER BY rank, ord LIMIT $2) c ON j.ctid = c.ctid
     FOR UPDATE OF j SKIP LOCKED
 )` + claimUpdate
+
+// unkeyedQueued says whether the queue has queued jobs without a key. It
+// asks for the first queued row in jobs_partition's order read backwards,
+// where NULL keys come first: only that index gives the order, so the plan
+// uses it even before the table's statistics know about a fresh backlog (an
+// EXISTS could walk jobs_claim through the whole backlog instead).
+const unkeyedQueued = `
+SELECT partition_key IS NULL FROM compute.jobs
+WHERE status = 'queued' AND queue = $1
+ORDER BY partition_key DESC NULLS FIRST
+LIMIT 1`
 
 // recordStarts logs the starts of a rate-limited queue and drops the ones
 // older than the period, which no limit reads any more.
@@ -255,7 +270,8 @@ func roundKeys(ctx context.Context, tx pgx.Tx, queue, cursor string, m int) ([]*
 		return after, err
 	}
 	var none bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM compute.jobs WHERE status = 'queued' AND queue = $1 AND partition_key IS NULL)`, queue).Scan(&none); err != nil {
+	err = tx.QueryRow(ctx, unkeyedQueued, queue).Scan(&none)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, err
 	}
 	if none {

@@ -144,7 +144,8 @@ const unregisterWorker = `DELETE FROM compute.workers WHERE worker = $1`
 const forgetWorkers = `DELETE FROM compute.workers WHERE seen < now() - interval '1 hour'`
 
 // maintain runs one round of the worker's cluster-wide housekeeping:
-// stale leases, retention, priority aging and the worker registry. Every
+// stale leases, retention, priority aging, the worker registry, and a
+// warning about long transactions that hold back vacuum. Every
 // step is safe to run from many processes at once. Failures are logged.
 func (w *Worker) maintain(ctx context.Context) {
 	callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
@@ -175,6 +176,7 @@ func (w *Worker) maintain(ctx context.Context) {
 	w.logRound(ctx, "raised the priority of waiting jobs", n, err)
 	_, err = w.q.pool.Exec(callCtx, forgetWorkers)
 	w.logRound(ctx, "", 0, err)
+	w.checkHorizon(callCtx)
 }
 
 // logRound logs what a maintenance step did, or its failure.

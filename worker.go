@@ -73,6 +73,11 @@ type WorkerConfig struct {
 	// Periodic lists jobs to enqueue on a schedule. Every worker process
 	// may list the same ones: each tick is enqueued once in the cluster.
 	Periodic []PeriodicJob
+	// LongTransactionWarning: once a minute the maintenance round looks
+	// for the oldest transaction holding back vacuum (Queue.OldestHorizon)
+	// and logs a warning when it is older than this. Default 5 minutes;
+	// negative turns the check off.
+	LongTransactionWarning time.Duration
 }
 
 // Worker runs handlers for named queues with bounded concurrency: it claims
@@ -86,6 +91,9 @@ type Worker struct {
 	queues map[string]*queueState
 	// schedules are the periodic jobs, checked by NewWorker.
 	schedules []*schedule
+	// horizonChecked is when the maintenance round last looked for long
+	// transactions; only the rescue goroutine touches it.
+	horizonChecked time.Time
 
 	// stop is closed by Shutdown; shutdownCtx is Shutdown's deadline. Run
 	// reads both; stopOnce guards the close.
@@ -160,6 +168,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	cfg.StopTimeout = cmpOr(cfg.StopTimeout, 30*time.Second)
 	cfg.RescueInterval = cmpOr(cfg.RescueInterval, 10*time.Second)
 	cfg.Retention = cfg.Retention.withDefaults()
+	cfg.LongTransactionWarning = cmpOr(cfg.LongTransactionWarning, 5*time.Minute)
 	w := &Worker{
 		q: q, cfg: cfg, log: q.opts.logger.With(slog.String("worker", q.opts.workerID)),
 		queues:  make(map[string]*queueState, len(cfg.Queues)),
