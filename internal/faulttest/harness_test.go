@@ -90,6 +90,13 @@ type cluster struct {
 // at cleanup: worker processes first, then the queue, then the server.
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
+	return newClusterOn(t, startServer(t), "faulttest")
+}
+
+// startServer starts a private server, closed at cleanup. Without
+// PostgreSQL it skips the test, unless CI=true.
+func startServer(t *testing.T) *testdb.Server {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	srv, err := testdb.StartLocal(ctx, t.Logf)
@@ -104,7 +111,16 @@ func newCluster(t *testing.T) *cluster {
 			t.Error(err)
 		}
 	})
-	dbURL, err := srv.CreateDatabase(ctx, "faulttest")
+	return srv
+}
+
+// newClusterOn makes a fresh database on srv, opens the test's queue on it,
+// and stops the workers the test starts at cleanup.
+func newClusterOn(t *testing.T, srv *testdb.Server, dbName string) *cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dbURL, err := srv.CreateDatabase(ctx, dbName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,6 +479,27 @@ type entry struct {
 // written and is left for the next read.
 func (c *cluster) readLedger() []entry {
 	c.t.Helper()
+	lines := c.readLedgerLines()
+	entries := make([]entry, len(lines))
+	for i, l := range lines {
+		entries[i] = l.entry
+	}
+	return entries
+}
+
+// timedEntry is a ledger line with the worker's wall-clock time and the
+// job's partition key (zero and "" on lines of the older four-field form).
+// All workers run on this machine, so their clocks agree with each other
+// and with the test's.
+type timedEntry struct {
+	entry
+	at  time.Time
+	key string
+}
+
+// readLedgerLines parses every complete line of the ledger.
+func (c *cluster) readLedgerLines() []timedEntry {
+	c.t.Helper()
 	b, err := os.ReadFile(c.ledger)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -472,14 +509,14 @@ func (c *cluster) readLedger() []entry {
 	}
 	text := string(b)
 	text = text[:strings.LastIndexByte(text, '\n')+1]
-	var entries []entry
+	var entries []timedEntry
 	sc := bufio.NewScanner(strings.NewReader(text))
 	for sc.Scan() {
-		e, _, _, err := parseLedgerLine(sc.Text())
+		e, at, key, err := parseLedgerLine(sc.Text())
 		if err != nil {
 			c.t.Fatal(err)
 		}
-		entries = append(entries, e)
+		entries = append(entries, timedEntry{e, at, key})
 	}
 	return entries
 }
