@@ -651,9 +651,13 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		}
 		w.register(ctx, interval)
 		w.mu.Lock()
+		// Jobs whose outcome waits for the completer are left out: the
+		// completer writes them within moments, and renewing rows that a
+		// Complete or Fail statement is about to lock invites deadlocks
+		// (each costs deadlock_timeout, a second by default).
 		held := make([]*Job, 0, len(w.running))
 		for _, r := range w.running {
-			if !r.lost {
+			if !r.lost && !r.finished {
 				held = append(held, r.job)
 			}
 		}
