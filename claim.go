@@ -66,15 +66,21 @@ const maxClaim = 10000
 // takes jobs round-robin across partition keys. Bad arguments match
 // ErrInvalid.
 func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) {
+	jobs, _, err := q.claim(ctx, queue, n)
+	return jobs, err
+}
+
+// claim is Claim that also reports whether the queue has rules: its claims
+// are then limited by the whole cluster, so a slot freed anywhere may make a
+// new claim worthwhile even after a short batch.
+func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
 	if err := validQueue(queue); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if n < 1 || n > maxClaim {
-		return nil, fmt.Errorf("%w: claim count %d is outside 1..%d", ErrInvalidOption, n, maxClaim)
+		return nil, false, fmt.Errorf("%w: claim count %d is outside 1..%d", ErrInvalidOption, n, maxClaim)
 	}
-	var jobs []*Job
-	err := q.do(ctx, "compute: claim", func(ctx context.Context) error {
-		var gated bool
+	err = q.do(ctx, "compute: claim", func(ctx context.Context) error {
 		var err error
 		jobs, gated, err = q.claimFast(ctx, queue, n)
 		if err != nil || !gated {
@@ -89,7 +95,7 @@ func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) 
 		}
 		return a.RunAt.Compare(b.RunAt)
 	})
-	return jobs, err
+	return jobs, gated, err
 }
 
 // claimFast runs claimJobs; gated reports that the queue has rules and

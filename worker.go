@@ -356,13 +356,14 @@ func waitFor(wg *sync.WaitGroup, stop <-chan struct{}) bool {
 // notification, a freed slot while a backlog is likely, or the jittered
 // poll timer. Claim errors are logged and retried with backoff.
 func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState) {
-	more := true // jobs may be waiting: claim as soon as a slot is free
+	more := true   // jobs may be waiting: claim as soon as a slot is free
+	gated := false // the queue has rules: a freed slot may lift a limit
 	failures := 0
 	for {
 		free := cap(qs.slots) - len(qs.slots)
 		if more && free > 0 {
 			claimCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
-			claimed, err := w.q.Claim(claimCtx, qs.name, free)
+			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
 			if err != nil {
 				if ctx.Err() != nil {
@@ -375,7 +376,7 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 				}
 				continue
 			}
-			failures = 0
+			failures, gated = 0, isGated
 			for _, job := range claimed {
 				qs.slots <- struct{}{}
 				w.start(jobsCtx, jobs, qs, job)
@@ -392,6 +393,9 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 		case <-qs.wake:
 			more = true
 		case <-qs.freed:
+			// Under a cluster-wide cap a short batch means "at the
+			// limit", and this slot's job counted against it.
+			more = more || gated
 		case <-poll.C:
 			more = true
 		}
