@@ -4,6 +4,7 @@ package faulttest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -38,6 +39,9 @@ func TestCoord(t *testing.T) {
 		{"PeriodicTickOnceAcrossRestartingProcesses", testPeriodicTickOnce, true},
 		{"UniqueWhileActiveAcrossSubmittersAndWorkers", testUniqueWhileActive, true},
 		{"RetentionExpiresAndDeletesAcrossProcesses", testRetention, true},
+		{"JournalInOrderOnceAndWaitAcrossProcesses", testJournalAcrossProcesses, true},
+		{"ExplainSeesProcessesPauseCapAndTheirAbsence", testExplainAcrossProcesses, true},
+		{"AgingOncePerPeriodAcrossProcesses", testAgingOncePerPeriodAcrossProcesses, true},
 	} {
 		t.Run(sub.name, func(t *testing.T) {
 			if sub.parallel {
@@ -888,4 +892,179 @@ func testRetention(c *cluster) {
 	check(ids[10:20], "deleted")
 	check(ids[20:], "complete")
 	t.Logf("FIGURES retention: processes=2 rescue-interval=100ms expired=11 deleted=10 kept=10 within %.2fs", took.Seconds())
+}
+
+// testJournalAcrossProcesses: two worker processes run jobs (some fail once
+// and are retried) while the test follows the journal and waits for one
+// job. Every job's events arrive exactly once and in the order its changes
+// were made: queued, in-progress, ..., complete.
+func testJournalAcrossProcesses(c *cluster) {
+	t := c.t
+	ctx, cancel := c.ctx()
+	defer cancel()
+	type seen struct {
+		statuses []compute.Status
+		attempts []int
+	}
+	var mu sync.Mutex
+	events := make(map[compute.JobID]*seen)
+	followCtx, stopFollow := context.WithCancel(ctx)
+	var follower sync.WaitGroup
+	follower.Go(func() {
+		err := c.q.Follow(followCtx, compute.Cursor{}, func(batch []compute.Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range batch {
+				s := events[e.JobID]
+				if s == nil {
+					s = &seen{}
+					events[e.JobID] = s
+				}
+				s.statuses = append(s.statuses, e.Status)
+				s.attempts = append(s.attempts, e.Attempt)
+			}
+			return nil
+		})
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Follow: %v", err)
+		}
+	})
+	for range 2 {
+		c.startWorker(c.dbURL, "-queues", "jr", "-concurrency", "8")
+	}
+	want := make(map[compute.JobID]expect)
+	ids := c.enqueue(want, plainJobs("jr", "j", 300), compute.StatusComplete)
+	// The Wait needs no worker of its own: it is woken by the journal.
+	waited, err := c.q.Wait(ctx, ids[len(ids)-1])
+	if err != nil || waited.Status != compute.StatusComplete {
+		t.Fatalf("Wait = %v, %v", waited, err)
+	}
+	c.waitDrained(len(want), time.Minute)
+	c.waitUntil(30*time.Second, "the follower to see every completion", func() (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		done := 0
+		for _, s := range events {
+			if n := len(s.statuses); n > 0 && s.statuses[n-1] == compute.StatusComplete {
+				done++
+			}
+		}
+		return done == len(ids), nil
+	})
+	stopFollow()
+	follower.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids {
+		s := events[id]
+		want := []compute.Status{compute.StatusQueued, compute.StatusInProgress, compute.StatusComplete}
+		if !slices.Equal(s.statuses, want) || !slices.Equal(s.attempts, []int{0, 1, 1}) {
+			t.Errorf("job %s: events %v attempts %v, want %v and [0 1 1]", id, s.statuses, s.attempts, want)
+		}
+	}
+	c.checkInvariants(want)
+	t.Logf("FIGURES journal: processes=2 jobs=%d events=%d each in order, once", len(ids), 3*len(ids))
+}
+
+// testExplainAcrossProcesses: with two worker processes serving a queue,
+// Explain sees them (no "no-workers"), names a pause, and names the cap a
+// running job of another process holds; after the processes stop it says
+// nobody serves the queue.
+func testExplainAcrossProcesses(c *cluster) {
+	t := c.t
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if err := c.q.SetQueueSettings(ctx, "ex", compute.QueueSettings{MaxRunning: 1}); err != nil {
+		t.Fatal(err)
+	}
+	w1 := c.startWorker(c.dbURL, "-queues", "ex", "-stop-timeout", "100ms")
+	w2 := c.startWorker(c.dbURL, "-queues", "ex", "-stop-timeout", "100ms")
+	long, err := c.q.Enqueue(ctx, compute.Job{Queue: "ex", Config: config{SleepMS: 60_000}.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitUntil(30*time.Second, "the long job to run", func() (bool, error) {
+		j, err := c.get(long)
+		return err == nil && j.Status == compute.StatusInProgress, err
+	})
+	waiting, err := c.q.Enqueue(ctx, compute.Job{Queue: "ex"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	explain := func() *compute.Explanation {
+		e, err := c.q.Explain(ctx, waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	c.waitUntil(30*time.Second, "both workers in the registry", func() (bool, error) {
+		var n int
+		err := c.q.Pool().QueryRow(ctx, `SELECT count(*) FROM compute.workers WHERE 'ex' = ANY (queues)`).Scan(&n)
+		return n == 2, err
+	})
+	if e := explain(); !e.Has(compute.ReasonQueueCap) || e.Has(compute.ReasonNoWorkers) {
+		t.Errorf("held by the cap, two workers serving: %s", e)
+	}
+	if err := c.q.Pause(ctx, "ex"); err != nil {
+		t.Fatal(err)
+	}
+	if e := explain(); !e.Has(compute.ReasonPaused) {
+		t.Errorf("paused queue: %s", e)
+	}
+	for _, w := range []*worker{w1, w2} {
+		w.terminate(t)
+		if !w.waitExit(30 * time.Second) {
+			t.Fatalf("worker %s did not stop", w.name)
+		}
+	}
+	if e := explain(); !e.Has(compute.ReasonNoWorkers) {
+		t.Errorf("after both workers stopped: %s", e)
+	}
+	t.Logf("FIGURES explain: %s", explain())
+}
+
+// testAgingOncePerPeriodAcrossProcesses: three worker processes run their
+// maintenance rounds every 50 ms; a queue with AgeAfter 1 h, whose turn is
+// due, moves its old job up exactly one step, however many processes look.
+func testAgingOncePerPeriodAcrossProcesses(c *cluster) {
+	t := c.t
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if err := c.q.SetQueueSettings(ctx, "age", compute.QueueSettings{AgeAfter: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.q.Enqueue(ctx, compute.Job{Queue: "age", Priority: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.exec(`UPDATE compute.jobs SET run_at = now() - interval '5 hours' WHERE queue = 'age'`)
+	c.exec(`UPDATE compute.queues SET aged_at = now() - interval '61 minutes' WHERE name = 'age'`)
+	for range 3 {
+		c.startWorker(c.dbURL, "-queues", "other", "-rescue-interval", "50ms")
+	}
+	c.waitUntil(30*time.Second, "the aging turn", func() (bool, error) {
+		j, err := c.get(old)
+		return err == nil && j.Priority < 5, err
+	})
+	// Proof that later rounds ran: each hands back a job whose lease the
+	// test backdates (no process serves queue "stale").
+	if _, err := c.q.Enqueue(ctx, compute.Job{Queue: "stale"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		jobs, err := c.q.Claim(ctx, "stale", 1)
+		if err != nil || len(jobs) != 1 {
+			t.Fatalf("claim the stale job: %v %v", jobs, err)
+		}
+		c.exec(`UPDATE compute.jobs SET lease_expires = now() - interval '1 second' WHERE queue = 'stale'`)
+		c.waitUntil(30*time.Second, "a later maintenance round", func() (bool, error) {
+			n, err := c.countJobs(`queue = 'stale' AND status = 'queued'`)
+			return n == 1, err
+		})
+	}
+	if j, err := c.get(old); err != nil || j.Priority != 4 {
+		t.Fatalf("after one due turn and more rounds by 3 processes the priority is %v (%v), want 4", j.Priority, err)
+	}
+	t.Logf("FIGURES aging: processes=3 later_rounds>=5 steps=1")
 }
