@@ -22,6 +22,11 @@ CREATE TABLE compute.events (
     PRIMARY KEY (xid, seq)
 );
 
+-- Job ids are random bytes: skip the compression attempt on large arrays,
+-- which cost a fifth of the worker's burn-down throughput (TOAST still
+-- stores them out of line).
+ALTER TABLE compute.events ALTER COLUMN job_ids SET STORAGE EXTERNAL;
+
 -- Journal retention deletes by age. Events arrive in time order, so a BRIN
 -- index finds old ones at almost no cost per insert.
 CREATE INDEX events_at ON compute.events USING brin (at);
@@ -49,9 +54,13 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
+-- The transition tables have no statistics, and a nested loop joining a
+-- 5,000-row claim or completion with itself compares every row with every
+-- other: it made the worker's burn-down four times slower. Hash joins only.
 CREATE FUNCTION compute.journal_update() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog
+SET enable_nestloop = off
 AS $$
 BEGIN
     INSERT INTO compute.events (queue, status, job_ids, attempts)
