@@ -98,7 +98,13 @@ func TestPriorityAgingRaisesWaitingJobs(t *testing.T) {
 	defer r1.stop(t)
 	r2 := startWorker(t, openQueue(t, conn), cfg)
 	defer r2.stop(t)
-	waitUntil(t, liveness, "the old job to age", func() bool { return getJob(t, q, ids[0]).Priority < 5 })
+	// Read the priority with a plain SELECT: Get updates last_accessed and
+	// so locks the row for a moment, and aging skips locked rows (that job
+	// would wait a whole AgeAfter for the next turn).
+	priority := func(id compute.JobID) int {
+		return int(queryOne[int16](t, q.Pool(), `SELECT priority FROM compute.jobs WHERE job_id = $1`, id[:]))
+	}
+	waitUntil(t, liveness, "the old job to age", func() bool { return priority(ids[0]) < 5 })
 	// Let both workers run more rounds; the turn is taken, so no second step.
 	turn := queryOne[time.Time](t, q.Pool(), `SELECT aged_at FROM compute.queues WHERE name = 'age'`)
 	// Proof that later rounds ran: each hands back a job whose lease we
@@ -109,13 +115,13 @@ func TestPriorityAgingRaisesWaitingJobs(t *testing.T) {
 		backdateLease(t, q, stale.ID)
 		awaitStatus(t, q, stale.ID, compute.StatusQueued)
 	}
-	if p := getJob(t, q, ids[0]).Priority; p != 4 {
+	if p := priority(ids[0]); p != 4 {
 		t.Errorf("old job priority %d, want 4 (one step per turn)", p)
 	}
-	if p := getJob(t, q, ids[1]).Priority; p != 5 {
+	if p := priority(ids[1]); p != 5 {
 		t.Errorf("young job priority %d, want 5", p)
 	}
-	if p := getJob(t, q, ids[2]).Priority; p != 0 {
+	if p := priority(ids[2]); p != 0 {
 		t.Errorf("priority-0 job moved to %d", p)
 	}
 	if again := queryOne[time.Time](t, q.Pool(), `SELECT aged_at FROM compute.queues WHERE name = 'age'`); !again.Equal(turn) {
