@@ -218,7 +218,9 @@
 // job once it is finished. A cursor never skips an event whose transaction
 // committed late: an event is only readable once every older transaction
 // in the database has ended, so a long-running transaction delays the
-// journal. Events follow the order of their transactions' first writes,
+// journal. SetMeta(ctx, MetaJournal, "off") turns the journal off for the
+// highest claim rates (it cost about 5% of the bench's burn-down).
+// Events follow the order of their transactions' first writes,
 // which is commit order for the library's own one-statement changes (see
 // Events for the exception). Store the last Cursor to resume.
 //

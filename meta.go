@@ -10,9 +10,15 @@ import (
 
 // Meta keys the library itself reads.
 const (
-	// MetaNotify set to "off" stops the insert trigger's notifications,
-	// for very high insert rates; workers then find jobs by polling.
+	// MetaNotify set to "off" stops the triggers' notifications (new
+	// jobs, journal events), for very high rates; workers then find jobs
+	// by polling, and Wait and Follow check every 5 s.
 	MetaNotify = "notify"
+	// MetaJournal set to "off" stops the job journal: no events are
+	// written (Events and Follow see nothing new, Wait falls back to its
+	// 5 s check). For the highest claim rates, where the journal's one
+	// insert per statement matters.
+	MetaJournal = "journal"
 )
 
 // GetMeta returns the value stored under key in compute.meta, or

@@ -220,3 +220,26 @@ func TestOldestHorizonNamesAnIdleTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestJournalOffWritesNoEvents: MetaJournal off stops the journal, and
+// turning it on again resumes it.
+func TestJournalOffWritesNoEvents(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	if err := q.SetMeta(ctx, compute.MetaJournal, "off"); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "off"})
+	complete(t, q, claimOne(t, q, "off"))
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events`); n != 0 {
+		t.Fatalf("%d journal rows with the journal off", n)
+	}
+	if err := q.DeleteMeta(ctx, compute.MetaJournal); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "on"})
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events`); n != 1 {
+		t.Fatalf("%d journal rows after turning it back on, want 1", n)
+	}
+}

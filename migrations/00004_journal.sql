@@ -31,6 +31,8 @@ ALTER TABLE compute.events ALTER COLUMN job_ids SET STORAGE EXTERNAL;
 -- index finds old ones at almost no cost per insert.
 CREATE INDEX events_at ON compute.events USING brin (at);
 
+-- compute.meta journal = off turns the journal off (the triggers still
+-- capture their transition tables, which measured as free).
 -- Statement-level triggers with transition tables: one INSERT ... SELECT per
 -- statement, one row per queue and status however many jobs it touched, and
 -- one notification on compute_events so waiters and followers read the
@@ -42,6 +44,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog
 AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO compute.events (queue, status, job_ids, attempts)
     SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
     FROM new_rows n GROUP BY n.queue, n.status;
@@ -63,6 +68,9 @@ SET search_path = pg_catalog
 SET enable_nestloop = off
 AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO compute.events (queue, status, job_ids, attempts)
     SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
     FROM new_rows n JOIN old_rows o ON o.job_id = n.job_id
