@@ -1055,7 +1055,8 @@ func waitNoLibraryGoroutines(t *testing.T, when string) {
 }
 
 // TestWorkerLeavesNoGoroutinesBehind is not parallel: it looks at every
-// goroutine of the process.
+// goroutine of the process. The worker runs a periodic schedule, and the
+// queue has served Wait and Follow, so their goroutines are checked too.
 func TestWorkerLeavesNoGoroutinesBehind(t *testing.T) {
 	waitNoLibraryGoroutines(t, "before the test (another test leaked them)")
 	q := openQueue(t, testdb.New(t), compute.WithMigrate(), withTestLog(t))
@@ -1070,12 +1071,20 @@ func TestWorkerLeavesNoGoroutinesBehind(t *testing.T) {
 			}},
 			"quick": {Handler: func(ctx context.Context, job *compute.Job) ([]string, error) { return nil, nil }},
 		},
+		Periodic: []compute.PeriodicJob{{Name: "tick", Every: time.Second, Job: compute.Job{Queue: "quick"}}},
 	})
 	waitListener(t, q, 0)
 	ids := enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "quick"}}, 20))
 	for _, id := range ids {
 		awaitStatus(t, q, id, compute.StatusComplete)
 	}
+	// Wait and Follow start the queue's journal listener; Close must stop it.
+	if _, err := q.Wait(t.Context(), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	followCtx, stopFollow := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	_ = q.Follow(followCtx, compute.Cursor{}, func([]compute.Event) error { return nil })
+	stopFollow()
 	enqueue(t, q, compute.Job{Queue: "blocking"})
 	receive(t, started, liveness, "the blocking handler to start")
 	if len(libraryGoroutines()) == 0 {
