@@ -246,8 +246,11 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
-	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, wakeAll: h.broadcast, cancelJob: func(JobID) {},
-		channels: []string{channelEvents}, idle: 10 * time.Second, probeWait: 5 * time.Second}
+	// compute_jobs too: new jobs are journaled without a notification of
+	// their own, since the insert trigger already sends this one.
+	l := &listener{q: q, log: q.opts.logger, wake: func(string) { h.broadcast() }, wakeAll: h.broadcast,
+		cancelJob: func(JobID) {}, channels: []string{channelEvents, channelJobs},
+		idle: 10 * time.Second, probeWait: 5 * time.Second}
 	go func() {
 		defer close(h.done)
 		l.run(ctx)

@@ -34,10 +34,11 @@ CREATE INDEX events_at ON compute.events USING brin (at);
 -- compute.meta journal = off turns the journal off (the triggers still
 -- capture their transition tables, which measured as free).
 -- Statement-level triggers with transition tables: one INSERT ... SELECT per
--- statement, one row per queue and status however many jobs it touched, and
--- one notification on compute_events so waiters and followers read the
--- journal at once, unless compute.meta says notify = off (every notifying
--- commit takes a cluster-wide lock; waiters then poll).
+-- statement, one row per queue and status however many jobs it touched.
+-- Status changes send one notification on compute_events so waiters and
+-- followers read the journal at once, unless compute.meta says notify = off
+-- (every notifying commit takes a cluster-wide lock; waiters then poll);
+-- inserts rely on migration 2's compute_jobs notification instead.
 -- +goose StatementBegin
 CREATE FUNCTION compute.journal_insert() RETURNS trigger
 LANGUAGE plpgsql
@@ -47,12 +48,11 @@ BEGIN
     IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
         RETURN NULL;
     END IF;
+    -- No notification here: the insert trigger of migration 2 already
+    -- sends one on compute_jobs, which journal readers listen to as well.
     INSERT INTO compute.events (queue, status, job_ids, attempts)
     SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
     FROM new_rows n GROUP BY n.queue, n.status;
-    IF FOUND AND NOT EXISTS (SELECT 1 FROM compute.meta WHERE key = 'notify' AND value = 'off') THEN
-        PERFORM pg_notify('compute_events', '');
-    END IF;
     RETURN NULL;
 END;
 $$;
