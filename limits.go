@@ -21,14 +21,6 @@ const lockClassClaim = 0x636f6d63
 // taken after the wait, not now(), the transaction's start.
 const lockGatedQueue = `SELECT pg_advisory_xact_lock($2, hashtext($1))`
 
-// gatedSettings reads the queue's rules and cursor under the claim lock.
-const gatedSettings = `
-SELECT paused, coalesce(max_running, 0), coalesce(key_max_running, 0), coalesce(rate_limit, 0),
-       coalesce(key_rate_limit, 0), coalesce(extract(epoch FROM rate_period) * 1e6, 0)::bigint, fair,
-       coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint, coalesce(fair_cursor, '')
-FROM compute.queues
-WHERE name = $1`
-
 // queueUsage counts what the queue-wide limits need: running jobs (through
 // the small partial index jobs_running) and starts within the rate period.
 const queueUsage = `
@@ -168,7 +160,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 			return err
 		}
 		var cursor string
-		s, err := readSettings(ctx, tx.QueryRow(ctx, gatedSettings, queue), &cursor)
+		s, err := readSettings(tx.QueryRow(ctx, getQueueSettings, queue), &cursor)
 		if err != nil || s.Paused {
 			return err
 		}
@@ -242,21 +234,15 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, shar
 	// The next claim starts after the last key served here; when no key
 	// could give a job (all held by limits or scheduled later), after the
 	// last key visited, so keys beyond this window get their turn.
+	served := make(map[string]bool, len(perKey))
+	for k := range perKey {
+		served[k] = true
+	}
 	last := len(keys) - 1
-	if len(jobs) > 0 {
-		last = -1
-		for _, j := range jobs {
-			for i, k := range keys {
-				if i > last && (k == nil && j.PartitionKey == "" || k != nil && *k == j.PartitionKey) {
-					last = i
-				}
-			}
-		}
+	for last > 0 && len(jobs) > 0 && !served[deref(keys[last])] {
+		last--
 	}
-	next := ""
-	if keys[last] != nil {
-		next = *keys[last]
-	}
+	next := deref(keys[last])
 	_, err = tx.Exec(ctx, saveCursor, queue, next)
 	return jobs, more, err
 }

@@ -42,11 +42,6 @@ type QueueSettings struct {
 // keyed reports whether claims must step through partition keys.
 func (s QueueSettings) keyed() bool { return s.Fair || s.KeyMaxRunning > 0 || s.KeyRateLimit > 0 }
 
-// gated reports whether the queue needs the serialized claim.
-func (s QueueSettings) gated() bool {
-	return s.Paused || s.MaxRunning > 0 || s.RateLimit > 0 || s.keyed()
-}
-
 func (s QueueSettings) check() error {
 	if s.MaxRunning < 0 || s.KeyMaxRunning < 0 || s.RateLimit < 0 || s.KeyRateLimit < 0 || s.RatePeriod < 0 || s.AgeAfter < 0 {
 		return fmt.Errorf("%w: queue settings must not be negative", ErrInvalidOption)
@@ -94,11 +89,12 @@ func (q *Queue) SetQueueSettings(ctx context.Context, queue string, s QueueSetti
 	})
 }
 
-// getQueueSettings reads a queue's row; durations come back in microseconds.
+// getQueueSettings reads a queue's row, and the round-robin cursor last;
+// durations come back in microseconds.
 const getQueueSettings = `
 SELECT paused, coalesce(max_running, 0), coalesce(key_max_running, 0), coalesce(rate_limit, 0),
        coalesce(key_rate_limit, 0), coalesce(extract(epoch FROM rate_period) * 1e6, 0)::bigint, fair,
-       coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint
+       coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint, coalesce(fair_cursor, '')
 FROM compute.queues WHERE name = $1`
 
 // GetQueueSettings returns the queue's rules; a queue nobody configured has
@@ -110,19 +106,19 @@ func (q *Queue) GetQueueSettings(ctx context.Context, queue string) (QueueSettin
 	var s QueueSettings
 	err := q.do(ctx, "compute: get queue settings", func(ctx context.Context) error {
 		var err error
-		s, err = readSettings(ctx, q.pool.QueryRow(ctx, getQueueSettings, queue))
+		s, err = readSettings(q.pool.QueryRow(ctx, getQueueSettings, queue), new(string))
 		return err
 	})
 	return s, err
 }
 
-// readSettings scans one row of getQueueSettings' columns; no row is the
-// zero value.
-func readSettings(ctx context.Context, row pgx.Row, extra ...any) (QueueSettings, error) {
+// readSettings scans one row of getQueueSettings into the settings and
+// cursor; no row is the zero value.
+func readSettings(row pgx.Row, cursor *string) (QueueSettings, error) {
 	var s QueueSettings
 	var period, age int64
-	err := row.Scan(append([]any{&s.Paused, &s.MaxRunning, &s.KeyMaxRunning, &s.RateLimit, &s.KeyRateLimit,
-		&period, &s.Fair, &age}, extra...)...)
+	err := row.Scan(&s.Paused, &s.MaxRunning, &s.KeyMaxRunning, &s.RateLimit, &s.KeyRateLimit,
+		&period, &s.Fair, &age, cursor)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return QueueSettings{}, nil
 	}

@@ -31,44 +31,31 @@ ALTER TABLE compute.events ALTER COLUMN job_ids SET STORAGE EXTERNAL;
 -- index finds old ones at almost no cost per insert.
 CREATE INDEX events_at ON compute.events USING brin (at);
 
--- compute.meta journal = off turns the journal off (the triggers still
--- capture their transition tables, which measured as free).
--- Statement-level triggers with transition tables: one INSERT ... SELECT per
--- statement, one row per queue and status however many jobs it touched.
--- Status changes send one notification on compute_events so waiters and
--- followers read the journal at once, unless compute.meta says notify = off
--- (every notifying commit takes a cluster-wide lock; waiters then poll);
--- inserts rely on migration 2's compute_jobs notification instead.
--- +goose StatementBegin
-CREATE FUNCTION compute.journal_insert() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog
-AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
-        RETURN NULL;
-    END IF;
-    -- No notification here: the insert trigger of migration 2 already
-    -- sends one on compute_jobs, which journal readers listen to as well.
-    INSERT INTO compute.events (queue, status, job_ids, attempts)
-    SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
-    FROM new_rows n GROUP BY n.queue, n.status;
-    RETURN NULL;
-END;
-$$;
--- +goose StatementEnd
-
--- +goose StatementBegin
--- The transition tables have no statistics, and a nested loop joining a
+-- One function for both statement-level triggers (with transition tables):
+-- one INSERT ... SELECT per statement, one row per queue and status however
+-- many jobs it touched. compute.meta journal = off turns the journal off
+-- (the triggers still capture their transition tables, which measured as
+-- free). Status changes send one notification on compute_events so waiters
+-- and followers read the journal at once, unless compute.meta says notify =
+-- off (every notifying commit takes a cluster-wide lock; waiters then poll);
+-- inserts rely on migration 2's compute_jobs notification instead. The
+-- transition tables have no statistics, and a nested loop joining a
 -- 5,000-row claim or completion with itself compares every row with every
 -- other: it made the worker's burn-down four times slower. Hash joins only.
-CREATE FUNCTION compute.journal_update() RETURNS trigger
+-- +goose StatementBegin
+CREATE FUNCTION compute.journal() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog
 SET enable_nestloop = off
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO compute.events (queue, status, job_ids, attempts)
+        SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
+        FROM new_rows n GROUP BY n.queue, n.status;
         RETURN NULL;
     END IF;
     INSERT INTO compute.events (queue, status, job_ids, attempts)
@@ -87,16 +74,15 @@ $$;
 CREATE TRIGGER jobs_journal_insert
     AFTER INSERT ON compute.jobs
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal_insert();
+    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal();
 
 CREATE TRIGGER jobs_journal_update
     AFTER UPDATE ON compute.jobs
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal_update();
+    FOR EACH STATEMENT EXECUTE FUNCTION compute.journal();
 
 -- +goose Down
 DROP TRIGGER jobs_journal_update ON compute.jobs;
 DROP TRIGGER jobs_journal_insert ON compute.jobs;
-DROP FUNCTION compute.journal_update();
-DROP FUNCTION compute.journal_insert();
+DROP FUNCTION compute.journal();
 DROP TABLE compute.events;
