@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -53,13 +54,14 @@ type options struct {
 	computeSQL string     // run on every fresh compute database after its migration
 	soak       soakConfig // workload (s)
 
-	runs    int
-	workers int
-	conns   int
-	only    string
-	smoke   bool
-	timeout time.Duration
-	verbose bool
+	runs       int
+	workers    int
+	conns      int
+	only       string
+	smoke      bool
+	timeout    time.Duration
+	verbose    bool
+	cpuProfile string // -cpuprofile: where to write this process's CPU profile
 
 	// Set only when the program runs itself as a child for the RSS
 	// measurement.
@@ -127,6 +129,7 @@ func parseFlags() options {
 	flag.StringVar(&o.only, "only", "a,b,c,d,e,rss", "workloads to run, comma-separated")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")
 	flag.BoolVar(&o.verbose, "v", false, "log the systems' warnings and info on stderr (default: errors only), and sample compute's rows in progress every second of a burn-down")
 	flag.StringVar(&o.system, "system", "", "internal: run one burn-down of an already loaded database as a child process (compute or river)")
 	flag.StringVar(&o.db, "db", "", "internal: the child's connection string")
@@ -187,17 +190,37 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	err := runMain(ctx, o)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+// runMain is this process's work: the whole comparison, or one child
+// burn-down.
+func runMain(ctx context.Context, o options) error {
 	var err error
 	if o.system != "" {
 		err = child(ctx, o)
 	} else {
 		err = run(ctx, o)
 	}
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
+	return err
 }
 
 // selected reports whether workload w is in -only.
