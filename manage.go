@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // jobColumns is the column list every statement that returns jobs uses, in
@@ -23,9 +23,11 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 	var (
 		j                               Job
 		id                              []byte
-		config, worker, unique, part    *string
-		grabbed, finished, leaseExpires *time.Time
+		config, worker, unique, part    pgtype.Text
+		grabbed, finished, leaseExpires pgtype.Timestamptz
 	)
+	// Nullable columns scan into pgtype values, not pointers: a pointer per
+	// column is an allocation per column of every claimed job.
 	err := row.Scan(append(before, &id, &j.Status, &j.Queue, &config, &j.InputFiles, &j.Created, &j.LastAccessed,
 		&grabbed, &finished, &j.OutputFiles, &j.Priority, &j.RunAt, &j.Attempt, &j.MaxAttempts,
 		&worker, &leaseExpires, &j.Errors, &unique, &part)...)
@@ -33,10 +35,9 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 		return nil, err
 	}
 	copy(j.ID[:], id)
-	j.Config = deref(config)
-	j.Worker = deref(worker)
-	j.Unique.Key, j.PartitionKey = deref(unique), deref(part)
-	j.Grabbed, j.Finished, j.LeaseExpires = derefTime(grabbed), derefTime(finished), derefTime(leaseExpires)
+	j.Config, j.Worker = config.String, worker.String
+	j.Unique.Key, j.PartitionKey = unique.String, part.String
+	j.Grabbed, j.Finished, j.LeaseExpires = grabbed.Time, finished.Time, leaseExpires.Time
 	return &j, nil
 }
 
@@ -48,13 +49,6 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
-}
-
-func derefTime(t *time.Time) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return *t
 }
 
 // getJob reads a job and touches last_accessed in the same statement, as the
