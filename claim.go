@@ -35,7 +35,7 @@ RETURNING ` + jobColumns
 // (paused, limits, fairness) claims nothing here; the statement then returns
 // one row with gated true and NULL job columns, and Claim takes the
 // serialized path instead. The gate is one primary-key probe of a tiny table.
-const claimJobs = `
+const claimJobs = statusChange + `
 WITH gate AS (
     SELECT 1 FROM compute.queues s
     WHERE s.name = $1 AND (s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
@@ -131,7 +131,7 @@ type Completion struct {
 // completeJobs finishes many jobs in one statement. The join on (job_id,
 // attempt, worker) and status fences the write: a holder whose lease ran out
 // and whose job was claimed again, or cancelled, matches no row.
-const completeJobs = `
+const completeJobs = statusChange + `
 UPDATE compute.jobs j
 SET status = 'complete', finished = now(), last_accessed = now(), lease_expires = NULL,
     output_files = d.outputs::varchar[]
@@ -180,7 +180,7 @@ type Failure struct {
 // no error recorded; a failed attempt goes back to queued at its retry time
 // while attempts remain, else (or when permanent) ends failed, and its error
 // is appended to the job's errors.
-const failJobs = `
+const failJobs = statusChange + `
 UPDATE compute.jobs j
 SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
     finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now() END,
@@ -235,7 +235,7 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 
 // heartbeatJobs renews the leases of many jobs in one statement, fenced like
 // completeJobs, so a holder learns in the same round trip which jobs it lost.
-const heartbeatJobs = `
+const heartbeatJobs = noStatusChange + `
 UPDATE compute.jobs j
 SET lease_expires = now() + $4 * interval '1 microsecond'
 FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker)
@@ -326,7 +326,7 @@ func Backoff(attempt int) time.Duration {
 // partial index jobs_running (in-progress rows only) makes it cheap. Jobs that a
 // v1 program marked in-progress without a lease (lease_expires NULL) are left
 // to that program.
-const requeueStale = `
+const requeueStale = statusChange + `
 WITH stale AS MATERIALIZED (
     SELECT job_id FROM compute.jobs
     WHERE status = 'in-progress' AND lease_expires < now()
@@ -364,7 +364,7 @@ func (q *Queue) RequeueStale(ctx context.Context) (int, error) {
 
 // expireJobs marks finished jobs that nobody read within the retention
 // period as expired, oldest first, in batches (see staleBatch).
-const expireJobs = `
+const expireJobs = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id FROM compute.jobs
     WHERE status IN ('complete', 'failed') AND last_accessed < now() - $2 * interval '1 microsecond'

@@ -12,6 +12,17 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// Leading comments of the library's UPDATEs of compute.jobs. The journal
+// trigger reads them (migration 6) to skip comparing each row's old and new
+// status: statusChange promises that every row the statement updates
+// changes status, noStatusChange that none does. A statement without either
+// is compared row by row, as plain SQL is. Each must be the very first text
+// of its statement.
+const (
+	statusChange   = "-- compute: status change"
+	noStatusChange = "-- compute: no status change"
+)
+
 // Cursor is a position in the job journal: Events returns what comes after
 // it. The zero Cursor is the start of the journal. Cursors are ordered by
 // commit safety, not by time: an event is only returned once no running

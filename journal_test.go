@@ -77,6 +77,99 @@ func TestJournalRecordsEveryStatusChange(t *testing.T) {
 	}
 }
 
+// TestJournalLibraryStatementsMatchTheirMarkers walks a job through every
+// library statement that updates jobs. Each says in a leading comment
+// whether it changes the status of every row it touches (the journal then
+// records its new rows without comparing them with the old ones) or of none
+// (the journal skips it). A statement marked wrongly shows here as a
+// missing or an extra event.
+func TestJournalLibraryStatementsMatchTheirMarkers(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := enqueue(t, q, compute.Job{Queue: "m"})
+	job := claimOne(t, q, "m")
+	must(q.Heartbeat(ctx, job))
+	_, err := q.Get(ctx, a)
+	must(err)
+	must(q.Fail(ctx, compute.Failure{Job: job, Err: errors.New("x"), RetryIn: time.Microsecond}))
+	waitUntil(t, liveness, "the retry to be due", func() bool {
+		got := claimN(t, q, "m", 1)
+		if len(got) == 1 {
+			job = got[0]
+		}
+		return len(got) == 1
+	})
+	must(q.Complete(ctx, compute.Completion{Job: job}))
+	_, err = q.Get(ctx, a)
+	must(err)
+	waitUntil(t, liveness, "the job to expire", func() bool {
+		n, err := q.Expire(ctx, time.Microsecond)
+		must(err)
+		return n == 1
+	})
+
+	b := enqueue(t, q, compute.Job{Queue: "m"})
+	must(q.Cancel(ctx, b, "test"))
+	must(q.Retry(ctx, b))
+	claimOne(t, q, "m")
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET lease_expires = now() - interval '1 second' WHERE job_id = $1`, b[:])
+	n, err := q.RequeueStale(ctx)
+	must(err)
+	if n != 1 {
+		t.Fatalf("RequeueStale handed back %d jobs, want 1", n)
+	}
+
+	end := enqueue(t, q, compute.Job{Queue: "end"}) // every earlier event comes before its own
+	var events []compute.Event
+	waitUntil(t, liveness, "the last job's event", func() bool {
+		events = readAll(t, q, compute.Cursor{})
+		return len(events) > 0 && events[len(events)-1].JobID == end
+	})
+	for _, c := range []struct {
+		id   compute.JobID
+		want []compute.Status
+	}{
+		{a, []compute.Status{"queued", "in-progress", "queued", "in-progress", "complete", "expired"}},
+		{b, []compute.Status{"queued", "failed", "queued", "in-progress", "queued"}},
+	} {
+		if got := statuses(events, c.id); !slices.Equal(got, c.want) {
+			t.Errorf("journal of job %s: %v, want %v", c.id, got, c.want)
+		}
+	}
+}
+
+// TestJournalTrustsStatementMarkers pins the trigger's side of the markers:
+// a statement that starts with the status-change comment is journaled
+// without comparing rows (so even an unchanged status is recorded), one that
+// starts with the no-status-change comment is not journaled at all, and a
+// statement with the comment later in its text is compared row by row.
+func TestJournalTrustsStatementMarkers(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	id := enqueue(t, q, compute.Job{Queue: "m"})
+	mustExec(t, q.Pool(), "-- compute: status change\nUPDATE compute.jobs SET priority = 1 WHERE job_id = $1", id[:])
+	mustExec(t, q.Pool(), "-- compute: no status change\nUPDATE compute.jobs SET status = 'failed' WHERE job_id = $1", id[:])
+	mustExec(t, q.Pool(), "UPDATE compute.jobs SET priority = 2 WHERE job_id = $1 -- compute: status change", id[:])
+	mustExec(t, q.Pool(), "UPDATE compute.jobs SET status = 'queued' WHERE job_id = $1 -- compute: no status change", id[:])
+	end := enqueue(t, q, compute.Job{Queue: "end"})
+	var events []compute.Event
+	waitUntil(t, liveness, "the last job's event", func() bool {
+		events = readAll(t, q, compute.Cursor{})
+		return len(events) > 0 && events[len(events)-1].JobID == end
+	})
+	want := []compute.Status{"queued", "queued", "queued"}
+	if got := statuses(events, id); !slices.Equal(got, want) {
+		t.Fatalf("journal of the job: %v, want %v (enqueue, the marked update, the unmarked status change)", got, want)
+	}
+}
+
 // TestJournalWaitsForLateCommittingTransaction: a transaction that took its
 // id first but commits last must not be skipped by a reader that already
 // read a later transaction's event.

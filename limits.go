@@ -29,7 +29,7 @@ SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue
 
 // claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
 // no gate: the caller holds the queue's claim lock.
-const claimPicked = `
+const claimPicked = statusChange + `
 WITH picked AS MATERIALIZED (
     SELECT ctid FROM compute.jobs
     WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp()
@@ -67,7 +67,7 @@ LIMIT $3`
 // partition_key first (a constant in each branch) makes jobs_partition the
 // only index that yields the order, so the plan keeps it even when the
 // statistics do not know the backlog yet.
-const claimKeyed = `
+const claimKeyed = statusChange + `
 WITH keys AS (
     SELECT k, ord FROM unnest($5::text[]) WITH ORDINALITY AS t(k, ord)
 ), running AS (

@@ -82,7 +82,7 @@ RETURNING name, (extract(epoch FROM age_after) * 1e6)::bigint`
 // ageJobs moves queued jobs of queue $1 that have been runnable for longer
 // than $2 microseconds one priority step towards 0: the oldest 10,000 per
 // turn, so one statement never locks a whole backlog.
-const ageJobs = `
+const ageJobs = noStatusChange + `
 WITH old AS MATERIALIZED (
     SELECT ctid FROM compute.jobs
     WHERE status = 'queued' AND queue = $1 AND priority > 0 AND run_at <= now() - $2 * interval '1 microsecond'

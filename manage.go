@@ -53,7 +53,8 @@ func deref(s *string) string {
 
 // getJob reads a job and touches last_accessed in the same statement, as the
 // schema contract asks: retention counts from the last read.
-const getJob = `UPDATE compute.jobs j SET last_accessed = now() WHERE j.job_id = $1 RETURNING ` + jobColumns
+const getJob = noStatusChange + `
+UPDATE compute.jobs j SET last_accessed = now() WHERE j.job_id = $1 RETURNING ` + jobColumns
 
 // Get returns the job with the given id and records the read in
 // last_accessed. It returns ErrNotFound when no job has that id.
@@ -145,7 +146,7 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 // keeps its old status, so the caller learns whether a worker was running it;
 // a running job's holder finds at its next heartbeat that the job is no
 // longer its own, and pg_notify tells it at once.
-const cancelJob = `
+const cancelJob = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id, status FROM compute.jobs WHERE job_id = $1 FOR UPDATE
 ), cancelled AS (
@@ -189,7 +190,7 @@ func (q *Queue) Cancel(ctx context.Context, id JobID, reason string) error {
 // retryJob queues a failed job again now. The attempt counter is never
 // lowered (it fences stale holders), so the job gets one more attempt by
 // raising max_attempts when it was spent.
-const retryJob = `
+const retryJob = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id, status, queue FROM compute.jobs WHERE job_id = $1 FOR UPDATE
 ), retried AS (
