@@ -136,7 +136,7 @@ UPDATE compute.jobs j
 SET status = 'complete', finished = now(), last_accessed = now(), lease_expires = NULL,
     output_files = d.outputs::varchar[]
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[]) AS d(job_id, attempt, worker, outputs)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
 RETURNING j.job_id`
 
 // Complete marks claimed jobs complete with their output files, in one
@@ -194,7 +194,7 @@ SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attem
                  'attempt', j.attempt, 'at', now(), 'error', d.error)) END
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::boolean[], $7::bigint[])
      AS d(job_id, attempt, worker, error, permanent, snooze, delay_us)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
 RETURNING j.job_id`
 
 // Fail records failed (or snoozed) attempts in one statement: each job is
@@ -239,7 +239,7 @@ const heartbeatJobs = noStatusChange + `
 UPDATE compute.jobs j
 SET lease_expires = now() + $4 * interval '1 microsecond'
 FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status = 'in-progress'
+WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
 RETURNING j.job_id`
 
 // Heartbeat extends the leases of jobs the caller holds by the WithLease
@@ -252,18 +252,32 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobs, q.opts.lease.Microseconds())
 }
 
+// pinJoins precedes each fenced statement in its pipeline (see fenced). The
+// settings are local (set_config's third argument): they end with the
+// pipeline's implicit transaction, and never outlive the call on the pooled
+// connection.
+const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
+
 // fenced runs one of the fenced batch statements: the claim of each job
 // (id, attempt, worker) goes in as its first three array parameters, extra
 // as the rest, and the ids the statement did not return come back as a
 // *LeaseLostError.
 //
-// The statements run as pgx's unnamed statement with a cached description
-// (QueryExecModeCacheDescribe), so Postgres plans each call with its real
-// arrays. A cached generic plan guesses ten unnest rows and one in-progress
-// row and picks a nested loop that compares every job with every other: 30
-// times slower at 1,000 jobs. Unlike QueryExecModeExec, which plans the same
-// way, the arrays go in binary: text-encoding 1,000 job ids for Postgres to
-// parse again cost a tenth of the worker's own CPU.
+// Each job must be found by its primary key, one probe per job. Left to
+// itself, the planner prefers reading every in-progress row of the cluster
+// through jobs_running (its cost model takes each probe for a disk read),
+// and then joins them by hash or, worse, by a merge on worker that compares
+// every job of the batch with every other of this worker: with 20,000 jobs
+// in progress elsewhere, completing 1,000 took 100-220 ms instead of 10.
+// Two things rule that out, whatever the plan cache or the statistics say.
+// The statements test status as "j.status || ” = 'in-progress'", which
+// the planner cannot match to jobs_running's predicate, so that index is
+// not a way in (with fresh statistics that count no job in progress, a
+// nested loop over it compared all 1,000 jobs with each other: 240 ms). And
+// each runs in one pipeline after pinJoins, which turns off hash and merge
+// joins, materializing and sequential scans until the pipeline's implicit
+// transaction ends. What is left is a nested loop over the arrays probing
+// the primary key. TestFencedStatementsProbeThePrimaryKey checks the plans.
 func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string, extra ...any) error {
 	n := len(jobs)
 	want, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
@@ -279,14 +293,19 @@ func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string
 		want[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
 	}
 	var got [][]byte
-	args := append([]any{pgx.QueryExecModeCacheDescribe, want, attempts, workers}, extra...)
 	err := q.do(ctx, what, func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, sql, args...)
-		if err != nil {
-			return err
+		batch := &pgx.Batch{}
+		batch.Queue(pinJoins)
+		batch.Queue(sql, append([]any{want, attempts, workers}, extra...)...)
+		results := q.pool.SendBatch(ctx, batch)
+		_, err := results.Exec()
+		if err == nil {
+			var rows pgx.Rows
+			if rows, err = results.Query(); err == nil {
+				got, err = pgx.CollectRows(rows, pgx.RowTo[[]byte])
+			}
 		}
-		got, err = pgx.CollectRows(rows, pgx.RowTo[[]byte])
-		return err
+		return errors.Join(err, results.Close())
 	})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -312,6 +313,88 @@ func TestBackoffGrowsAndIsCapped(t *testing.T) {
 	for _, attempt := range []int{64, 1000, 1 << 30, 1<<62 + 1} {
 		if d := Backoff(attempt); d < time.Hour || d > time.Hour+15*time.Minute {
 			t.Errorf("Backoff(%d) = %s, want 1h..1h15m", attempt, d)
+		}
+	}
+}
+
+// TestFencedStatementsProbeThePrimaryKey checks the plans of Complete, Fail
+// and Heartbeat as fenced runs them: a nested loop over the arrays probing
+// jobs_pkey, never a pass over jobs_running, whose cost grows with every
+// job in progress in the cluster (or, as a merge on worker, with the batch
+// squared). It looks at fresh statistics with no job in progress and with
+// 20,000 held by another worker; each of those made the planner leave the
+// primary key before fenced pinned the plan.
+func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
+	ctx := t.Context()
+	q, err := Open(ctx, testdb.New(t), WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	jobs := make([]Job, 5000)
+	for i := range jobs {
+		jobs[i] = Job{Queue: "p"}
+	}
+	for range 5 {
+		if _, err := q.EnqueueMany(ctx, jobs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := New(ctx, q.pool, WithWorkerID("other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := func(sql string, extra ...any) string {
+		t.Helper()
+		mine, err := q.Claim(ctx, "p", 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, attempts, workers := make([][]byte, len(mine)), make([]int32, len(mine)), make([]string, len(mine))
+		for i, j := range mine {
+			ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
+		}
+		batch := &pgx.Batch{}
+		batch.Queue(pinJoins)
+		batch.Queue("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...)
+		results := q.pool.SendBatch(ctx, batch)
+		defer results.Close()
+		if _, err := results.Exec(); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := results.Query()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(lines, "\n")
+	}
+	n := 1000
+	for _, inProgressElsewhere := range []int{0, 20000} {
+		for claimed := 0; claimed < inProgressElsewhere; {
+			got, err := other.Claim(ctx, "p", 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			claimed += len(got)
+		}
+		if _, err := q.pool.Exec(ctx, `ANALYZE compute.jobs`); err != nil {
+			t.Fatal(err)
+		}
+		strs := func(s string) []string { return slices.Repeat([]string{s}, n) }
+		for name, p := range map[string]string{
+			"complete":  plan(completeJobs, strs("{}")),
+			"fail":      plan(failJobs, strs("x"), make([]bool, n), make([]bool, n), make([]int64, n)),
+			"heartbeat": plan(heartbeatJobs, int64(60e6)),
+		} {
+			if !strings.Contains(p, "Nested Loop") || !strings.Contains(p, "Index Scan using jobs_pkey") ||
+				strings.Contains(p, "jobs_running") {
+				t.Errorf("%s with %d jobs in progress elsewhere: want a nested loop probing jobs_pkey, got\n%s",
+					name, inProgressElsewhere, p)
+			}
 		}
 	}
 }
