@@ -258,6 +258,14 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 // connection.
 const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
 
+// fencedBatch is the pipeline fenced sends: pinJoins, then the statement.
+func fencedBatch(sql string, args ...any) *pgx.Batch {
+	batch := &pgx.Batch{}
+	batch.Queue(pinJoins)
+	batch.Queue(sql, args...)
+	return batch
+}
+
 // fenced runs one of the fenced batch statements: the claim of each job
 // (id, attempt, worker) goes in as its first three array parameters, extra
 // as the rest, and the ids the statement did not return come back as a
@@ -270,14 +278,15 @@ const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config(
 // every job of the batch with every other of this worker: with 20,000 jobs
 // in progress elsewhere, completing 1,000 took 100-220 ms instead of 10.
 // Two things rule that out, whatever the plan cache or the statistics say.
-// The statements test status as "j.status || ” = 'in-progress'", which
-// the planner cannot match to jobs_running's predicate, so that index is
-// not a way in (with fresh statistics that count no job in progress, a
+// The statements append an empty string to status before comparing it,
+// which the planner cannot match to jobs_running's predicate, so that index
+// is not a way in (with fresh statistics that count no job in progress, a
 // nested loop over it compared all 1,000 jobs with each other: 240 ms). And
-// each runs in one pipeline after pinJoins, which turns off hash and merge
-// joins, materializing and sequential scans until the pipeline's implicit
-// transaction ends. What is left is a nested loop over the arrays probing
-// the primary key. TestFencedStatementsProbeThePrimaryKey checks the plans.
+// fencedBatch sends each after pinJoins in one pipeline, which turns off
+// hash and merge joins, materializing and sequential scans until the
+// pipeline's implicit transaction ends. What is left is a nested loop over
+// the arrays probing the primary key. TestFencedStatementsProbeThePrimaryKey
+// checks the plans.
 func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string, extra ...any) error {
 	n := len(jobs)
 	want, attempts, workers := make([][]byte, n), make([]int32, n), make([]string, n)
@@ -294,10 +303,7 @@ func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string
 	}
 	var got [][]byte
 	err := q.do(ctx, what, func(ctx context.Context) error {
-		batch := &pgx.Batch{}
-		batch.Queue(pinJoins)
-		batch.Queue(sql, append([]any{want, attempts, workers}, extra...)...)
-		results := q.pool.SendBatch(ctx, batch)
+		results := q.pool.SendBatch(ctx, fencedBatch(sql, append([]any{want, attempts, workers}, extra...)...))
 		_, err := results.Exec()
 		if err == nil {
 			var rows pgx.Rows

@@ -354,10 +354,7 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 		for i, j := range mine {
 			ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
 		}
-		batch := &pgx.Batch{}
-		batch.Queue(pinJoins)
-		batch.Queue("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...)
-		results := q.pool.SendBatch(ctx, batch)
+		results := q.pool.SendBatch(ctx, fencedBatch("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...))
 		defer results.Close()
 		if _, err := results.Exec(); err != nil {
 			t.Fatal(err)

@@ -68,8 +68,8 @@ func checkFiles(files []string, what string) error {
 		if f == "" {
 			return fmt.Errorf("%w: %s[%d] is empty; every file needs a name", ErrInvalidFiles, what, i)
 		}
-		if strings.IndexByte(f, 0) >= 0 || !utf8.ValidString(f) {
-			return validText(f, fmt.Sprintf("%s[%d]", what, i), ErrInvalidFiles)
+		if err := validText(f, fmt.Sprintf("%s[%d]", what, i), ErrInvalidFiles); err != nil {
+			return err
 		}
 		if _, dup := seen[f]; dup {
 			return fmt.Errorf("%w: %s names %q twice; list each file once", ErrInvalidFiles, what, clip(f))

@@ -200,27 +200,19 @@ func main() {
 			os.Exit(2)
 		}
 		defer f.Close()
-		defer pprof.StopCPUProfile()
 	}
-	err := runMain(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		pprof.StopCPUProfile()
-		os.Exit(1)
-	}
-}
-
-// runMain is this process's work: the whole comparison, or one child
-// burn-down.
-func runMain(ctx context.Context, o options) error {
 	var err error
 	if o.system != "" {
 		err = child(ctx, o)
 	} else {
 		err = run(ctx, o)
 	}
-	return err
+	stop()
+	pprof.StopCPUProfile() // a no-op without -cpuprofile
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
 }
 
 // selected reports whether workload w is in -only.

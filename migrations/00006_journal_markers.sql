@@ -29,13 +29,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM compute.meta WHERE key = 'journal' AND value = 'off') THEN
         RETURN NULL;
     END IF;
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO compute.events (queue, status, job_ids, attempts)
-        SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
-        FROM new_rows n GROUP BY n.queue, n.status;
-        RETURN NULL;
-    END IF;
-    IF starts_with(query_text, '-- compute: status change') THEN
+    IF TG_OP = 'INSERT' OR starts_with(query_text, '-- compute: status change') THEN
         INSERT INTO compute.events (queue, status, job_ids, attempts)
         SELECT n.queue, n.status, array_agg(n.job_id), array_agg(coalesce(n.attempt, 0))
         FROM new_rows n GROUP BY n.queue, n.status;
@@ -46,7 +40,8 @@ BEGIN
         WHERE n.status IS DISTINCT FROM o.status
         GROUP BY n.queue, n.status;
     END IF;
-    IF FOUND AND NOT EXISTS (SELECT 1 FROM compute.meta WHERE key = 'notify' AND value = 'off') THEN
+    IF TG_OP = 'UPDATE' AND FOUND
+       AND NOT EXISTS (SELECT 1 FROM compute.meta WHERE key = 'notify' AND value = 'off') THEN
         PERFORM pg_notify('compute_events', '');
     END IF;
     RETURN NULL;
