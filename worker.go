@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,7 +32,9 @@ type QueueConfig struct {
 	// Handler runs the queue's jobs. Required.
 	Handler Handler
 	// Concurrency is how many of the queue's jobs run at once in this
-	// worker; 0 means 10.
+	// worker; 0 means 10. A job's slot frees when its handler returns;
+	// the worker claims nothing more for the queue while Concurrency
+	// finished jobs wait for their outcome to be written.
 	Concurrency int
 	// Timeout, when set, cancels a job's context after this long and
 	// fails the attempt.
@@ -118,9 +121,14 @@ type queueState struct {
 	name    string
 	cfg     QueueConfig
 	handler Handler
-	slots   chan struct{} // one entry per claimed job not yet written back
+	slots   chan struct{} // one entry per job whose handler has not returned
 	wake    chan struct{} // a notification or reconnect
-	freed   chan struct{} // a slot was released
+	freed   chan struct{} // a slot was released or outcomes were written
+	// unwritten counts the queue's finished jobs whose outcome waits for
+	// the completer. The fetcher claims nothing while it reaches
+	// Concurrency, so the jobs a worker holds (running or unwritten) stay
+	// under twice Concurrency however far the completer falls behind.
+	unwritten atomic.Int32
 }
 
 // runningJob is a claimed job until its outcome is written. cancel and
@@ -137,6 +145,7 @@ type runningJob struct {
 // outcome is a finished attempt on its way to the database.
 type outcome struct {
 	job     *Job
+	qs      *queueState // whose unwritten count the outcome is in
 	outputs []string
 	err     error         // nil: complete
 	retryIn time.Duration // for a failed attempt: when it may run again
@@ -362,8 +371,9 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 	failures := 0
 	for {
 		free := cap(qs.slots) - len(qs.slots)
-		if more && free > 0 {
+		if more && free > 0 && int(qs.unwritten.Load()) < cap(qs.slots) {
 			claimCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
+			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
 			if err != nil {
@@ -380,7 +390,7 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 			failures, gated = 0, isGated
 			for _, job := range claimed {
 				qs.slots <- struct{}{}
-				w.start(jobsCtx, jobs, qs, job)
+				w.start(jobsCtx, jobs, qs, job, sent)
 			}
 			// A full batch means more may be waiting: claim again as soon
 			// as a slot frees up.
@@ -424,8 +434,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // start registers a claimed job and runs its handler in a goroutine owned
-// by jobs (Run waits for it).
-func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, job *Job) {
+// by jobs (Run waits for it). sent is when the claim was sent: the lease
+// counts from then by the local clock.
+func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, job *Job, sent time.Time) {
 	ctx, cancel := context.WithCancelCause(jobsCtx)
 	w.mu.Lock()
 	if old := w.running[job.ID]; old != nil {
@@ -434,9 +445,11 @@ func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueS
 		// is fenced off and must stop.
 		old.lost = true
 		old.cancel(errLeaseLost)
-		old.qs.release()
+		if !old.finished {
+			old.qs.release()
+		}
 	}
-	w.running[job.ID] = &runningJob{job: job, qs: qs, cancel: cancel, renewed: time.Now()}
+	w.running[job.ID] = &runningJob{job: job, qs: qs, cancel: cancel, renewed: sent}
 	w.mu.Unlock()
 	jobs.Go(func() {
 		defer cancel(nil)
@@ -487,7 +500,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	case err != nil && cause == errShutdown:
 		err = Snooze(0) // interrupted by our own shutdown: hand back, attempt not spent
 	}
-	o := outcome{job: job, outputs: outputs, err: err}
+	o := outcome{job: job, qs: qs, outputs: outputs, err: err}
 	var snooze *snoozeError
 	if err != nil && !errors.As(err, &snooze) {
 		if qs.cfg.MaxAttempts > 0 && job.Attempt >= qs.cfg.MaxAttempts {
@@ -500,8 +513,12 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	}
 	w.mu.Lock()
 	if r := w.running[job.ID]; r != nil && r.job == job {
+		// The handler has returned: its slot is free for the next job
+		// while the outcome waits for the completer.
 		r.finished = true
+		r.qs.release()
 	}
+	qs.unwritten.Add(1)
 	w.outcomes = append(w.outcomes, o)
 	w.mu.Unlock()
 	signal(w.flush)
@@ -524,14 +541,15 @@ func (w *Worker) forget(job *Job) {
 	w.mu.Unlock()
 }
 
-// forgetLocked is forget with w.mu held. It frees the job's slot: a slot
-// is held from the claim until the outcome is written (or dropped), so the
-// claimed-but-unwritten jobs never outnumber Concurrency, however far the
-// completer falls behind.
+// forgetLocked is forget with w.mu held. It frees the job's slot unless
+// finish already did: a slot is held from the claim until the handler
+// returns, or until the job is dropped.
 func (w *Worker) forgetLocked(job *Job) {
 	if r := w.running[job.ID]; r != nil && r.job == job {
 		delete(w.running, job.ID)
-		r.qs.release()
+		if !r.finished {
+			r.qs.release()
+		}
 	}
 }
 
@@ -631,6 +649,10 @@ func (w *Worker) write(batch []outcome) error {
 		w.forgetLocked(o.job)
 	}
 	w.mu.Unlock()
+	for _, o := range batch {
+		o.qs.unwritten.Add(-1)
+		signal(o.qs.freed)
+	}
 	return nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
 )
@@ -273,6 +275,78 @@ func TestWorkerKeepsEachQueueWithinItsConcurrencyAndStoresOutputs(t *testing.T) 
 				t.Errorf("job %s: attempt %d with %d errors, want one clean attempt", job.ID, job.Attempt, len(job.Errors))
 			}
 		}
+	}
+}
+
+// TestWorkerStopsClaimingWhileOutcomesWaitUnwritten holds every Complete
+// back (a row trigger waits for an advisory lock the test holds), so
+// finished jobs pile up unwritten. A handler's slot frees when it returns,
+// but once Concurrency outcomes wait, the worker must claim no more: it
+// holds at most twice Concurrency jobs, however far writes fall behind.
+// When the lock goes, every job completes.
+func TestWorkerStopsClaimingWhileOutcomesWaitUnwritten(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	connString := testdb.New(t)
+	q := openQueue(t, connString, compute.WithMigrate(), withTestLog(t))
+	holder, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	mustExec(t, holder, `CREATE FUNCTION public.hold_completions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'complete' THEN
+        PERFORM pg_advisory_xact_lock_shared(4242);
+    END IF;
+    RETURN NEW;
+END $$`)
+	mustExec(t, holder, `CREATE TRIGGER hold_completions BEFORE UPDATE ON compute.jobs
+FOR EACH ROW EXECUTE FUNCTION public.hold_completions()`)
+	mustExec(t, holder, `SELECT pg_advisory_lock(4242)`)
+	locked := true
+	defer func() {
+		if locked {
+			mustExec(t, holder, `SELECT pg_advisory_unlock(4242)`)
+		}
+	}()
+
+	const concurrency, total = 4, 60
+	jobs := make([]compute.Job, total)
+	for i := range jobs {
+		jobs[i] = compute.Job{Queue: "held"}
+	}
+	enqueueAll(t, q, jobs)
+	var calls atomic.Int64
+	r := startWorker(t, q, compute.WorkerConfig{PollInterval: 20 * time.Millisecond, Queues: map[string]compute.QueueConfig{
+		"held": {Concurrency: concurrency, Handler: func(context.Context, *compute.Job) ([]string, error) {
+			calls.Add(1)
+			return nil, nil
+		}},
+	}})
+
+	// Wait until a Complete is stuck on the lock, then give the fetcher
+	// many polls' worth of chances to claim past the bound.
+	waitUntil(t, liveness, "a Complete waiting for the advisory lock", func() bool {
+		return queryOne[bool](t, holder, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`)
+	})
+	time.Sleep(300 * time.Millisecond)
+	held := queryOne[int64](t, holder, `SELECT count(*) FROM compute.jobs WHERE status = 'in-progress'`)
+	if got := calls.Load(); got > 2*concurrency || held > 2*concurrency {
+		t.Fatalf("with writes held back, %d handlers ran and %d jobs are in progress; want at most %d (twice Concurrency)", got, held, 2*concurrency)
+	}
+	if held < concurrency {
+		t.Fatalf("%d jobs in progress while writes are held back, want at least Concurrency %d", held, concurrency)
+	}
+
+	mustExec(t, holder, `SELECT pg_advisory_unlock(4242)`)
+	locked = false
+	waitUntil(t, liveness, "every job to complete", func() bool {
+		return queryOne[int64](t, holder, `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`) == total
+	})
+	r.stop(t)
+	if got := calls.Load(); got != total {
+		t.Errorf("%d handler calls for %d jobs, want one each", got, total)
 	}
 }
 
