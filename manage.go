@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -25,14 +26,21 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 		id                              []byte
 		config, worker, unique, part    pgtype.Text
 		grabbed, finished, leaseExpires pgtype.Timestamptz
+		errs                            []byte
 	)
 	// Nullable columns scan into pgtype values, not pointers: a pointer per
 	// column is an allocation per column of every claimed job.
 	err := row.Scan(append(before, &id, &j.Status, &j.Queue, &config, &j.InputFiles, &j.Created, &j.LastAccessed,
 		&grabbed, &finished, &j.OutputFiles, &j.Priority, &j.RunAt, &j.Attempt, &j.MaxAttempts,
-		&worker, &leaseExpires, &j.Errors, &unique, &part)...)
+		&worker, &leaseExpires, &errs, &unique, &part)...)
 	if err != nil {
 		return nil, err
+	}
+	// Most jobs have no errors: '[]' needs no JSON decoder.
+	if string(errs) == "[]" {
+		j.Errors = []AttemptError{}
+	} else if err := json.Unmarshal(errs, &j.Errors); err != nil {
+		return nil, fmt.Errorf("compute: job errors: %w", err)
 	}
 	copy(j.ID[:], id)
 	j.Config, j.Worker = config.String, worker.String
