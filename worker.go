@@ -135,7 +135,6 @@ type queueState struct {
 // renewed are set at start and then touched only under Worker.mu.
 type runningJob struct {
 	job      *Job
-	qs       *queueState // whose slot the job holds
 	cancel   context.CancelCauseFunc
 	renewed  time.Time // when the last successful lease renewal was sent
 	lost     bool      // the lease is gone: never write an outcome
@@ -445,14 +444,14 @@ func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueS
 		// is fenced off and must stop.
 		old.lost = true
 		old.cancel(errLeaseLost)
-		if !old.finished {
-			old.qs.release()
-		}
 	}
-	w.running[job.ID] = &runningJob{job: job, qs: qs, cancel: cancel, renewed: sent}
+	w.running[job.ID] = &runningJob{job: job, cancel: cancel, renewed: sent}
 	w.mu.Unlock()
+	// The slot is the handler's: it frees when the handler has returned
+	// and its outcome is queued, whatever became of the job.
 	jobs.Go(func() {
 		defer cancel(nil)
+		defer qs.release()
 		outputs, err := w.call(ctx, qs, job)
 		w.finish(ctx, qs, job, outputs, err)
 	})
@@ -513,10 +512,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	}
 	w.mu.Lock()
 	if r := w.running[job.ID]; r != nil && r.job == job {
-		// The handler has returned: its slot is free for the next job
-		// while the outcome waits for the completer.
 		r.finished = true
-		r.qs.release()
 	}
 	qs.unwritten.Add(1)
 	w.outcomes = append(w.outcomes, o)
@@ -541,15 +537,10 @@ func (w *Worker) forget(job *Job) {
 	w.mu.Unlock()
 }
 
-// forgetLocked is forget with w.mu held. It frees the job's slot unless
-// finish already did: a slot is held from the claim until the handler
-// returns, or until the job is dropped.
+// forgetLocked is forget with w.mu held.
 func (w *Worker) forgetLocked(job *Job) {
 	if r := w.running[job.ID]; r != nil && r.job == job {
 		delete(w.running, job.ID)
-		if !r.finished {
-			r.qs.release()
-		}
 	}
 }
 
@@ -649,9 +640,13 @@ func (w *Worker) write(batch []outcome) error {
 		w.forgetLocked(o.job)
 	}
 	w.mu.Unlock()
+	var last *queueState
 	for _, o := range batch {
 		o.qs.unwritten.Add(-1)
-		signal(o.qs.freed)
+		if o.qs != last { // batches are mostly one queue's: one signal each
+			signal(o.qs.freed)
+			last = o.qs
+		}
 	}
 	return nil
 }

@@ -280,10 +280,11 @@ func TestWorkerKeepsEachQueueWithinItsConcurrencyAndStoresOutputs(t *testing.T) 
 
 // TestWorkerStopsClaimingWhileOutcomesWaitUnwritten holds every Complete
 // back (a row trigger waits for an advisory lock the test holds), so
-// finished jobs pile up unwritten. A handler's slot frees when it returns,
-// but once Concurrency outcomes wait, the worker must claim no more: it
-// holds at most twice Concurrency jobs, however far writes fall behind.
-// When the lock goes, every job completes.
+// finished jobs pile up unwritten, while the first handler blocks. A
+// handler's slot frees when it returns, so more than Concurrency handlers
+// run although no outcome is written; but once Concurrency outcomes wait,
+// the worker must claim no more: it holds at most twice Concurrency jobs,
+// however far writes fall behind. When the lock goes, every job completes.
 func TestWorkerStopsClaimingWhileOutcomesWaitUnwritten(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -318,9 +319,15 @@ FOR EACH ROW EXECUTE FUNCTION public.hold_completions()`)
 	}
 	enqueueAll(t, q, jobs)
 	var calls atomic.Int64
+	unblock := make(chan struct{})
 	r := startWorker(t, q, compute.WorkerConfig{PollInterval: 20 * time.Millisecond, Queues: map[string]compute.QueueConfig{
-		"held": {Concurrency: concurrency, Handler: func(context.Context, *compute.Job) ([]string, error) {
-			calls.Add(1)
+		"held": {Concurrency: concurrency, Handler: func(ctx context.Context, _ *compute.Job) ([]string, error) {
+			if calls.Add(1) == 1 {
+				select { // the first job keeps its slot
+				case <-unblock:
+				case <-ctx.Done():
+				}
+			}
 			return nil, nil
 		}},
 	}})
@@ -329,6 +336,11 @@ FOR EACH ROW EXECUTE FUNCTION public.hold_completions()`)
 	// many polls' worth of chances to claim past the bound.
 	waitUntil(t, liveness, "a Complete waiting for the advisory lock", func() bool {
 		return queryOne[bool](t, holder, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`)
+	})
+	// Slots free as handlers return: with one handler blocked and no
+	// outcome written, the worker still runs more than Concurrency jobs.
+	waitUntil(t, liveness, "more than Concurrency handler calls with no outcome written", func() bool {
+		return calls.Load() > concurrency
 	})
 	time.Sleep(300 * time.Millisecond)
 	held := queryOne[int64](t, holder, `SELECT count(*) FROM compute.jobs WHERE status = 'in-progress'`)
@@ -339,6 +351,7 @@ FOR EACH ROW EXECUTE FUNCTION public.hold_completions()`)
 		t.Fatalf("%d jobs in progress while writes are held back, want at least Concurrency %d", held, concurrency)
 	}
 
+	close(unblock)
 	mustExec(t, holder, `SELECT pg_advisory_unlock(4242)`)
 	locked = false
 	waitUntil(t, liveness, "every job to complete", func() bool {
