@@ -115,9 +115,10 @@
 // high throughput give it more (the bench module uses 10).
 //
 // Very high rates: every statement that enqueues sends one notification per
-// queue, every statement that changes job statuses one for the journal, and
-// each notifying commit takes a cluster-wide lock. SetMeta(ctx, MetaNotify,
-// "off") turns both off; workers then find jobs by polling
+// queue, and each notifying commit takes a cluster-wide lock. Statements
+// that change job statuses notify the journal's listeners too, but only
+// while some process runs Wait or Follow. SetMeta(ctx, MetaNotify, "off")
+// turns both off; workers then find jobs by polling
 // (WorkerConfig.PollInterval), and Wait and Follow check every 5 s.
 //
 // Long transactions: a session that keeps a transaction (or a snapshot)

@@ -315,8 +315,8 @@ func TestWaitReturnsWhenJobFinishes(t *testing.T) {
 	default:
 	}
 	close(release)
-	// The fallback check runs every 5 s: a return well before that came
-	// from the notification.
+	// TestJournalNotifiesOnlyWhileSomeoneListens checks the notification
+	// itself; Wait's fallback checks alone would also return in time here.
 	job := receive(t, done, 4*time.Second, "Wait to return after the job finished")
 	if job.Status != compute.StatusComplete || !slices.Equal(job.OutputFiles, []string{"result.txt"}) {
 		t.Fatalf("Wait returned %+v", job)
@@ -353,5 +353,72 @@ func TestCursorRoundTrip(t *testing.T) {
 		if _, err := compute.ParseCursor(bad); !errors.Is(err, compute.ErrInvalidOption) {
 			t.Errorf("ParseCursor(%q) = %v", bad, err)
 		}
+	}
+}
+
+// TestJournalNotifiesOnlyWhileSomeoneListens: status changes send a
+// compute_events notification only while a Wait or Follow listens (its
+// Queue keeps the meta key journal_listened_until in the future). An
+// expired or malformed key sends nothing and breaks nothing.
+func TestJournalNotifiesOnlyWhileSomeoneListens(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	conn, err := q.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	mustExec(t, conn, `LISTEN compute_events; LISTEN probe`)
+	// eventsNotified finishes one job and reports whether a compute_events
+	// notification came; the probe sent after it arrives after anything the
+	// job's statements sent (notifications come in commit order).
+	eventsNotified := func(queue string) bool {
+		t.Helper()
+		enqueue(t, q, compute.Job{Queue: queue})
+		complete(t, q, claimOne(t, q, queue))
+		mustExec(t, q.Pool(), `SELECT pg_notify('probe', '')`)
+		got := false
+		for {
+			n, err := conn.Conn().WaitForNotification(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n.Channel == "probe" {
+				return got
+			}
+			got = true
+		}
+	}
+	if eventsNotified("nobody") {
+		t.Error("compute_events notified with nobody listening")
+	}
+	for _, bad := range []string{"1", "soon", "99999999999999999999"} {
+		if err := q.SetMeta(ctx, "journal_listened_until", bad); err != nil {
+			t.Fatal(err)
+		}
+		if eventsNotified("bad") {
+			t.Errorf("compute_events notified with journal_listened_until = %q", bad)
+		}
+	}
+
+	// A Wait on a job nobody runs starts the Queue's listener, which
+	// announces itself.
+	waitCtx, stopWait := context.WithCancel(ctx)
+	waited := make(chan error, 1)
+	go func() {
+		_, err := q.Wait(waitCtx, enqueue(t, q, compute.Job{Queue: "never"}))
+		waited <- err
+	}()
+	waitUntil(t, liveness, "the listener's announcement", func() bool {
+		v, err := q.GetMeta(ctx, "journal_listened_until")
+		return err == nil && v != "1" && v != "soon" && v != "99999999999999999999"
+	})
+	if !eventsNotified("heard") {
+		t.Error("no compute_events notification while a Wait listens")
+	}
+	stopWait()
+	if err := receive(t, waited, liveness, "Wait to end"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait ended with %v", err)
 	}
 }

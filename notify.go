@@ -37,6 +37,12 @@ type listener struct {
 	// idle is how long the connection may be silent before a probe checks
 	// that it still delivers; probeWait is how long the probe may take.
 	idle, probeWait time.Duration
+	// announce, when set, runs on the listening connection once LISTEN is
+	// in place and again every announceEvery while the session lasts: the
+	// journal hub uses it to tell the journal trigger that someone listens.
+	// An error closes the session only when the connection failed with it.
+	announce      func(ctx context.Context, conn *pgx.Conn) error
+	announceEvery time.Duration
 }
 
 // run keeps a LISTEN connection up until ctx ends: it connects with
@@ -90,19 +96,30 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 			return false, err
 		}
 	}
+	if err := l.runAnnounce(ctx, conn); err != nil {
+		return false, err
+	}
+	announced := time.Now()
 	if err := l.probe(ctx, conn); err != nil {
 		return false, err
 	}
 	l.log.Debug("listening for notifications")
 	l.wakeAll()
 	for {
-		waitCtx, cancel := context.WithTimeout(ctx, l.idle)
+		wait := l.idle
+		if l.announce != nil {
+			wait = min(wait, time.Until(announced.Add(l.announceEvery)))
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, wait)
 		n, err := conn.WaitForNotification(waitCtx)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return true, nil
 		case err != nil && waitCtx.Err() != nil:
+			if wait < l.idle {
+				break // only the announcement is due
+			}
 			// Quiet for l.idle: make sure the connection still works.
 			if err := l.probe(ctx, conn); err != nil {
 				return true, err
@@ -112,7 +129,30 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 		default:
 			l.deliver(n.Channel, n.Payload)
 		}
+		if l.announce != nil && time.Since(announced) >= l.announceEvery {
+			if err := l.runAnnounce(ctx, conn); err != nil {
+				return true, err
+			}
+			announced = time.Now()
+		}
 	}
+}
+
+// runAnnounce runs l.announce, if any. A failure that leaves the connection
+// working (say, a role that may not write compute.meta) is logged and
+// returned as nil: listening still works, only less is sent.
+func (l *listener) runAnnounce(ctx context.Context, conn *pgx.Conn) error {
+	if l.announce == nil {
+		return nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, l.probeWait)
+	defer cancel()
+	err := l.announce(callCtx, conn)
+	if err != nil && !conn.IsClosed() {
+		l.log.Warn("could not announce this listener; journal notifications may not come, and Wait and Follow fall back to their 5 s check", "err", redactError(err, l.q.password))
+		return nil
+	}
+	return err
 }
 
 // probe sends a notification to this connection and waits for it, passing
