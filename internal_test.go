@@ -395,3 +395,56 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleterDoesNotMakeAHeldBackFetcherWait: a queue whose Concurrency
+// outcomes wait unwritten claims nothing until they are written, so the
+// completer writes them at once instead of waiting out writeGap. The gap is
+// an hour here: the jobs finish only if the completer does not wait.
+func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
+	// Not parallel: a test of package compute paused in t.Parallel would
+	// count as a leaked goroutine in TestWorkerLeavesNoGoroutinesBehind.
+	ctx := t.Context()
+	q, err := Open(ctx, testdb.New(t), WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	const total = 20
+	jobs := make([]Job, total)
+	for i := range jobs {
+		jobs[i] = Job{Queue: "held"}
+	}
+	if _, err := q.EnqueueMany(ctx, jobs); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWorker(q, WorkerConfig{Queues: map[string]QueueConfig{
+		"held": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }, Concurrency: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.writeGap = time.Hour
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var done int
+		if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`).Scan(&done); err != nil {
+			t.Fatal(err)
+		}
+		if done == total {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d jobs complete after 20 s: the completer waited out its gap while the fetcher was held back", done, total)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

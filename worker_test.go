@@ -1187,3 +1187,34 @@ func TestWorkerLeavesNoGoroutinesBehind(t *testing.T) {
 	q.Close()
 	waitNoLibraryGoroutines(t, "after Run returned and the queue closed")
 }
+
+// TestWorkerWritesOutcomesInRoundsAtLeastAGapApart: the completer starts
+// its rounds at least 5 ms apart (writeGap), however quickly jobs finish.
+// Jobs are enqueued one at a time while the worker runs, so each is
+// claimed and finished almost alone. The journal writes one row per
+// statement, queue and status, so its complete rows count the Complete
+// statements; without the gap there are nearly as many as jobs.
+func TestWorkerWritesOutcomesInRoundsAtLeastAGapApart(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	r := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"gap": {Handler: idle, Concurrency: 1000},
+	}})
+	defer r.stop(t)
+	const total = 100
+	start := time.Now()
+	var last compute.JobID
+	for range total {
+		last = enqueue(t, q, compute.Job{Queue: "gap"})
+	}
+	awaitStatus(t, q, last, compute.StatusComplete)
+	waitUntil(t, liveness, "every job complete", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`) == total
+	})
+	elapsed := time.Since(start)
+	rounds := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events WHERE queue = 'gap' AND status = 'complete'`)
+	if limit := int64(elapsed/(5*time.Millisecond)) + 1; rounds > limit {
+		t.Fatalf("%d jobs written in %d Complete statements within %s; rounds 5 ms apart allow at most %d", total, rounds, elapsed, limit)
+	}
+	t.Logf("%d jobs written in %d Complete statements within %s", total, rounds, elapsed)
+}
