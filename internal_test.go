@@ -326,11 +326,7 @@ func TestBackoffGrowsAndIsCapped(t *testing.T) {
 // primary key before fenced pinned the plan.
 func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 	ctx := t.Context()
-	q, err := Open(ctx, testdb.New(t), WithMigrate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openMigrated(t)
 	jobs := make([]Job, 5000)
 	for i := range jobs {
 		jobs[i] = Job{Queue: "p"}
@@ -407,11 +403,7 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 	// Not parallel: a test of package compute paused in t.Parallel would
 	// count as a leaked goroutine in TestWorkerLeavesNoGoroutinesBehind.
 	ctx := t.Context()
-	q, err := Open(ctx, testdb.New(t), WithMigrate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openMigrated(t)
 	const total = 20
 	jobs := make([]Job, total)
 	for i := range jobs {
@@ -450,4 +442,49 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestListenerAnnouncesAgainWhileItListens: a listener with an announce hook
+// runs it when it connects and again every announceEvery on a quiet
+// connection; the journal hub relies on it to keep journal_listened_until
+// (a minute ahead) from running out under a long Follow.
+func TestListenerAnnouncesAgainWhileItListens(t *testing.T) {
+	// Not parallel: see TestCompleterDoesNotMakeAHeldBackFetcherWait.
+	ctx := t.Context()
+	q := openMigrated(t)
+	announced := make(chan struct{}, 100)
+	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, wakeAll: func() {}, cancelJob: func(JobID) {},
+		idle: 10 * time.Second, probeWait: 5 * time.Second, announceEvery: 20 * time.Millisecond,
+		announce: func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, `SELECT 1`)
+			select {
+			case announced <- struct{}{}:
+			default: // the test has seen enough
+			}
+			return err
+		}}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); l.run(runCtx) }()
+	defer func() { stop(); <-done }()
+	timeout := time.After(20 * time.Second)
+	for n := range 5 {
+		select {
+		case <-announced:
+		case <-timeout:
+			t.Fatalf("%d announcements in 20 s, want 5 (one per 20 ms)", n)
+		}
+	}
+}
+
+// openMigrated opens a Queue on a fresh migrated test database, closed at
+// the end of the test.
+func openMigrated(t *testing.T) *Queue {
+	t.Helper()
+	q, err := Open(t.Context(), testdb.New(t), WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	return q
 }

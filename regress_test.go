@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/computeplatform/compute"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // holdClaimLock takes the claim lock of a queue with rules in a transaction,
@@ -153,33 +154,54 @@ func TestCatchUpAfterLongStopTakesLatestTicks(t *testing.T) {
 }
 
 // TestNotifyOffSilencesJournalNotifications: with MetaNotify off, status
-// changes send no compute_events notification. A probe sent after them
-// arrives after anything they sent (notifications come in commit order).
+// changes send no compute_events notification, even while a listener is
+// announced (migration 7), and new jobs no compute_jobs one.
 func TestNotifyOffSilencesJournalNotifications(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t)
 	ctx := t.Context()
-	if err := q.SetMeta(ctx, compute.MetaNotify, "off"); err != nil {
-		t.Fatal(err)
+	for key, value := range map[string]string{compute.MetaNotify: "off", "journal_listened_until": farFuture} {
+		if err := q.SetMeta(ctx, key, value); err != nil {
+			t.Fatal(err)
+		}
 	}
 	conn, err := q.Pool().Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	mustExec(t, conn, `LISTEN compute_events; LISTEN compute_jobs; LISTEN probe`)
+	mustExec(t, conn, `LISTEN compute_events; LISTEN compute_jobs`)
 	enqueue(t, q, compute.Job{Queue: "quiet"})
 	complete(t, q, claimOne(t, q, "quiet"))
+	if got := notifiedBeforeProbe(t, q, conn); len(got) > 0 {
+		t.Fatalf("notifications on %v with notify off", got)
+	}
+}
+
+// farFuture is a journal_listened_until value (Unix seconds) that keeps the
+// journal's notifications on for the whole test.
+const farFuture = "99999999999"
+
+// notifiedBeforeProbe sends a notification on channel probe and returns the
+// channels of the notifications conn received before it. Notifications
+// arrive in commit order, so these include everything committed before the
+// call. conn must not be listening on probe yet.
+func notifiedBeforeProbe(t testing.TB, q *compute.Queue, conn *pgxpool.Conn) []string {
+	t.Helper()
+	ctx := t.Context()
+	mustExec(t, conn, `LISTEN probe`)
+	defer mustExec(t, conn, `UNLISTEN probe`)
 	mustExec(t, q.Pool(), `SELECT pg_notify('probe', '')`)
+	var channels []string
 	for {
 		n, err := conn.Conn().WaitForNotification(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if n.Channel == "probe" {
-			return
+			return channels
 		}
-		t.Fatalf("notification on %s with notify off", n.Channel)
+		channels = append(channels, n.Channel)
 	}
 }
 

@@ -373,7 +373,7 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 	failures := 0
 	for {
 		free := cap(qs.slots) - len(qs.slots)
-		if more && free > 0 && int(qs.unwritten.Load()) < cap(qs.slots) {
+		if more && free > 0 && !qs.heldBack() {
 			claimCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
@@ -644,15 +644,20 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 	}
 }
 
-// heldBack reports whether some queue has Concurrency outcomes unwritten,
-// so that its fetcher waits for the completer (see fetch).
+// heldBack reports whether some queue's fetcher waits for the completer.
 func (w *Worker) heldBack() bool {
 	for _, qs := range w.queues {
-		if int(qs.unwritten.Load()) >= cap(qs.slots) {
+		if qs.heldBack() {
 			return true
 		}
 	}
 	return false
+}
+
+// heldBack reports whether Concurrency of the queue's outcomes wait
+// unwritten: its fetcher then claims nothing until the completer writes.
+func (qs *queueState) heldBack() bool {
+	return int(qs.unwritten.Load()) >= cap(qs.slots)
 }
 
 // write sends one batch of outcomes and forgets the jobs it wrote. Jobs whose
