@@ -444,16 +444,24 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 	}
 }
 
-// TestListenerAnnouncesAgainWhileItListens: a listener with an announce hook
+// TestListenerRepeatsItsAnnouncementAndWakesTwice: a listener with an announce hook
 // runs it when it connects and again every announceEvery on a quiet
 // connection; the journal hub relies on it to keep journal_listened_until
-// (a minute ahead) from running out under a long Follow.
-func TestListenerAnnouncesAgainWhileItListens(t *testing.T) {
+// (a minute ahead) from running out under a long Follow. It also wakes
+// everyone twice: on connecting and rewakeAfter later.
+func TestListenerRepeatsItsAnnouncementAndWakesTwice(t *testing.T) {
 	// Not parallel: see TestCompleterDoesNotMakeAHeldBackFetcherWait.
 	ctx := t.Context()
 	q := openMigrated(t)
 	announced := make(chan struct{}, 100)
-	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, wakeAll: func() {}, cancelJob: func(JobID) {},
+	woken := make(chan struct{}, 100)
+	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, cancelJob: func(JobID) {},
+		wakeAll: func() {
+			select {
+			case woken <- struct{}{}:
+			default:
+			}
+		},
 		idle: 10 * time.Second, probeWait: 5 * time.Second, announceEvery: 20 * time.Millisecond,
 		announce: func(ctx context.Context, conn *pgx.Conn) error {
 			_, err := conn.Exec(ctx, `SELECT 1`)
@@ -473,6 +481,13 @@ func TestListenerAnnouncesAgainWhileItListens(t *testing.T) {
 		case <-announced:
 		case <-timeout:
 			t.Fatalf("%d announcements in 20 s, want 5 (one per 20 ms)", n)
+		}
+	}
+	for n := range 2 {
+		select {
+		case <-woken:
+		case <-timeout:
+			t.Fatalf("woken %d times in 20 s, want 2 (on connecting and %s later)", n, rewakeAfter)
 		}
 	}
 }

@@ -172,7 +172,7 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 			after, held = events[len(events)-1].Cursor, 0
 			continue
 		}
-		wait := hub.fallback()
+		wait := 5 * time.Second
 		if err == nil {
 			var pending bool
 			if e := q.pool.QueryRow(ctx, heldBack, strconv.FormatUint(after.xid, 10), after.seq).Scan(&pending); e == nil && pending {
@@ -222,7 +222,7 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 		case err == nil && (status == StatusComplete || status == StatusFailed || status == StatusExpired):
 			return q.Get(ctx, id)
 		}
-		t := time.NewTimer(hub.fallback())
+		t := time.NewTimer(5 * time.Second)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -238,10 +238,8 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 // shared by every Wait and Follow of the queue. It starts with the first of
 // them and stops when the Queue closes.
 type eventHub struct {
-	mu sync.Mutex
-	ch chan struct{} // closed at the next notification
-	// since is when the listener last (re)connected and announced itself.
-	since  time.Time
+	mu     sync.Mutex
+	ch     chan struct{} // closed at the next notification
 	stop   context.CancelFunc
 	done   chan struct{}
 	closed bool
@@ -261,7 +259,7 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
 	// compute_jobs too: new jobs are journaled without a notification of
 	// their own, since the insert trigger already sends this one.
-	l := &listener{q: q, log: q.opts.logger, wake: func(string) { h.broadcast() }, wakeAll: h.connected,
+	l := &listener{q: q, log: q.opts.logger, wake: func(string) { h.broadcast() }, wakeAll: h.broadcast,
 		cancelJob: func(JobID) {}, channels: []string{channelEvents, channelJobs},
 		idle: 10 * time.Second, probeWait: 5 * time.Second,
 		announce: announceJournalListener, announceEvery: 20 * time.Second}
@@ -293,29 +291,6 @@ func (h *eventHub) changed() <-chan struct{} {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.ch
-}
-
-// connected is the listener's hook after it (re)connected and announced
-// itself: notifications sent meanwhile are lost, so everyone re-reads.
-func (h *eventHub) connected() {
-	h.mu.Lock()
-	h.since = time.Now()
-	h.mu.Unlock()
-	h.broadcast()
-}
-
-// fallback is how long a waiter may sleep without a notification before it
-// checks anyway: 5 s, or 1 s within 5 s of the listener's (re)connect. A
-// statement that began before the announcement switched the journal's
-// notifications on may commit after everyone re-read, without notifying;
-// such statements take milliseconds, so the short checks catch them.
-func (h *eventHub) fallback() time.Duration {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.since.IsZero() || time.Since(h.since) < 5*time.Second {
-		return time.Second
-	}
-	return 5 * time.Second
 }
 
 // broadcast wakes everyone waiting on changed.

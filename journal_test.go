@@ -316,7 +316,8 @@ func TestWaitReturnsWhenJobFinishes(t *testing.T) {
 	}
 	close(release)
 	// TestJournalNotifiesOnlyWhileSomeoneListens checks the notification
-	// itself; Wait's fallback checks alone would also return in time here.
+	// itself; the listener's second wake, a second after it connects,
+	// could also return Wait in time here.
 	job := receive(t, done, 4*time.Second, "Wait to return after the job finished")
 	if job.Status != compute.StatusComplete || !slices.Equal(job.OutputFiles, []string{"result.txt"}) {
 		t.Fatalf("Wait returned %+v", job)

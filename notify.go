@@ -25,7 +25,8 @@ const (
 // listener holds a process's one LISTEN connection, outside the pool so pool
 // rotation never closes it, and turns notifications into calls. A
 // notification is only a hint: workers poll regardless, and after every
-// (re)connect everyone is woken because notifications sent meanwhile are lost.
+// (re)connect everyone is woken because notifications sent meanwhile are
+// lost, and woken again rewakeAfter later (see rewakeAfter).
 type listener struct {
 	q         *Queue
 	log       *slog.Logger
@@ -77,6 +78,16 @@ func (l *listener) run(ctx context.Context) {
 	}
 }
 
+// rewakeAfter is when, after a (re)connect, everyone is woken a second time.
+// A transaction that committed while LISTEN was being set up can be missed
+// twice: its notification was queued before the listener's position, and
+// its rows were not yet visible to the reads the first wake caused (CI saw
+// a worker with a 10-minute poll leave such a job waiting). Likewise a
+// status change whose statement began before the journal hub announced
+// itself commits without notifying. Both take milliseconds; the second
+// wake catches them.
+const rewakeAfter = time.Second
+
 // errNoDelivery means LISTEN was accepted but the probe never came back.
 var errNoDelivery = fmt.Errorf("compute: notifications are not delivered")
 
@@ -105,8 +116,12 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 	}
 	l.log.Debug("listening for notifications")
 	l.wakeAll()
+	rewake := time.Now().Add(rewakeAfter) // zero once done
 	for {
 		wait := l.idle
+		if !rewake.IsZero() {
+			wait = min(wait, time.Until(rewake))
+		}
 		if l.announce != nil {
 			wait = min(wait, time.Until(announced.Add(l.announceEvery)))
 		}
@@ -118,7 +133,7 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 			return true, nil
 		case err != nil && waitCtx.Err() != nil:
 			if wait < l.idle {
-				break // only the announcement is due
+				break // the second wake or the announcement is due
 			}
 			// Quiet for l.idle: make sure the connection still works.
 			if err := l.probe(ctx, conn); err != nil {
@@ -128,6 +143,10 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 			return true, err
 		default:
 			l.deliver(n.Channel, n.Payload)
+		}
+		if !rewake.IsZero() && !time.Now().Before(rewake) {
+			l.wakeAll()
+			rewake = time.Time{}
 		}
 		if l.announce != nil && time.Since(announced) >= l.announceEvery {
 			if err := l.runAnnounce(ctx, conn); err != nil {
