@@ -127,11 +127,12 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 		}
 		waitCtx, cancel := context.WithTimeout(ctx, wait)
 		n, err := conn.WaitForNotification(waitCtx)
+		timedOut := waitCtx.Err() != nil // read before cancel, which sets it too
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return true, nil
-		case err != nil && waitCtx.Err() != nil:
+		case err != nil && timedOut:
 			if wait < l.idle {
 				break // the second wake or the announcement is due
 			}
