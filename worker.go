@@ -100,6 +100,13 @@ type Worker struct {
 	horizonChecked time.Time
 	// writeGap is the package's writeGap; tests of the completer widen it.
 	writeGap time.Duration
+	// writing is held while the completer or the heartbeat loop sends its
+	// statements. Both update this worker's rows, and PostgreSQL locks
+	// the rows of an UPDATE ... FROM unnest(...) in no fixed order, so the
+	// two deadlocked when they overlapped on a job that finished during a
+	// renewal (seen in the bench's steady state; each deadlock stalls both
+	// for deadlock_timeout, a second by default, before one is retried).
+	writing sync.Mutex
 
 	// stop is closed by Shutdown; shutdownCtx is Shutdown's deadline. Run
 	// reads both; stopOnce guards the close.
@@ -680,8 +687,10 @@ func (w *Worker) write(batch []outcome) error {
 	w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	w.writing.Lock()
 	errDone := w.q.Complete(ctx, done...)
 	errFailed := w.q.Fail(ctx, failed...)
+	w.writing.Unlock()
 	for _, err := range []error{errDone, errFailed} {
 		var lost *LeaseLostError
 		if errors.As(err, &lost) {
@@ -729,9 +738,9 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		w.register(ctx, interval)
 		w.mu.Lock()
 		// Jobs whose outcome waits for the completer are left out: the
-		// completer writes them within moments, and renewing rows that a
-		// Complete or Fail statement is about to lock invites deadlocks
-		// (each costs deadlock_timeout, a second by default).
+		// completer writes them within moments. A job that finishes
+		// after this look is still renewed, which is why the renewal
+		// holds w.writing.
 		held := make([]*Job, 0, len(w.running))
 		for _, r := range w.running {
 			if !r.lost && !r.finished {
@@ -746,6 +755,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		callCtx, cancel := context.WithTimeout(ctx, interval)
 		lost := make(map[JobID]bool)
 		var err error
+		w.writing.Lock()
 		for chunk := range slices.Chunk(held, maxWrite) {
 			var chunkLost *LeaseLostError
 			if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
@@ -756,6 +766,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 				err = e
 			}
 		}
+		w.writing.Unlock()
 		cancel()
 		if err != nil {
 			w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)

@@ -1218,3 +1218,68 @@ func TestWorkerWritesOutcomesInRoundsAtLeastAGapApart(t *testing.T) {
 	}
 	t.Logf("%d jobs written in %d Complete statements within %s", total, rounds, elapsed)
 }
+
+// TestWorkerNeverRenewsWhileWritingOutcomes checks that a worker's lease
+// renewal and its Complete statements never run at once. Both lock this
+// worker's rows in no fixed order; when they overlapped on a job that
+// finished during a renewal they deadlocked, and each deadlock stalled both
+// for deadlock_timeout (a second by default). The test slows every renewal
+// down by 200 ms while jobs keep finishing, and reads back when each
+// statement ran, by the database's clock.
+func TestWorkerNeverRenewsWhileWritingOutcomes(t *testing.T) {
+	t.Parallel()
+	connString := testdb.New(t)
+	q := openQueue(t, connString, compute.WithMigrate(), compute.WithLease(1500*time.Millisecond), withTestLog(t))
+	pool := q.Pool()
+	mustExec(t, pool, `CREATE TABLE public.statements (kind text, began timestamptz, ended timestamptz)`)
+	mustExec(t, pool, `CREATE FUNCTION public.statement_began() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('test.began', clock_timestamp()::text, true);
+    IF position('SET lease_expires = now() +' in current_query()) > 0 THEN
+        PERFORM pg_sleep(0.2);
+    END IF;
+    RETURN NULL;
+END $$`)
+	mustExec(t, pool, `CREATE FUNCTION public.statement_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.statements
+    SELECT CASE WHEN position('SET lease_expires = now() +' in current_query()) > 0 THEN 'renewal'
+                WHEN position('SET status = ''complete''' in current_query()) > 0 THEN 'complete' END,
+           current_setting('test.began')::timestamptz, clock_timestamp();
+    RETURN NULL;
+END $$`)
+	mustExec(t, pool, `CREATE TRIGGER statement_began BEFORE UPDATE ON compute.jobs
+FOR EACH STATEMENT EXECUTE FUNCTION public.statement_began()`)
+	mustExec(t, pool, `CREATE TRIGGER statement_ended AFTER UPDATE ON compute.jobs
+FOR EACH STATEMENT EXECUTE FUNCTION public.statement_ended()`)
+
+	// 200 jobs of 30 ms, four at a time: about 1.5 s of finishing jobs,
+	// during which the heartbeat (every lease/3 = 500 ms) renews twice or
+	// more, each renewal taking at least 200 ms.
+	jobs := make([]compute.Job, 200)
+	for i := range jobs {
+		jobs[i] = compute.Job{Queue: "renewed"}
+	}
+	enqueueAll(t, q, jobs)
+	startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"renewed": {Concurrency: 4, Handler: func(ctx context.Context, _ *compute.Job) ([]string, error) {
+			select {
+			case <-time.After(30 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			return nil, nil
+		}},
+	}})
+	waitUntil(t, liveness, "every job to complete", func() bool {
+		return queryOne[int64](t, pool, `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`) == int64(len(jobs))
+	})
+	renewals := queryOne[int64](t, pool, `SELECT count(*) FROM public.statements WHERE kind = 'renewal'`)
+	if renewals < 2 {
+		t.Fatalf("%d lease renewals while jobs finished, want at least 2: the test checked too little", renewals)
+	}
+	overlaps := queryOne[int64](t, pool, `SELECT count(*) FROM public.statements r JOIN public.statements c
+ON r.kind = 'renewal' AND c.kind = 'complete' AND c.began < r.ended AND r.began < c.ended`)
+	if overlaps > 0 {
+		t.Fatalf("%d Complete statements ran during one of the %d lease renewals", overlaps, renewals)
+	}
+}
