@@ -37,6 +37,7 @@ type options struct {
 	rate      int
 	producers int
 	steady    time.Duration
+	warmup    time.Duration
 	drain     time.Duration
 
 	growth        string
@@ -58,6 +59,7 @@ type options struct {
 	workers    int
 	conns      int
 	only       string
+	systems    string
 	smoke      bool
 	timeout    time.Duration
 	verbose    bool
@@ -78,8 +80,9 @@ server and prints one table with both figures and their ratio:
   (b) bulk insert: -insert jobs in batches of -insert-batch
       (compute EnqueueMany vs River InsertManyFast, which uses COPY); jobs/s
   (c) steady state: -producers goroutines enqueue -rate jobs/s, one job per
-      transaction, for -steady while workers consume; pick-up latency
-      (commit -> handler start) p50/p99 and the backlog when they stop
+      transaction, for -warmup and then -steady while workers consume;
+      pick-up latency (commit -> handler start) p50/p99 of the jobs
+      committed after the warm-up, and the backlog when they stop
   (d) cost growth (compute only): burn-down of -growth-jobs jobs while
       compute.jobs also holds -growth finished rows (each size in turn) and
       -growth-queued queued rows of other queues; ratio to an empty table
@@ -107,6 +110,7 @@ func parseFlags() options {
 	flag.IntVar(&o.rate, "rate", 2_000, "(c) jobs per second, all producers together")
 	flag.IntVar(&o.producers, "producers", 8, "(c) producer goroutines; they share a pool of this many connections, separate from the worker's")
 	flag.DurationVar(&o.steady, "steady", 20*time.Second, "(c) how long the producers run")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "(c) how long the producers run before -steady starts: connections open, statements are prepared and caches fill; those jobs' pick-ups are not counted")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "(c) how long to wait for the backlog after the producers stop")
 	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m is opt-in (-growth 10k,1m,10m) and takes minutes to load")
 	flag.StringVar(&o.growthQueued, "growth-queued", "1m", "(d) queued rows of other queues added at every growth size")
@@ -127,6 +131,7 @@ func parseFlags() options {
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
 	flag.StringVar(&o.only, "only", "a,b,c,d,e,rss", "workloads to run, comma-separated")
+	flag.StringVar(&o.systems, "systems", "compute,River", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")
@@ -140,7 +145,7 @@ func parseFlags() options {
 	flag.Parse()
 	if o.smoke {
 		o.jobs, o.loadBatch, o.insertJobs, o.insertBatch = 2_000, 1_000, 2_000, 1_000
-		o.rate, o.producers, o.steady, o.drain = 500, 4, 2*time.Second, 5*time.Second
+		o.rate, o.producers, o.steady, o.warmup, o.drain = 500, 4, 2*time.Second, time.Second, 5*time.Second
 		o.growth, o.growthQueued, o.growthJobs = "1k", "1k", 2_000
 		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
 		o.timeout = 2 * time.Minute
@@ -162,14 +167,16 @@ func (o *options) check() error {
 		return fmt.Errorf("job counts must be positive")
 	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:
 		return fmt.Errorf("batch sizes must be 1..10000")
-	case o.rate < 1 || o.producers < 1 || o.steady <= 0:
-		return fmt.Errorf("-rate, -producers and -steady must be positive")
+	case o.rate < 1 || o.producers < 1 || o.steady <= 0 || o.warmup < 0:
+		return fmt.Errorf("-rate, -producers and -steady must be positive, -warmup not negative")
 	case o.workers < 1 || o.workers > 10_000:
 		return fmt.Errorf("-workers must be 1..10000 (River's limit)")
 	case o.conns < 2:
 		return fmt.Errorf("-conns must be at least 2")
 	case o.runs < 1 || o.ceilingGoroutines < 1 || o.rssJobs < 0:
 		return fmt.Errorf("-runs and -ceiling-goroutines must be positive, -rss-jobs not negative")
+	case !o.takesPart("compute") && !o.takesPart("River"):
+		return fmt.Errorf("-systems %q names neither compute nor River", o.systems)
 	}
 	return nil
 }
@@ -216,8 +223,14 @@ func main() {
 }
 
 // selected reports whether workload w is in -only.
-func (o options) selected(w string) bool {
-	for part := range strings.SplitSeq(o.only, ",") {
+func (o options) selected(w string) bool { return listed(o.only, w) }
+
+// takesPart reports whether the system (compute or River) takes part.
+func (o options) takesPart(system string) bool { return listed(o.systems, system) }
+
+// listed reports whether w is in the comma-separated list.
+func listed(list, w string) bool {
+	for part := range strings.SplitSeq(list, ",") {
 		if strings.TrimSpace(part) == w {
 			return true
 		}

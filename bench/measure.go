@@ -103,6 +103,7 @@ type pickup[K comparable] struct {
 	mu     sync.Mutex
 	commit map[K]time.Time
 	start  map[K]time.Time
+	from   time.Time // latencies leaves out jobs committed before it
 }
 
 func newPickup[K comparable]() *pickup[K] {
@@ -123,6 +124,13 @@ func (p *pickup[K]) started(id K) {
 	p.mu.Unlock()
 }
 
+// measureFrom makes latencies leave out the jobs committed before t.
+func (p *pickup[K]) measureFrom(t time.Time) {
+	p.mu.Lock()
+	p.from = t
+	p.mu.Unlock()
+}
+
 // counts returns how many jobs committed, and how many of them have not
 // started yet (the backlog).
 func (p *pickup[K]) counts() (committed, waiting int) {
@@ -136,13 +144,14 @@ func (p *pickup[K]) counts() (committed, waiting int) {
 	return len(p.commit), waiting
 }
 
-// latencies returns the pick-up latencies of the jobs that started, sorted.
+// latencies returns the pick-up latencies of the jobs that started, sorted,
+// leaving out those committed before measureFrom's time.
 func (p *pickup[K]) latencies() []time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]time.Duration, 0, len(p.commit))
 	for id, c := range p.commit {
-		if s, ok := p.start[id]; ok {
+		if s, ok := p.start[id]; ok && !c.Before(p.from) {
 			out = append(out, max(s.Sub(c), 0))
 		}
 	}
@@ -259,4 +268,44 @@ func thousands(n int64) string {
 		return "-" + b.String()
 	}
 	return b.String()
+}
+
+// cpuTimes is a reading of CPU time used so far: by the whole machine (all
+// processes, every core) and by this process. Both are zero where /proc or
+// getrusage are missing; a reading taken after another gives the CPU a
+// phase cost.
+type cpuTimes struct {
+	machine, self time.Duration
+}
+
+// readCPU reads the machine's busy time from /proc/stat (user, nice,
+// system, irq, softirq and steal; idle and iowait left out) and this
+// process's user and system time (selfCPU).
+func readCPU() cpuTimes {
+	c := cpuTimes{self: selfCPU()}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return c
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return c
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseInt(fields[i], 10, 64)
+		ticks += v
+	}
+	c.machine = time.Duration(ticks) * time.Second / clockTicks
+	return c
+}
+
+// clockTicks is USER_HZ, the unit of /proc/stat: 100 on every Linux
+// architecture Go supports.
+const clockTicks = 100
+
+// since is the CPU time used between an earlier reading and this one.
+func (c cpuTimes) since(earlier cpuTimes) cpuTimes {
+	return cpuTimes{machine: c.machine - earlier.machine, self: c.self - earlier.self}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -141,13 +142,17 @@ func run(ctx context.Context, o options) error {
 			progressf("FAILED: %s, %s: %v", what, name, err)
 		}
 	}
-	scfg := steadyConfig{rate: o.rate, producers: o.producers, duration: o.steady, drain: o.drain}
+	scfg := steadyConfig{rate: o.rate, producers: o.producers, warmup: o.warmup, duration: o.steady, drain: o.drain}
 	for r := range o.runs {
 		// Alternate which system goes first, so slow drift of the machine
 		// (other load, the server's caches) does not favour one of them.
 		order := []string{"compute", "River"}
 		if r%2 == 1 {
 			order = []string{"River", "compute"}
+		}
+		order = slices.DeleteFunc(order, func(name string) bool { return !o.takesPart(name) })
+		if len(order) == 0 {
+			break
 		}
 		progressf("run %d of %d: %s first", r+1, o.runs, order[0])
 		for _, name := range order {
@@ -231,6 +236,9 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.selected("rss") && o.rssJobs > 0 {
 		for _, name := range []string{"compute", "River"} {
+			if !o.takesPart(name) {
+				continue
+			}
 			phase("RSS burn-down", name, func(ctx context.Context, s system, conn string) error {
 				cr, err := rssChild(ctx, s, conn, o)
 				if err == nil {

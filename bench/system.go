@@ -43,35 +43,46 @@ type burnResult struct {
 type steadyConfig struct {
 	rate      int           // jobs per second, all producers together
 	producers int           // goroutines, each with its own connection
-	duration  time.Duration // how long the producers run
+	warmup    time.Duration // how long they run before the measured part
+	duration  time.Duration // how long they run after the warm-up
 	drain     time.Duration // how long to wait afterwards for the rest
 }
 
 // steadyResult is what one steady-state run measured.
 type steadyResult struct {
-	produced  int           // jobs committed by the producers
-	rate      float64       // jobs committed per second
+	produced  int           // jobs committed by the producers after the warm-up
+	rate      float64       // jobs committed per second after the warm-up
 	backlog   int           // committed but not started when the producers stopped
 	unstarted int           // still not started after the drain
 	p50, p99  time.Duration // pick-up latency: commit → handler start
 	max       time.Duration
+	cpu       cpuTimes // used after the warm-up while the producers ran: machine and this process
 }
 
 // keepsUp reports whether the consumers kept pace: the producers reached at
 // least 95% of the asked rate (else the run measured the producers) and at
 // most a quarter second of production was waiting when they stopped.
+// cpuPerThousand is CPU time (ms) per 1,000 jobs enqueued, from one of
+// r.cpu's two figures; 0 when nothing was measured.
+func (r steadyResult) cpuPerThousand(used time.Duration) float64 {
+	if r.produced == 0 {
+		return 0
+	}
+	return float64(used) / float64(time.Millisecond) * 1000 / float64(r.produced)
+}
+
 func (r steadyResult) keepsUp(rate int) bool {
 	return r.rate >= 0.95*float64(rate) && r.backlog <= rate/4 && r.unstarted == 0
 }
 
 // produce runs s.producers goroutines that together enqueue s.rate jobs per
-// second for s.duration, each on its own fixed schedule (an open loop: a
+// second for s.warmup + s.duration, each on its own fixed schedule (an open loop: a
 // goroutine that falls behind sends at once until it is back on time). send
 // enqueues job number i in its own transaction. It returns the first error.
 func produce(ctx context.Context, s steadyConfig, label string, send func(ctx context.Context, i int) error) error {
 	interval := time.Duration(float64(time.Second) * float64(s.producers) / float64(s.rate))
 	start := time.Now()
-	end := start.Add(s.duration)
+	end := start.Add(s.warmup + s.duration)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -109,21 +120,41 @@ func produce(ctx context.Context, s steadyConfig, label string, send func(ctx co
 
 // steadyRun is the part of the steady-state workload both systems share:
 // it runs the producers, measures the backlog when they stop, waits up to
-// s.drain for the rest to start, and computes the latencies.
+// s.drain for the rest to start, and computes the latencies. Jobs committed
+// during the warm-up are left out of every figure but the backlog.
 func steadyRun[K comparable](ctx context.Context, s steadyConfig, label string, p *pickup[K], send func(ctx context.Context, i int) error) (steadyResult, error) {
 	start := time.Now()
 	stop := every(2*time.Second, func() {
 		committed, waiting := p.counts()
 		progressf("%s steady state: %d jobs committed (%.0f/s), %d waiting", label, committed, float64(committed)/time.Since(start).Seconds(), waiting)
 	})
+	var (
+		mu       sync.Mutex
+		cpuStart cpuTimes
+		measured int // jobs committed during the warm-up
+	)
+	warm := time.AfterFunc(s.warmup, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		p.measureFrom(time.Now())
+		cpuStart = readCPU()
+		measured, _ = p.counts()
+	})
 	err := produce(ctx, s, label, send)
-	elapsed := time.Since(start)
+	end := readCPU()
+	elapsed := time.Since(start) - s.warmup
 	stop()
+	if warm.Stop() {
+		err = errors.Join(err, fmt.Errorf("%s producers stopped within the %s warm-up", label, s.warmup))
+	}
 	if err != nil {
 		return steadyResult{}, err
 	}
-	var r steadyResult
-	r.produced, r.backlog = p.counts()
+	mu.Lock()
+	r := steadyResult{cpu: end.since(cpuStart)}
+	committed, backlog := p.counts()
+	r.produced, r.backlog = committed-measured, backlog
+	mu.Unlock()
 	r.rate = float64(r.produced) / elapsed.Seconds()
 	deadline := time.Now().Add(s.drain)
 	tick := time.NewTicker(10 * time.Millisecond)

@@ -31,7 +31,16 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.Debug)
-	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") }
+	row := func(cells ...string) {
+		// A system left out with -systems has no figures: say so
+		// rather than "failed".
+		for i, sys := range map[int]string{1: "compute", 2: "River"} {
+			if !o.takesPart(sys) && cells[i] == "failed" {
+				cells[i] = "not run"
+			}
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
 	row("workload", "compute", "River", "ratio", "target", "met")
 	row("", "", "", "", "", "")
 
@@ -61,12 +70,18 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		produced := func(s steadyResult) float64 { return s.rate }
 		backlog := func(s steadyResult) float64 { return float64(s.backlog) }
 		c, r := field(sc, p50), field(sr, p50)
-		row(fmt.Sprintf("(c) steady %s jobs/s for %s, 1 job/tx: pick-up p50 ms", thousands(int64(o.rate)), o.steady),
+		row(fmt.Sprintf("(c) steady %s jobs/s for %s after %s, 1 job/tx: pick-up p50 ms", thousands(int64(o.rate)), o.steady, o.warmup),
 			cell(c, millis), cell(r, millis), ratioCell(c, r), "≤ 5 ms, < River", met(c, r, func(c, r float64) bool { return c <= 5 && c < r }))
 		c, r = field(sc, p99), field(sr, p99)
 		row("    pick-up p99 ms", cell(c, millis), cell(r, millis), ratioCell(c, r), "≤ 25 ms, < River", met(c, r, func(c, r float64) bool { return c <= 25 && c < r }))
 		c, r = field(sc, worst), field(sr, worst)
 		row("    pick-up max ms", cell(c, millis), cell(r, millis), ratioCell(c, r), "", "")
+		machine := func(s steadyResult) float64 { return s.cpuPerThousand(s.cpu.machine) }
+		self := func(s steadyResult) float64 { return s.cpuPerThousand(s.cpu.self) }
+		c, r = field(sc, machine), field(sr, machine)
+		row("    CPU ms per 1,000 jobs, whole machine", cell(c, millis), cell(r, millis), ratioCell(c, r), "", "")
+		c, r = field(sc, self), field(sr, self)
+		row("    of which this process (producers, worker)", cell(c, millis), cell(r, millis), ratioCell(c, r), "", "")
 		row("    enqueued jobs/s (producers)", cell(field(sc, produced), rate), cell(field(sr, produced), rate), "", "", "")
 		keeps := func(rs []steadyResult) bool {
 			for _, s := range rs {
@@ -134,7 +149,10 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	fmt.Fprintln(out, "ratio = compute ÷ River. Burn-down time runs from the worker's start to the last completion visible in the")
 	fmt.Fprintln(out, "database; jobs are loaded, VACUUM ANALYZEd and CHECKPOINTed first, untimed. Pick-up latency runs from the producer's")
 	fmt.Fprintln(out, "commit returning to the handler's start, on this process's monotonic clock. Keeps up: the producers hit 95%")
-	fmt.Fprintln(out, "of the rate, at most 1/4 s of jobs waited when they stopped, and all started within the drain time.")
+	fmt.Fprintln(out, "of the rate, at most 1/4 s of jobs waited when they stopped, and all started within the drain time. Jobs")
+	fmt.Fprintln(out, "committed in the warm-up (connections open, statements are prepared) count only in the backlog. CPU is busy")
+	fmt.Fprintln(out, "time after the warm-up while the producers ran: the whole machine's (Postgres, this process and anything")
+	fmt.Fprintln(out, "else running) and this process's own.")
 
 	if o.runs > 1 {
 		fmt.Fprintln(out, "\nPer run (in run order):")
@@ -150,8 +168,9 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		}
 		for _, sys := range []string{"compute", "River"} {
 			for i, s := range res.steady[sys] {
-				fmt.Fprintf(out, "  (c) %-8s run %d: p50 %s ms, p99 %s ms, max %s ms, %s jobs/s enqueued, backlog %d\n", sys, i+1,
-					millis(float64(s.p50)/1e6), millis(float64(s.p99)/1e6), millis(float64(s.max)/1e6), rate(s.rate), s.backlog)
+				fmt.Fprintf(out, "  (c) %-8s run %d: p50 %s ms, p99 %s ms, max %s ms, %s jobs/s enqueued, backlog %d, CPU per 1,000 jobs %s ms (this process %s)\n", sys, i+1,
+					millis(float64(s.p50)/1e6), millis(float64(s.p99)/1e6), millis(float64(s.max)/1e6), rate(s.rate), s.backlog,
+					millis(s.cpuPerThousand(s.cpu.machine)), millis(s.cpuPerThousand(s.cpu.self)))
 			}
 		}
 	}
