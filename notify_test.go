@@ -336,3 +336,47 @@ func TestWorkerRescuesExpiredJobOfDeadWorker(t *testing.T) {
 		t.Errorf("the dead worker's late Complete = %v, want ErrLeaseLost", err)
 	}
 }
+
+// TestInsertSwitchesAreIndependent: one trigger function (migration 8)
+// journals and notifies inserts, and each meta switch turns off only its
+// own half.
+func TestInsertSwitchesAreIndependent(t *testing.T) {
+	t.Parallel()
+	connString := testdb.New(t)
+	q := openQueue(t, connString, compute.WithMigrate())
+	ctx := context.Background()
+	listen, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	mustExec(t, listen, `LISTEN compute_jobs`)
+	events := func(queue string) int64 {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events WHERE queue = $1 AND status = 'queued'`, queue)
+	}
+
+	if err := q.SetMeta(ctx, compute.MetaJournal, "off"); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "unjournaled"})
+	if got := notificationsBefore(t, listen, q, "journal-off"); !slices.Equal(got, []string{"unjournaled"}) {
+		t.Errorf("with journal=off, an insert notified %q, want [unjournaled]", got)
+	}
+	if n := events("unjournaled"); n != 0 {
+		t.Errorf("with journal=off, an insert wrote %d journal rows, want 0", n)
+	}
+
+	if err := q.DeleteMeta(ctx, compute.MetaJournal); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.SetMeta(ctx, compute.MetaNotify, "off"); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "unnotified"})
+	if got := notificationsBefore(t, listen, q, "notify-off"); len(got) != 0 {
+		t.Errorf("with notify=off, an insert notified %q, want nothing", got)
+	}
+	if n := events("unnotified"); n != 1 {
+		t.Errorf("with notify=off, an insert wrote %d journal rows, want 1", n)
+	}
+}
