@@ -12,20 +12,22 @@ import (
 )
 
 // claimUpdate is the second half of every claim: it moves the rows the
-// first half picked (by ctid, a Tid Scan, 20% cheaper than probing the
-// primary key and independent of table size) to in-progress for worker $3
-// with a lease of $4 microseconds. The row locks taken by the pick keep the
-// ctids valid; a row whose locked version is newer than the statement's
-// snapshot is not claimed this time. The attempt is incremented here, so a
-// job that kills its worker still spends its attempts. Times are
-// statement_timestamp(): in a one-statement claim that is now(), and in the
-// gated claim it is after the wait for the queue's lock.
+// first half picked to in-progress for worker $3 with a lease of $4
+// microseconds. It fetches them by ctid in one Tid Scan over the array of
+// picked ctids, whatever the table's size. (Written as a join with picked,
+// the planner built a hash of every row of the table on a table of
+// thousands of queued jobs: a 1,000-job claim on 20,000 rows took 16-23 ms
+// instead of 12 ms.) The row locks taken by the pick keep the ctids valid;
+// a row whose locked version is newer than the statement's snapshot is not
+// claimed this time. The attempt is incremented here, so a job that kills
+// its worker still spends its attempts. Times are statement_timestamp(): in
+// a one-statement claim that is now(), and in the gated claim it is after
+// the wait for the queue's lock.
 const claimUpdate = `
 UPDATE compute.jobs j
 SET status = 'in-progress', grabbed = statement_timestamp(), attempt = j.attempt + 1, worker = $3,
     lease_expires = statement_timestamp() + $4 * interval '1 microsecond'
-FROM picked
-WHERE j.ctid = picked.ctid AND j.status = 'queued'
+WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND j.status = 'queued'
 RETURNING ` + jobColumns
 
 // claimJobs is the fast claim: up to $2 runnable jobs of queue $1 in
