@@ -120,6 +120,19 @@ func TestWorkerFindsJobsByPollingWhenNotifyIsOff(t *testing.T) {
 	pickedUpPromptly(t, q, "o", ran, 3)
 }
 
+// listenJobs opens a connection of its own (closed at the test's end) that
+// listens on compute_jobs.
+func listenJobs(t *testing.T, connString string) *pgx.Conn {
+	t.Helper()
+	listen, err := pgx.Connect(context.Background(), connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listen.Close(context.Background()) })
+	mustExec(t, listen, `LISTEN compute_jobs`)
+	return listen
+}
+
 // notificationsBefore sends sentinel on compute_jobs and returns the
 // payloads listen receives before it. Postgres delivers the notifications
 // of different transactions in commit order, so every notification of a
@@ -148,12 +161,7 @@ func TestNotifyTriggerObeysSwitchAndSendsOnePerQueuePerStatement(t *testing.T) {
 	connString := testdb.New(t)
 	q := openQueue(t, connString, compute.WithMigrate())
 	ctx := context.Background()
-	listen, err := pgx.Connect(ctx, connString)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listen.Close(ctx)
-	mustExec(t, listen, `LISTEN compute_jobs`)
+	listen := listenJobs(t, connString)
 
 	if got := notificationsBefore(t, listen, q, "warm-up"); len(got) != 0 {
 		t.Fatalf("notifications before any insert: %q", got)
@@ -345,12 +353,7 @@ func TestInsertSwitchesAreIndependent(t *testing.T) {
 	connString := testdb.New(t)
 	q := openQueue(t, connString, compute.WithMigrate())
 	ctx := context.Background()
-	listen, err := pgx.Connect(ctx, connString)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listen.Close(ctx)
-	mustExec(t, listen, `LISTEN compute_jobs`)
+	listen := listenJobs(t, connString)
 	events := func(queue string) int64 {
 		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events WHERE queue = $1 AND status = 'queued'`, queue)
 	}

@@ -131,6 +131,19 @@ func (p *pickup[K]) measureFrom(t time.Time) {
 	p.mu.Unlock()
 }
 
+// measured returns how many jobs committed from measureFrom's time on.
+func (p *pickup[K]) measured() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.commit {
+		if !c.Before(p.from) {
+			n++
+		}
+	}
+	return n
+}
+
 // counts returns how many jobs committed, and how many of them have not
 // started yet (the backlog).
 func (p *pickup[K]) counts() (committed, waiting int) {

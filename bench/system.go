@@ -59,9 +59,6 @@ type steadyResult struct {
 	cpu       cpuTimes // used after the warm-up while the producers ran: machine and this process
 }
 
-// keepsUp reports whether the consumers kept pace: the producers reached at
-// least 95% of the asked rate (else the run measured the producers) and at
-// most a quarter second of production was waiting when they stopped.
 // cpuPerThousand is CPU time (ms) per 1,000 jobs enqueued, from one of
 // r.cpu's two figures; 0 when nothing was measured.
 func (r steadyResult) cpuPerThousand(used time.Duration) float64 {
@@ -71,6 +68,9 @@ func (r steadyResult) cpuPerThousand(used time.Duration) float64 {
 	return float64(used) / float64(time.Millisecond) * 1000 / float64(r.produced)
 }
 
+// keepsUp reports whether the consumers kept pace: the producers reached at
+// least 95% of the asked rate (else the run measured the producers) and at
+// most a quarter second of production was waiting when they stopped.
 func (r steadyResult) keepsUp(rate int) bool {
 	return r.rate >= 0.95*float64(rate) && r.backlog <= rate/4 && r.unstarted == 0
 }
@@ -131,14 +131,12 @@ func steadyRun[K comparable](ctx context.Context, s steadyConfig, label string, 
 	var (
 		mu       sync.Mutex
 		cpuStart cpuTimes
-		measured int // jobs committed during the warm-up
 	)
 	warm := time.AfterFunc(s.warmup, func() {
 		mu.Lock()
 		defer mu.Unlock()
 		p.measureFrom(time.Now())
 		cpuStart = readCPU()
-		measured, _ = p.counts()
 	})
 	err := produce(ctx, s, label, send)
 	end := readCPU()
@@ -152,9 +150,9 @@ func steadyRun[K comparable](ctx context.Context, s steadyConfig, label string, 
 	}
 	mu.Lock()
 	r := steadyResult{cpu: end.since(cpuStart)}
-	committed, backlog := p.counts()
-	r.produced, r.backlog = committed-measured, backlog
 	mu.Unlock()
+	r.produced = p.measured()
+	_, r.backlog = p.counts()
 	r.rate = float64(r.produced) / elapsed.Seconds()
 	deadline := time.Now().Add(s.drain)
 	tick := time.NewTicker(10 * time.Millisecond)
