@@ -14,20 +14,26 @@ import (
 // claimUpdate is the second half of every claim: it moves the rows the
 // first half picked to in-progress for worker $3 with a lease of $4
 // microseconds. It fetches them by ctid in one Tid Scan over the array of
-// picked ctids, whatever the table's size. (Written as a join with picked,
-// the planner built a hash of every row of the table on a table of
-// thousands of queued jobs: a 1,000-job claim on 20,000 rows took 16-23 ms
-// instead of 12 ms.) The row locks taken by the pick keep the ctids valid;
-// a row whose locked version is newer than the statement's snapshot is not
-// claimed this time. The attempt is incremented here, so a job that kills
-// its worker still spends its attempts. Times are statement_timestamp(): in
-// a one-statement claim that is now(), and in the gated claim it is after
-// the wait for the queue's lock.
+// picked ctids, whatever the table's size. Every other way in was taken
+// when offered: written as a join with picked, the planner hashed every row
+// of a table of thousands of queued jobs (a 1,000-job claim on 20,000 rows
+// took 16-23 ms instead of 12 ms); with a plain status = 'queued' it read
+// all of jobs_claim or jobs_partition, dead entries included, for a
+// 3-job claim in a steady stream; and a plan cached while the table was
+// small read the whole table. So status is compared after appending an
+// empty string, which no partial index's predicate matches, and claims run
+// after pinJoins, which rules out the sequential scan. The row locks taken
+// by the pick keep the ctids valid; a row whose locked version is newer
+// than the statement's snapshot is not claimed this time. The attempt is
+// incremented here, so a job that kills its worker still spends its
+// attempts. Times are statement_timestamp(): in a one-statement claim that
+// is now(), and in the gated claim it is after the wait for the queue's
+// lock.
 const claimUpdate = `
 UPDATE compute.jobs j
 SET status = 'in-progress', grabbed = statement_timestamp(), attempt = j.attempt + 1, worker = $3,
     lease_expires = statement_timestamp() + $4 * interval '1 microsecond'
-WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND j.status = 'queued'
+WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND j.status || '' = 'queued'
 RETURNING ` + jobColumns
 
 // claimJobs is the fast claim: up to $2 runnable jobs of queue $1 in
@@ -103,17 +109,21 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 // claimFast runs claimJobs; gated reports that the queue has rules and
 // nothing was claimed.
 func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
-	rows, err := q.pool.Query(ctx, claimJobs, queue, n, q.opts.workerID, q.opts.lease.Microseconds())
-	if err != nil {
-		return nil, false, err
-	}
-	jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) {
-		if row.RawValues()[1] == nil { // the gate row: no job columns
-			gated = true
-			return nil, nil
+	results := q.pool.SendBatch(ctx, pinnedBatch(claimJobs, queue, n, q.opts.workerID, q.opts.lease.Microseconds()))
+	_, err = results.Exec()
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = results.Query(); err == nil {
+			jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) {
+				if row.RawValues()[1] == nil { // the gate row: no job columns
+					gated = true
+					return nil, nil
+				}
+				return scanJob(row, new(bool))
+			})
 		}
-		return scanJob(row, new(bool))
-	})
+	}
+	err = errors.Join(err, results.Close())
 	if gated {
 		return nil, true, err
 	}
@@ -254,14 +264,15 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobs, q.opts.lease.Microseconds())
 }
 
-// pinJoins precedes each fenced statement in its pipeline (see fenced). The
-// settings are local (set_config's third argument): they end with the
-// pipeline's implicit transaction, and never outlive the call on the pooled
-// connection.
+// pinJoins precedes each fenced statement and each claim in its pipeline or
+// transaction (see fenced and claimUpdate). The settings are local
+// (set_config's third argument): they end with the pipeline's implicit
+// transaction, and never outlive the call on the pooled connection.
 const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
 
-// fencedBatch is the pipeline fenced sends: pinJoins, then the statement.
-func fencedBatch(sql string, args ...any) *pgx.Batch {
+// pinnedBatch is the pipeline fenced and claimFast send: pinJoins, then the
+// statement.
+func pinnedBatch(sql string, args ...any) *pgx.Batch {
 	batch := &pgx.Batch{}
 	batch.Queue(pinJoins)
 	batch.Queue(sql, args...)
@@ -284,7 +295,7 @@ func fencedBatch(sql string, args ...any) *pgx.Batch {
 // which the planner cannot match to jobs_running's predicate, so that index
 // is not a way in (with fresh statistics that count no job in progress, a
 // nested loop over it compared all 1,000 jobs with each other: 240 ms). And
-// fencedBatch sends each after pinJoins in one pipeline, which turns off
+// pinnedBatch sends each after pinJoins in one pipeline, which turns off
 // hash and merge joins, materializing and sequential scans until the
 // pipeline's implicit transaction ends. What is left is a nested loop over
 // the arrays probing the primary key. TestFencedStatementsProbeThePrimaryKey
@@ -305,7 +316,7 @@ func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string
 	}
 	var got [][]byte
 	err := q.do(ctx, what, func(ctx context.Context) error {
-		results := q.pool.SendBatch(ctx, fencedBatch(sql, append([]any{want, attempts, workers}, extra...)...))
+		results := q.pool.SendBatch(ctx, pinnedBatch(sql, append([]any{want, attempts, workers}, extra...)...))
 		_, err := results.Exec()
 		if err == nil {
 			var rows pgx.Rows

@@ -350,7 +350,7 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 		for i, j := range mine {
 			ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
 		}
-		results := q.pool.SendBatch(ctx, fencedBatch("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...))
+		results := q.pool.SendBatch(ctx, pinnedBatch("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...))
 		defer results.Close()
 		if _, err := results.Exec(); err != nil {
 			t.Fatal(err)
@@ -389,6 +389,45 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 					name, inProgressElsewhere, p)
 			}
 		}
+	}
+}
+
+// TestClaimPlanFromAnEmptyTableKeepsTheTidScan checks the claim's generic
+// plan as the pipeline's pinJoins leaves it, made from the statistics of an
+// empty, freshly analyzed table: the state of a new deployment, whose
+// workers cache that plan on every pooled connection and keep it until the
+// next autoanalyze. Unpinned, that plan read the whole table for every
+// claim (the update as a Seq Scan), so claims slowed as finished jobs piled
+// up; with status = 'queued' in the update it read all of jobs_claim or
+// jobs_partition instead.
+func TestClaimPlanFromAnEmptyTableKeepsTheTidScan(t *testing.T) {
+	ctx := t.Context()
+	q := openMigrated(t)
+	if _, err := q.pool.Exec(ctx, `VACUUM ANALYZE compute.jobs`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := q.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	for _, sql := range []string{pinJoins, "SET LOCAL plan_cache_mode = force_generic_plan", "PREPARE claim_plan AS " + claimJobs} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%v\n%s", err, sql)
+		}
+	}
+	rows, err := tx.Query(ctx, `EXPLAIN EXECUTE claim_plan('q', 3, 'w', 1000000)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := strings.Join(lines, "\n")
+	if !strings.Contains(p, "Tid Scan on jobs j") || strings.Contains(p, "Seq Scan on jobs") ||
+		!strings.Contains(p, "Index Scan using jobs_claim on jobs") {
+		t.Errorf("want the pick through jobs_claim and the update through a Tid Scan, nothing sequential; got\n%s", p)
 	}
 }
 

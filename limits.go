@@ -159,6 +159,9 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		if _, err := tx.Exec(ctx, lockGatedQueue, queue, lockClassClaim); err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, pinJoins); err != nil { // see claimUpdate
+			return err
+		}
 		var cursor string
 		s, err := readSettings(tx.QueryRow(ctx, getQueueSettings, queue), &cursor)
 		if err != nil || s.Paused {

@@ -381,14 +381,19 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 	for {
 		free := cap(qs.slots) - len(qs.slots)
 		if more && free > 0 && !qs.heldBack() {
-			claimCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
+			// A stop does not cut the claim short: a claim abandoned in
+			// flight may still commit on the server, and its jobs would
+			// wait in progress for their leases to run out. What it
+			// returns after a stop is handed back at once.
+			claimCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.callTimeout())
 			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
+			if ctx.Err() != nil {
+				w.handBack(claimed)
+				return
+			}
 			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
 				failures++
 				w.log.Warn("claim failed; retrying", "queue", qs.name, "err", err)
 				if !sleep(ctx, backoffWait(failures, 30*time.Second)) {
@@ -845,6 +850,23 @@ func (w *Worker) cancelRunning(id JobID) {
 	if r := w.running[id]; r != nil {
 		r.lost = true
 		r.cancel(errLeaseLost)
+	}
+}
+
+// handBack returns jobs claimed while the worker was stopping to the
+// queue, their attempt not spent.
+func (w *Worker) handBack(jobs []*Job) {
+	if len(jobs) == 0 {
+		return
+	}
+	back := make([]Failure, len(jobs))
+	for i, j := range jobs {
+		back[i] = Failure{Job: j, Err: Snooze(0)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.callTimeout())
+	defer cancel()
+	if err := w.q.Fail(ctx, back...); err != nil {
+		w.log.Error("handing back jobs claimed during the stop failed; their leases will expire", "jobs", len(jobs), "err", err)
 	}
 }
 
