@@ -13,6 +13,7 @@ import (
 
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
+	"github.com/google/uuid"
 )
 
 // readAll reads every readable event after c. Events of a committed
@@ -74,6 +75,55 @@ func TestJournalRecordsEveryStatusChange(t *testing.T) {
 	got := statuses(readUntil(t, q, len(want)), id)
 	if !slices.Equal(got, want) {
 		t.Fatalf("journal of the job: %v, want %v", got, want)
+	}
+}
+
+// TestJournalRecordsEveryInsertedRowOnce covers the insert trigger's two
+// ways: a statement whose rows share one queue and status (journaled
+// without grouping), one that mixes queues and statuses (grouped), and one
+// that inserts nothing. Each inserted job must have exactly one event, with
+// its own queue, status and attempt.
+func TestJournalRecordsEveryInsertedRowOnce(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	type row struct {
+		queue   string
+		status  compute.Status
+		attempt int
+	}
+	want := map[compute.JobID]row{}
+	for _, id := range enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "one"}}, 7)) {
+		want[id] = row{"one", compute.StatusQueued, 0}
+	}
+	mixed := []row{{"a", "queued", 0}, {"b", "complete", 2}, {"a", "failed", 3}, {"b", "queued", 0}, {"a", "queued", 0}, {"b", "complete", 1}}
+	ids, queues, statuses, attempts := make([][]byte, len(mixed)), make([]string, len(mixed)), make([]string, len(mixed)), make([]int32, len(mixed))
+	for i, r := range mixed {
+		id := compute.JobID(uuid.New())
+		want[id] = r
+		ids[i], queues[i], statuses[i], attempts[i] = id[:], r.queue, string(r.status), int32(r.attempt)
+	}
+	mustExec(t, q.Pool(), `
+		INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed, attempt)
+		SELECT i, s, q, '{}', now(), now(), a FROM unnest($1::bytea[], $2::text[], $3::text[], $4::int[]) AS u(i, q, s, a)`,
+		ids, queues, statuses, attempts)
+	mustExec(t, q.Pool(), `INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed)
+		SELECT job_id, status, queue, input_files, created, last_accessed FROM compute.jobs WHERE false`)
+	events := readUntil(t, q, len(want))
+	seen := map[compute.JobID]int{}
+	for _, e := range events {
+		seen[e.JobID]++
+		w, ok := want[e.JobID]
+		if got := (row{e.Queue, e.Status, e.Attempt}); !ok || got != w {
+			t.Errorf("event for job %s: %+v, want %+v (known job: %v)", e.JobID, got, w, ok)
+		}
+	}
+	for id := range want {
+		if seen[id] != 1 {
+			t.Errorf("job %s has %d events, want 1", id, seen[id])
+		}
+	}
+	if len(events) != len(want) {
+		t.Errorf("%d events for %d inserted jobs", len(events), len(want))
 	}
 }
 
