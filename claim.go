@@ -109,21 +109,14 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 // claimFast runs claimJobs; gated reports that the queue has rules and
 // nothing was claimed.
 func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
-	results := q.pool.SendBatch(ctx, pinnedBatch(claimJobs, queue, n, q.opts.workerID, q.opts.lease.Microseconds()))
-	_, err = results.Exec()
-	if err == nil {
-		var rows pgx.Rows
-		if rows, err = results.Query(); err == nil {
-			jobs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Job, error) {
-				if row.RawValues()[1] == nil { // the gate row: no job columns
-					gated = true
-					return nil, nil
-				}
-				return scanJob(row, new(bool))
-			})
-		}
-	}
-	err = errors.Join(err, results.Close())
+	jobs, err = queryPinned(ctx, q, claimJobs, []any{queue, n, q.opts.workerID, q.opts.lease.Microseconds()},
+		func(row pgx.CollectableRow) (*Job, error) {
+			if row.RawValues()[1] == nil { // the gate row: no job columns
+				gated = true
+				return nil, nil
+			}
+			return scanJob(row, new(bool))
+		})
 	if gated {
 		return nil, true, err
 	}
@@ -265,18 +258,33 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 }
 
 // pinJoins precedes each fenced statement and each claim in its pipeline or
-// transaction (see fenced and claimUpdate). The settings are local
+// transaction (see queryPinned, fenced and claimUpdate). The settings are local
 // (set_config's third argument): they end with the pipeline's implicit
 // transaction, and never outlive the call on the pooled connection.
 const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
 
-// pinnedBatch is the pipeline fenced and claimFast send: pinJoins, then the
+// pinnedBatch is the pipeline queryPinned sends: pinJoins, then the
 // statement.
 func pinnedBatch(sql string, args ...any) *pgx.Batch {
 	batch := &pgx.Batch{}
 	batch.Queue(pinJoins)
 	batch.Queue(sql, args...)
 	return batch
+}
+
+// queryPinned runs sql after pinJoins in one pipeline (one round trip) and
+// collects its rows with scan.
+func queryPinned[T any](ctx context.Context, q *Queue, sql string, args []any, scan pgx.RowToFunc[T]) ([]T, error) {
+	results := q.pool.SendBatch(ctx, pinnedBatch(sql, args...))
+	_, err := results.Exec()
+	var out []T
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = results.Query(); err == nil {
+			out, err = pgx.CollectRows(rows, scan)
+		}
+	}
+	return out, errors.Join(err, results.Close())
 }
 
 // fenced runs one of the fenced batch statements: the claim of each job
@@ -295,7 +303,7 @@ func pinnedBatch(sql string, args ...any) *pgx.Batch {
 // which the planner cannot match to jobs_running's predicate, so that index
 // is not a way in (with fresh statistics that count no job in progress, a
 // nested loop over it compared all 1,000 jobs with each other: 240 ms). And
-// pinnedBatch sends each after pinJoins in one pipeline, which turns off
+// queryPinned sends each after pinJoins in one pipeline, which turns off
 // hash and merge joins, materializing and sequential scans until the
 // pipeline's implicit transaction ends. What is left is a nested loop over
 // the arrays probing the primary key. TestFencedStatementsProbeThePrimaryKey
@@ -316,15 +324,9 @@ func (q *Queue) fenced(ctx context.Context, what string, jobs []*Job, sql string
 	}
 	var got [][]byte
 	err := q.do(ctx, what, func(ctx context.Context) error {
-		results := q.pool.SendBatch(ctx, pinnedBatch(sql, append([]any{want, attempts, workers}, extra...)...))
-		_, err := results.Exec()
-		if err == nil {
-			var rows pgx.Rows
-			if rows, err = results.Query(); err == nil {
-				got, err = pgx.CollectRows(rows, pgx.RowTo[[]byte])
-			}
-		}
-		return errors.Join(err, results.Close())
+		var err error
+		got, err = queryPinned(ctx, q, sql, append([]any{want, attempts, workers}, extra...), pgx.RowTo[[]byte])
+		return err
 	})
 	if err != nil {
 		return err

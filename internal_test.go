@@ -350,16 +350,7 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 		for i, j := range mine {
 			ids[i], attempts[i], workers[i] = j.ID[:], int32(j.Attempt), j.Worker
 		}
-		results := q.pool.SendBatch(ctx, pinnedBatch("EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...)...))
-		defer results.Close()
-		if _, err := results.Exec(); err != nil {
-			t.Fatal(err)
-		}
-		rows, err := results.Query()
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		lines, err := queryPinned(ctx, q, "EXPLAIN "+sql, append([]any{ids, attempts, workers}, extra...), pgx.RowTo[string])
 		if err != nil {
 			t.Fatal(err)
 		}

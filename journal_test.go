@@ -95,17 +95,21 @@ func TestJournalRecordsEveryInsertedRowOnce(t *testing.T) {
 	for _, id := range enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "one"}}, 7)) {
 		want[id] = row{"one", compute.StatusQueued, 0}
 	}
-	mixed := []row{{"a", "queued", 0}, {"b", "complete", 2}, {"a", "failed", 3}, {"b", "queued", 0}, {"a", "queued", 0}, {"b", "complete", 1}}
-	ids, queues, statuses, attempts := make([][]byte, len(mixed)), make([]string, len(mixed)), make([]string, len(mixed)), make([]int32, len(mixed))
-	for i, r := range mixed {
-		id := compute.JobID(uuid.New())
-		want[id] = r
-		ids[i], queues[i], statuses[i], attempts[i] = id[:], r.queue, string(r.status), int32(r.attempt)
+	insert := func(rows []row) {
+		ids, queues, statuses, attempts := make([][]byte, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([]int32, len(rows))
+		for i, r := range rows {
+			id := compute.JobID(uuid.New())
+			want[id] = r
+			ids[i], queues[i], statuses[i], attempts[i] = id[:], r.queue, string(r.status), int32(r.attempt)
+		}
+		mustExec(t, q.Pool(), `
+			INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed, attempt)
+			SELECT i, s, q, '{}', now(), now(), a FROM unnest($1::bytea[], $2::text[], $3::text[], $4::int[]) AS u(i, q, s, a)`,
+			ids, queues, statuses, attempts)
 	}
-	mustExec(t, q.Pool(), `
-		INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed, attempt)
-		SELECT i, s, q, '{}', now(), now(), a FROM unnest($1::bytea[], $2::text[], $3::text[], $4::int[]) AS u(i, q, s, a)`,
-		ids, queues, statuses, attempts)
+	// One queue and status with distinct attempts: each id must keep its own.
+	insert([]row{{"same", "failed", 4}, {"same", "failed", 7}, {"same", "failed", 5}})
+	insert([]row{{"a", "queued", 0}, {"b", "complete", 2}, {"a", "failed", 3}, {"b", "queued", 0}, {"a", "queued", 0}, {"b", "complete", 1}})
 	mustExec(t, q.Pool(), `INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed)
 		SELECT job_id, status, queue, input_files, created, last_accessed FROM compute.jobs WHERE false`)
 	events := readUntil(t, q, len(want))

@@ -853,8 +853,10 @@ func (w *Worker) cancelRunning(id JobID) {
 	}
 }
 
-// handBack returns jobs claimed while the worker was stopping to the
-// queue, their attempt not spent.
+// handBack returns jobs to the queue in one Fail, their attempt not spent:
+// jobs a claim returned after the worker began to stop, or jobs whose
+// handlers ignored their cancelled contexts. Jobs whose lease is already
+// gone are left alone.
 func (w *Worker) handBack(jobs []*Job) {
 	if len(jobs) == 0 {
 		return
@@ -863,33 +865,28 @@ func (w *Worker) handBack(jobs []*Job) {
 	for i, j := range jobs {
 		back[i] = Failure{Job: j, Err: Snooze(0)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.callTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := w.q.Fail(ctx, back...); err != nil {
-		w.log.Error("handing back jobs claimed during the stop failed; their leases will expire", "jobs", len(jobs), "err", err)
+	if err := w.q.Fail(ctx, back...); err != nil && !errors.Is(err, ErrLeaseLost) {
+		w.log.Error("handing back jobs failed; their leases will expire", "jobs", len(jobs), "err", err)
 	}
 }
 
-// abandonRunning hands back, in one statement, the jobs whose handlers did
-// not return after their contexts were cancelled at shutdown, and marks
-// them lost so whatever those handlers return later is never written.
+// abandonRunning hands back the jobs whose handlers did not return after
+// their contexts were cancelled at shutdown, and marks them lost so
+// whatever those handlers return later is never written.
 func (w *Worker) abandonRunning() {
-	var back []Failure
+	var back []*Job
 	w.mu.Lock()
 	for _, r := range w.running {
 		if !r.lost && !r.finished {
 			r.lost = true
-			back = append(back, Failure{Job: r.job, Err: Snooze(0)})
+			back = append(back, r.job)
 		}
 	}
 	w.mu.Unlock()
-	if len(back) == 0 {
-		return
+	if len(back) > 0 {
+		w.log.Warn("handlers ignored cancellation; handing their jobs back", "jobs", len(back))
 	}
-	w.log.Warn("handlers ignored cancellation; handing their jobs back", "jobs", len(back))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := w.q.Fail(ctx, back...); err != nil && !errors.Is(err, ErrLeaseLost) {
-		w.log.Error("handing back jobs failed; their leases will expire", "err", err)
-	}
+	w.handBack(back)
 }
