@@ -1055,10 +1055,14 @@ func testAgingOncePerPeriodAcrossProcesses(c *cluster) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		jobs, err := c.q.Claim(ctx, "stale", 1)
-		if err != nil || len(jobs) != 1 {
-			t.Fatalf("claim the stale job: %v %v", jobs, err)
-		}
+		// The claim retries: another process's requeue statement that read
+		// the row while it was still in progress keeps it locked, after its
+		// recheck fails, until that statement ends, and the claim skips
+		// locked rows.
+		c.waitUntil(30*time.Second, "the claim of the stale job", func() (bool, error) {
+			jobs, err := c.q.Claim(ctx, "stale", 1)
+			return len(jobs) == 1, err
+		})
 		c.exec(`UPDATE compute.jobs SET lease_expires = now() - interval '1 second' WHERE queue = 'stale'`)
 		c.waitUntil(30*time.Second, "a later maintenance round", func() (bool, error) {
 			n, err := c.countJobs(`queue = 'stale' AND status = 'queued'`)
