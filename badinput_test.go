@@ -134,6 +134,8 @@ func TestBadOptionsFailAtConstruction(t *testing.T) {
 		"negative max config": compute.WithMaxConfigSize(-1),
 		"lease under 1s":      compute.WithLease(10 * time.Millisecond),
 		"negative lease":      compute.WithLease(-time.Second),
+		"negative cooldown":   compute.WithNotifyCooldown(-time.Millisecond),
+		"cooldown over 1s":    compute.WithNotifyCooldown(2 * time.Second),
 	} {
 		q, err := compute.Open(ctx, connString, opt)
 		if q != nil {

@@ -17,7 +17,9 @@ import (
 // CONFLICT DO NOTHING makes a second submit of a content-id job a no-op,
 // also when two submitters race. run_at is the caller's time when given, else
 // the database's now() plus the delay. Empty keys are stored as NULL, which
-// keeps those jobs out of the partial index jobs_unique.
+// keeps those jobs out of the partial index jobs_unique. $11 'on' tells the
+// insert trigger to skip its notification (see wakeups); the uncorrelated
+// sub-select runs once, before the trigger, which reads and clears it.
 const insertJobs = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
                           priority, run_at, max_attempts, unique_key, partition_key)
@@ -28,6 +30,7 @@ FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6:
             $7::bigint[], $8::integer[], $9::text[], $10::text[])
      AS d(job_id, queue, config, input_files, priority, run_at, delay_us, max_attempts,
           unique_key, partition_key)
+WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
 
 // insertJobsReturning is insertJobs for batches with content ids: the ids it
@@ -119,6 +122,8 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 	if len(jobs) == 0 {
 		return []Enqueued{}, nil
 	}
+	queues := b.queues()
+	b.silent = q.wake.silence(queues)
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
 		b.reset()
 		if len(b.batches) == 1 && !b.unique {
@@ -129,6 +134,9 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 	if err != nil {
 		return nil, redactError(err, q.password)
 	}
+	if b.silent {
+		q.wake.owe(queues, false)
+	}
 	return b.results, nil
 }
 
@@ -136,7 +144,12 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 // only if tx commits, and no worker sees it before then. Errors from the
 // database leave tx aborted, as any failed statement does; the caller rolls
 // back. Unique jobs need tx at READ COMMITTED (the default), and hold a lock
-// on their keys until tx ends. See Enqueue for duplicates.
+// on their keys until tx ends. See Enqueue for duplicates. Workers are
+// woken when tx commits, or, when the enqueue falls in its queue's
+// notification cooldown (WithNotifyCooldown), by a notification at the
+// period's end and one more 100 ms later; a tx that stays open longer than
+// that leaves its job to the workers' next poll unless other enqueues of
+// the queue wake them first.
 func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, job Job) (JobID, error) {
 	res, err := q.SubmitTx(ctx, tx, job)
 	if err != nil {
@@ -168,8 +181,13 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	}
 	// Serialization failures are not retried here: they abort the caller's
 	// transaction, which only the caller can retry.
+	queues := b.queues()
+	b.silent = q.wake.silence(queues)
 	if err := b.write(ctx, tx); err != nil {
 		return nil, redactError(translate("compute: enqueue", err), q.password)
+	}
+	if b.silent {
+		q.wake.owe(queues, true)
 	}
 	return b.results, nil
 }
@@ -198,6 +216,20 @@ type batch struct {
 	unique  bool    // some job has a unique key
 	content bool    // some job has a chosen id
 	batches [][]int // job indexes per insert statement (maxBatchBytes)
+	silent  bool    // the insert trigger skips its notification (wakeups)
+}
+
+// queues returns the batch's queue names, each once.
+func (b *batch) queues() []string {
+	var names []string
+	seen := make(map[string]bool)
+	for _, j := range b.jobs {
+		if !seen[j.Queue] {
+			seen[j.Queue] = true
+			names = append(names, j.Queue)
+		}
+	}
+	return names
 }
 
 // reset clears what a failed attempt may have filled in, before a retry.
@@ -336,7 +368,11 @@ func (b *batch) columns(idx []int) []any {
 	if len(jobIDs) == 0 {
 		return nil
 	}
-	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys}
+	skip := ""
+	if b.silent {
+		skip = "on"
+	}
+	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip}
 }
 
 // prepare validates every job, assigns ids, finds duplicates within the

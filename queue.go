@@ -25,6 +25,7 @@ type Queue struct {
 	password string // redacted from the errors Open returns
 	opts     options
 	closed   atomic.Bool
+	wake     *wakeups // the notification cooldown of enqueues
 
 	// hub is the journal listener of Wait and Follow, started by the
 	// first of them (under hubMu) and stopped by Close.
@@ -43,6 +44,7 @@ type options struct {
 	maxConfig int
 	workerID  string
 	lease     time.Duration
+	cooldown  time.Duration
 	errs      []error
 }
 
@@ -96,11 +98,31 @@ func WithLease(d time.Duration) Option {
 	}
 }
 
+// WithNotifyCooldown sets how often, at most, this queue's enqueues into one
+// queue send the notification that wakes workers at once; default
+// DefaultNotifyCooldown (1 ms), at most 1 s. The first enqueue of a period
+// notifies, later ones in it stay silent, and one notification at the
+// period's end covers them, so a job waits at most the cooldown for its
+// wake-up. A notifying commit waits for every other one in the server (a
+// lock held across its WAL flush), so one per enqueue caps concurrent
+// enqueues; a cooldown of 1 ns restores that behaviour.
+func WithNotifyCooldown(d time.Duration) Option {
+	return func(o *options) {
+		switch {
+		case d < 0 || d > time.Second:
+			o.errs = append(o.errs, fmt.Errorf("%w: WithNotifyCooldown(%s) is outside 0..1s; use 0 for the default of %s", ErrInvalidOption, d, DefaultNotifyCooldown))
+		case d > 0:
+			o.cooldown = d
+		}
+	}
+}
+
 func buildOptions(opts []Option) (options, error) {
 	o := options{
 		logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		maxConfig: defaultMaxConfig,
 		lease:     30 * time.Second,
+		cooldown:  DefaultNotifyCooldown,
 	}
 	for _, opt := range opts {
 		if opt != nil {
@@ -146,6 +168,7 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 		return nil, redactError(translate("compute: open", err), cfg.ConnConfig.Password)
 	}
 	q := &Queue{pool: pool, ownsPool: true, password: cfg.ConnConfig.Password, opts: o}
+	q.wake = newWakeups(q, o.cooldown)
 	if err := q.start(ctx); err != nil {
 		pool.Close()
 		return nil, redactError(err, q.password)
@@ -164,6 +187,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 		return nil, err
 	}
 	q := &Queue{pool: pool, password: pool.Config().ConnConfig.Password, opts: o}
+	q.wake = newWakeups(q, o.cooldown)
 	if err := q.start(ctx); err != nil {
 		return nil, redactError(err, q.password)
 	}
@@ -188,8 +212,9 @@ func (q *Queue) Pool() *pgxpool.Pool { return q.pool }
 // WorkerID returns the name this queue writes into the jobs it claims.
 func (q *Queue) WorkerID() string { return q.opts.workerID }
 
-// Close releases the queue's connections if Open made them. Later calls on
-// the queue return ErrClosed. Close is safe to call more than once; stop
+// Close sends the wake-up notifications its enqueues still owe (see
+// WithNotifyCooldown) and releases the queue's connections if Open made
+// them. Later calls on the queue return ErrClosed. Close is safe to call more than once; stop
 // Workers before closing the queue they use.
 func (q *Queue) Close() {
 	q.hubMu.Lock()
@@ -202,6 +227,7 @@ func (q *Queue) Close() {
 	if hub != nil {
 		hub.close()
 	}
+	q.wake.close()
 	if q.ownsPool {
 		q.pool.Close()
 	}

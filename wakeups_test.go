@@ -1,0 +1,212 @@
+package compute
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+// TestSilentEnqueuesGetOneTrailingNotification walks the notification
+// cooldown through its states with a period of an hour, so nothing depends
+// on timing: the test ends a period by moving the queue's last
+// notification back, and likewise the wait for a late commit. A separate LISTEN session counts the notifications;
+// it notifies itself a sentinel after each step, and since notifications
+// arrive in commit order, what came before the sentinel is exactly what
+// the step sent. Not parallel: see TestCompleterDoesNotMakeAHeldBackFetcherWait.
+func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
+	ctx := t.Context()
+	connString := testdb.New(t)
+	q, err := Open(ctx, connString, WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	w := q.wake
+	w.mu.Lock()
+	w.cooldown, w.lateAfter = time.Hour, time.Hour
+	w.mu.Unlock()
+	listen, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(context.Background())
+	if _, err := listen.Exec(ctx, `LISTEN compute_jobs`); err != nil {
+		t.Fatal(err)
+	}
+	sentinels := 0
+	sent := func(step string, want ...string) {
+		t.Helper()
+		sentinels++
+		mark := "sentinel-" + string(rune('a'+sentinels))
+		if _, err := listen.Exec(ctx, `SELECT pg_notify('compute_jobs', $1)`, mark); err != nil {
+			t.Fatal(err)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		var got []string
+		for {
+			n, err := listen.WaitForNotification(waitCtx)
+			if err != nil {
+				t.Fatalf("%s: waiting for %s (got %q): %v", step, mark, got, err)
+			}
+			if n.Payload == mark {
+				break
+			}
+			got = append(got, n.Payload)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s notified %q, want %q", step, got, want)
+		}
+	}
+	owed := func() (owed, running bool) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.owed["burst"], w.running
+	}
+	late := func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		_, ok := w.lateAt["burst"]
+		return ok
+	}
+	// endPeriod ends the period, and with lateToo the wait for a late
+	// commit too, so one notification answers both.
+	endPeriod := func(lateToo bool) {
+		w.mu.Lock()
+		w.last["burst"] = time.Now().Add(-2 * time.Hour)
+		if _, ok := w.lateAt["burst"]; ok && lateToo {
+			w.lateAt["burst"] = time.Now().Add(-time.Hour)
+		}
+		kick := w.kick
+		w.mu.Unlock()
+		if kick != nil {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+	flushReturns := func() {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for _, running := owed(); running; _, running = owed() {
+			if time.Now().After(deadline) {
+				t.Fatal("the trailing notification's goroutine still runs with nothing owed")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
+		t.Fatal(err)
+	}
+	sent("the first enqueue", "burst")
+	if o, r := owed(); o || r {
+		t.Fatalf("after a notifying enqueue: owed %v, flush running %v; want neither", o, r)
+	}
+
+	for range 9 {
+		if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.EnqueueMany(ctx, slices.Repeat([]Job{{Queue: "burst"}}, 5)); err != nil {
+		t.Fatal(err)
+	}
+	// In the caller's transaction: the library's statement is silent, and
+	// the caller's own INSERT after it notifies, as the trigger cleared the
+	// setting.
+	err = pgx.BeginFunc(ctx, q.Pool(), func(tx pgx.Tx) error {
+		if _, err := q.EnqueueTx(ctx, tx, Job{Queue: "burst"}); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO compute.jobs (job_id, status, queue, input_files, created, last_accessed)
+			VALUES (decode(md5(random()::text), 'hex'), 'queued', 'plain', '{}', now(), now())`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent("15 enqueues within the period and a plain INSERT", "plain")
+	if o, r := owed(); !o || !r || !late() {
+		t.Fatalf("after silent enqueues: owed %v, flush running %v, late notification %v; want all", o, r, late())
+	}
+
+	endPeriod(true)
+	flushReturns() // it returns once the notification is committed
+	sent("the end of the period", "burst")
+	if late() {
+		t.Error("the late notification is still owed after one went out past its time")
+	}
+
+	// A caller's transaction that commits after the period's notification
+	// gets the late one.
+	tx, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := q.EnqueueTx(ctx, tx, Job{Queue: "burst"}); err != nil {
+		t.Fatal(err)
+	}
+	endPeriod(false)
+	waitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	n, err := listen.WaitForNotification(waitCtx)
+	cancel()
+	if err != nil || n.Payload != "burst" {
+		t.Fatalf("the period's notification: %v %v", n, err)
+	}
+	if !late() {
+		t.Fatal("no late notification owed while the transaction is open")
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	endPeriod(true)
+	flushReturns()
+	sent("the late notification", "burst")
+
+	// The trailing notification opened a new period: silent again. With
+	// notify=off the trailing one is not sent either.
+	if err := q.SetMeta(ctx, MetaNotify, "off"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
+		t.Fatal(err)
+	}
+	endPeriod(true)
+	flushReturns()
+	sent("a period's end with notify=off")
+	if err := q.SetMeta(ctx, MetaNotify, "on"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Close sends what is owed at once.
+	w.mu.Lock()
+	w.last["burst"] = time.Now()
+	w.mu.Unlock()
+	if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := owed(); !o {
+		t.Fatal("an enqueue within the period owes no notification")
+	}
+	q.Close()
+	sent("Close", "burst")
+	if o, r := owed(); o || r || late() {
+		t.Fatalf("after Close: owed %v, flush running %v, late notification %v; want none", o, r, late())
+	}
+
+	var jobs int
+	if err := listen.QueryRow(ctx, `SELECT count(*) FROM compute.jobs WHERE queue = 'burst'`).Scan(&jobs); err != nil {
+		t.Fatal(err)
+	}
+	if jobs != 19 {
+		t.Errorf("%d jobs in queue burst, want the 19 enqueued", jobs)
+	}
+}
