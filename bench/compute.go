@@ -21,9 +21,10 @@ const benchQueue = "bench"
 // computeSystem runs the workloads on the library. Its worker uses the
 // library's defaults (LISTEN plus a 1 s poll) except Concurrency.
 type computeSystem struct {
-	conn      string // connection string with pool_max_conns
-	workers   int    // QueueConfig.Concurrency
-	producers int    // pool size of the steady-state producers' own Queue
+	conn      string        // connection string with pool_max_conns
+	workers   int           // QueueConfig.Concurrency
+	producers int           // pool size of the steady-state producers' own Queue
+	cooldown  time.Duration // the producers' WithNotifyCooldown (0: default)
 	log       *slog.Logger
 	trace     bool // sample the rows in progress during burn-downs
 	q         *compute.Queue
@@ -139,7 +140,7 @@ func (s *computeSystem) steady(ctx context.Context, cfg steadyConfig) (steadyRes
 	if err != nil {
 		return steadyResult{}, err
 	}
-	producer, err := compute.Open(ctx, pconn, compute.WithLogger(s.log))
+	producer, err := compute.Open(ctx, pconn, compute.WithLogger(s.log), compute.WithNotifyCooldown(s.cooldown))
 	if err != nil {
 		return steadyResult{}, err
 	}

@@ -52,8 +52,11 @@ type options struct {
 
 	rssJobs int
 
-	computeSQL string     // run on every fresh compute database after its migration
-	soak       soakConfig // workload (s)
+	computeSQL     string        // run on every fresh compute database after its migration
+	notifyCooldown time.Duration // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
+	floodProducers int           // (f) goroutines, each with a connection
+	floodTime      time.Duration // (f) how long they enqueue
+	soak           soakConfig    // workload (s)
 
 	runs       int
 	workers    int
@@ -88,6 +91,13 @@ server and prints one table with both figures and their ratio:
       -growth-queued queued rows of other queues; ratio to an empty table
   (e) ceiling (compute only): a bare loop of Queue.Claim/Queue.Complete from
       -ceiling-goroutines goroutines, no Worker
+  (f) concurrent enqueue: -flood-producers goroutines, each with its own
+      connection, enqueue one job per transaction as fast as they can for
+      -flood-time, no worker; jobs/s and transaction p99, for compute, for
+      compute with a notification per enqueue (WithNotifyCooldown(1ns)) and
+      for River. A notifying commit waits for every other one of the server
+      across its WAL flush, so run it against a server with fsync on
+      (DATABASE_URL) to see what notifications cost a durable database
   rss: peak RSS (VmHWM) of a -rss-jobs burn-down, each system in a child
       process of this program, so neither sees the other's memory
 
@@ -120,6 +130,7 @@ func parseFlags() options {
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
 	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
 	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it, e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
+	flag.DurationVar(&o.notifyCooldown, "notify-cooldown", 0, "(c) and (f) compute producers' WithNotifyCooldown: at most one wake-up notification per queue and period (0: the library's default; 1ns: one per enqueue)")
 	flag.DurationVar(&o.soak.duration, "soak", 3*time.Minute, "(s) how long the table-health soak runs (select it with -only s)")
 	flag.DurationVar(&o.soak.sample, "soak-sample", 10*time.Second, "(s) sampling interval")
 	flag.IntVar(&o.soak.goroutines, "soak-goroutines", 4, "(s) goroutines of the bare claim/heartbeat/complete loop")
@@ -130,7 +141,9 @@ func parseFlags() options {
 	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b) and (c), alternating which system goes first; the table shows medians")
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
-	flag.StringVar(&o.only, "only", "a,b,c,d,e,rss", "workloads to run, comma-separated")
+	flag.IntVar(&o.floodProducers, "flood-producers", 32, "(f) producer goroutines, each with its own connection")
+	flag.DurationVar(&o.floodTime, "flood-time", 5*time.Second, "(f) how long the producers enqueue")
+	flag.StringVar(&o.only, "only", "a,b,c,d,e,f,rss", "workloads to run, comma-separated")
 	flag.StringVar(&o.systems, "systems", "compute,River", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
@@ -148,6 +161,7 @@ func parseFlags() options {
 		o.rate, o.producers, o.steady, o.warmup, o.drain = 500, 4, 2*time.Second, time.Second, 5*time.Second
 		o.growth, o.growthQueued, o.growthJobs = "1k", "1k", 2_000
 		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
+		o.floodProducers, o.floodTime = 4, time.Second
 		o.timeout = 2 * time.Minute
 	}
 	return o
@@ -167,6 +181,8 @@ func (o *options) check() error {
 		return fmt.Errorf("job counts must be positive")
 	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:
 		return fmt.Errorf("batch sizes must be 1..10000")
+	case o.floodProducers < 1 || o.floodTime <= 0:
+		return fmt.Errorf("-flood-producers and -flood-time must be positive")
 	case o.rate < 1 || o.producers < 1 || o.steady <= 0 || o.warmup < 0:
 		return fmt.Errorf("-rate, -producers and -steady must be positive, -warmup not negative")
 	case o.workers < 1 || o.workers > 10_000:

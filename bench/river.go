@@ -163,19 +163,11 @@ func (s *riverSystem) burnDown(ctx context.Context, n int) (burnResult, error) {
 // steady runs the producers on a pool and insert-only client of their own,
 // each job in its own transaction: BEGIN, InsertTx, COMMIT.
 func (s *riverSystem) steady(ctx context.Context, cfg steadyConfig) (steadyResult, error) {
-	pconn, err := withPoolSize(s.conn, cfg.producers)
-	if err != nil {
-		return steadyResult{}, err
-	}
-	ppool, err := pgxpool.New(ctx, pconn)
+	ppool, producer, err := s.producer(ctx, cfg.producers)
 	if err != nil {
 		return steadyResult{}, err
 	}
 	defer ppool.Close()
-	producer, err := river.NewClient(riverpgxv5.New(ppool), insertOnlyConfig(s.log))
-	if err != nil {
-		return steadyResult{}, err
-	}
 	p := newPickup[int64]()
 	stop, err := s.runClient(func(_ context.Context, job *river.Job[benchArgs]) error {
 		p.started(job.ID)
@@ -199,4 +191,23 @@ func (s *riverSystem) steady(ctx context.Context, cfg steadyConfig) (steadyResul
 		return err
 	})
 	return r, errors.Join(err, stop())
+}
+
+// producer opens a pool of n connections and an insert-only client on it,
+// separate from the worker's; the caller closes the pool.
+func (s *riverSystem) producer(ctx context.Context, n int) (*pgxpool.Pool, *river.Client[pgx.Tx], error) {
+	pconn, err := withPoolSize(s.conn, n)
+	if err != nil {
+		return nil, nil, err
+	}
+	ppool, err := pgxpool.New(ctx, pconn)
+	if err != nil {
+		return nil, nil, err
+	}
+	producer, err := river.NewClient(riverpgxv5.New(ppool), insertOnlyConfig(s.log))
+	if err != nil {
+		ppool.Close()
+		return nil, nil, err
+	}
+	return ppool, producer, nil
 }

@@ -30,6 +30,7 @@ type results struct {
 	growth []growthResult // (d)
 	ceil   float64        // (e) jobs/s
 	rss    map[string]childResult
+	flood  map[string][]floodResult // (f), keyed compute, River, and floodEvery
 
 	failures []string // phases that failed, with why
 }
@@ -87,6 +88,7 @@ func run(ctx context.Context, o options) error {
 		if name == "compute" {
 			var cs *computeSystem
 			if cs, err = openCompute(ctx, conn, o.workers, o.producers, log, o.verbose); err == nil {
+				cs.cooldown = o.notifyCooldown
 				s, err = cs, cs.migrate(ctx)
 				if err == nil && o.computeSQL != "" {
 					_, err = cs.q.Pool().Exec(ctx, o.computeSQL)
@@ -121,7 +123,7 @@ func run(ctx context.Context, o options) error {
 
 	res := &results{
 		burn: map[string][]float64{}, reruns: map[string]int{}, bulk: map[string][]float64{},
-		steady: map[string][]steadyResult{}, rss: map[string]childResult{},
+		steady: map[string][]steadyResult{}, rss: map[string]childResult{}, flood: map[string][]floodResult{},
 	}
 	// phase runs one workload on a fresh database of the named system
 	// within -timeout. A failed phase is reported and the others still run,
@@ -189,6 +191,42 @@ func run(ctx context.Context, o options) error {
 				sr, err := s.steady(ctx, scfg)
 				if err == nil {
 					res.steady[name] = append(res.steady[name], sr)
+				}
+				return err
+			})
+		}
+	}
+	for r := range o.runs {
+		if !o.selected("f") {
+			break
+		}
+		// compute with its default cooldown, compute with a notification
+		// per enqueue, River; the order turns each run.
+		order := []string{"compute", floodEvery, "River"}
+		for range r % 3 {
+			order = append(order[1:], order[0])
+		}
+		for _, name := range order {
+			sys := name
+			if name == floodEvery {
+				sys = "compute"
+			}
+			if !o.takesPart(sys) {
+				continue
+			}
+			phase("(f) concurrent enqueue", sys, func(ctx context.Context, s system, _ string) error {
+				var f floodResult
+				var err error
+				switch name {
+				case "River":
+					f, err = s.(*riverSystem).flood(ctx, o.floodProducers, o.floodTime)
+				case floodEvery:
+					f, err = s.(*computeSystem).flood(ctx, o.floodProducers, o.floodTime, time.Nanosecond)
+				default:
+					f, err = s.(*computeSystem).flood(ctx, o.floodProducers, o.floodTime, o.notifyCooldown)
+				}
+				if err == nil {
+					res.flood[name] = append(res.flood[name], f)
 				}
 				return err
 			})

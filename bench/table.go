@@ -94,6 +94,23 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		row("    backlog when producers stop", cell(field(sc, backlog), count), cell(field(sr, backlog), count), "",
 			fmt.Sprintf("keeps up (River: %s)", yes(keeps(sr))), yes(keeps(sc)))
 	}
+	if c, r := res.flood["compute"], res.flood["River"]; len(c)+len(r)+len(res.flood[floodEvery]) > 0 {
+		field := func(rs []floodResult, f func(floodResult) float64) []float64 {
+			xs := make([]float64, len(rs))
+			for i, x := range rs {
+				xs[i] = f(x)
+			}
+			return xs
+		}
+		perSec := func(f floodResult) float64 { return f.perSec() }
+		p99 := func(f floodResult) float64 { return float64(f.p99) / float64(time.Millisecond) }
+		e := res.flood[floodEvery]
+		row(fmt.Sprintf("(f) %d producers, 1 job/tx, no worker, fsync=%s: jobs/s", o.floodProducers, h.fsync),
+			cell(field(c, perSec), rate), cell(field(r, perSec), rate), ratioCell(field(c, perSec), field(r, perSec)), "", "")
+		row("    transaction p99 ms", cell(field(c, p99), millis), cell(field(r, p99), millis), ratioCell(field(c, p99), field(r, p99)), "", "")
+		row("    compute with a notification per enqueue: jobs/s", cell(field(e, perSec), rate), "—", ratioCell(field(e, perSec), field(r, perSec)), "", "")
+		row("    and its transaction p99 ms", cell(field(e, p99), millis), "—", "", "", "")
+	}
 	if len(res.growth) > 0 {
 		var base float64 // the empty table's figure; 0 if that step failed
 		for _, g := range res.growth {
@@ -164,6 +181,12 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		for _, sys := range []string{"compute", "River"} {
 			if xs := res.bulk[sys]; len(xs) > 0 {
 				fmt.Fprintf(out, "  (b) %-8s jobs/s: %s\n", sys, list(xs, rate))
+			}
+		}
+		for _, sys := range []string{"compute", floodEvery, "River"} {
+			for i, f := range res.flood[sys] {
+				fmt.Fprintf(out, "  (f) %-20s run %d: %s jobs/s, p50 %s ms, p99 %s ms\n", sys, i+1,
+					rate(f.perSec()), millis(float64(f.p50)/1e6), millis(float64(f.p99)/1e6))
 			}
 		}
 		for _, sys := range []string{"compute", "River"} {
