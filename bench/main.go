@@ -7,7 +7,7 @@
 //
 //	go run . -help
 //	go run .            # one run of every workload at the default sizes
-//	go run . -runs 3    # medians of three runs of (a), (b) and (c)
+//	go run . -runs 3    # medians of three runs of (a), (b), (c) and (f)
 //	go run . -smoke     # every workload at tiny sizes, well under a minute
 //
 // Without DATABASE_URL it starts a throwaway server through the test
@@ -138,7 +138,7 @@ func parseFlags() options {
 	flag.IntVar(&o.soak.heartbeats, "soak-heartbeats", 0, "(s) Heartbeat calls per claimed batch before its Complete")
 	flag.IntVar(&o.soak.backlog, "soak-backlog", 50_000, "(s) queued jobs the producer keeps ahead of the claimers")
 	flag.BoolVar(&o.soak.holdXmin, "soak-hold-xmin", false, "(s) hold a REPEATABLE READ snapshot open in another session for the whole soak")
-	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b) and (c), alternating which system goes first; the table shows medians")
+	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b), (c) and (f), changing which system goes first; the table shows medians")
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
 	flag.IntVar(&o.floodProducers, "flood-producers", 32, "(f) producer goroutines, each with its own connection")

@@ -23,7 +23,7 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	fmt.Fprintf(out, "River:   MaxWorkers=%d, FetchCooldown=%s, FetchPollInterval=%s (River's bench: cmd/river/riverbench/river_bench.go)\n",
 		o.workers, riverFetchCooldown, riverFetchPollInterval)
 	if o.runs > 1 {
-		fmt.Fprintf(out, "Runs: %d of (a), (b), (c), alternating which system goes first; the table shows medians, per-run figures follow it\n", o.runs)
+		fmt.Fprintf(out, "Runs: %d of (a), (b), (c) and (f), changing which system goes first; the table shows medians, per-run figures follow it\n", o.runs)
 	}
 	if o.smoke {
 		fmt.Fprintln(out, "SMOKE MODE: tiny sizes, the figures mean nothing")
