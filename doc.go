@@ -114,16 +114,16 @@
 // heartbeat and rescue share it with handlers that use the database; at
 // high throughput give it more (the bench module uses 10).
 //
-// Wake-ups: an enqueue wakes workers with a notification, but each process
-// sends at most one per queue per cooldown (WithNotifyCooldown, default
-// 2 ms). The first enqueue of a period notifies at its commit; later ones
-// stay silent, and one notification at the period's end covers them (and
-// one more 100 ms after a silent EnqueueTx, for a transaction still open at
-// the period's end). The reason: every notifying commit waits for a lock
-// that all others of the server hold across their WAL flush, so a
-// notification per enqueue caps concurrent enqueues (about 1,700 a second
-// against 5,400 with the cooldown, 32 connections on a 2-core machine with
-// fsync on). Statements that change job statuses notify the journal's
+// Wake-ups: an enqueue wakes workers with a notification, but a Queue's
+// enqueues into one queue notify about once per cooldown
+// (WithNotifyCooldown, default 2 ms). The first enqueue of a period
+// notifies at its commit; later ones stay silent, and one notification at
+// the period's end covers them (and one more 100 ms after a silent
+// EnqueueTx, for a transaction still open at the period's end). The reason:
+// every notifying commit waits for a lock that all others of the server
+// hold across their WAL flush, so a notification per enqueue caps
+// concurrent enqueues (1,660-2,230 a second against 5,450 with the
+// cooldown, 32 connections on a 2-core machine with fsync on). Statements that change job statuses notify the journal's
 // listeners too, but only while some process runs Wait or Follow.
 // SetMeta(ctx, MetaNotify, "off") turns all of them off; workers then find
 // jobs by polling (WorkerConfig.PollInterval), and Wait and Follow check

@@ -12,7 +12,8 @@ import (
 
 // insertJobs adds a batch of jobs in one statement: each column is an array
 // parameter and unnest turns them into rows, so 10,000 jobs cost one round
-// trip and the statement-level trigger sends one notification per queue.
+// trip and the statement-level trigger sends at most one notification per
+// queue.
 // Input files arrive as one array literal per job (see arrayLiteral). ON
 // CONFLICT DO NOTHING makes a second submit of a content-id job a no-op,
 // also when two submitters race. run_at is the caller's time when given, else
@@ -131,11 +132,11 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		}
 		return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
-	if err != nil {
-		return nil, redactError(err, q.password)
-	}
 	if b.silent {
 		q.wake.owe(queues, false)
+	}
+	if err != nil {
+		return nil, redactError(err, q.password)
 	}
 	return b.results, nil
 }
@@ -183,11 +184,12 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	// transaction, which only the caller can retry.
 	queues := b.queues()
 	b.silent = q.wake.silence(queues)
-	if err := b.write(ctx, tx); err != nil {
-		return nil, redactError(translate("compute: enqueue", err), q.password)
-	}
+	err = b.write(ctx, tx)
 	if b.silent {
 		q.wake.owe(queues, true)
+	}
+	if err != nil {
+		return nil, redactError(translate("compute: enqueue", err), q.password)
 	}
 	return b.results, nil
 }

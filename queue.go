@@ -98,14 +98,17 @@ func WithLease(d time.Duration) Option {
 	}
 }
 
-// WithNotifyCooldown sets how often, at most, this queue's enqueues into one
+// WithNotifyCooldown sets how often, at most, this Queue's enqueues into one
 // queue send the notification that wakes workers at once; default
-// DefaultNotifyCooldown (1 ms), at most 1 s. The first enqueue of a period
-// notifies, later ones in it stay silent, and one notification at the
-// period's end covers them, so a job waits at most the cooldown for its
-// wake-up. A notifying commit waits for every other one in the server (a
-// lock held across its WAL flush), so one per enqueue caps concurrent
-// enqueues; a cooldown of 1 ns restores that behaviour.
+// DefaultNotifyCooldown (2 ms), at most 1 s. The first enqueue of a period
+// notifies at its commit, later ones in it stay silent, and one
+// notification at the period's end covers them, so a job committed by then
+// waits about the cooldown at most for its wake-up (EnqueueTx says what
+// happens to a caller's transaction that commits later). A statement that
+// notifies notifies every queue it writes to. A notifying commit waits for
+// every other one in the server (a lock held across its WAL flush), so one
+// per enqueue caps concurrent enqueues; a cooldown of 1 ns restores that
+// behaviour.
 func WithNotifyCooldown(d time.Duration) Option {
 	return func(o *options) {
 		switch {
@@ -212,8 +215,9 @@ func (q *Queue) Pool() *pgxpool.Pool { return q.pool }
 // WorkerID returns the name this queue writes into the jobs it claims.
 func (q *Queue) WorkerID() string { return q.opts.workerID }
 
-// Close sends the wake-up notifications its enqueues still owe (see
-// WithNotifyCooldown) and releases the queue's connections if Open made
+// Close waits for enqueues in flight, sends the wake-up notifications its
+// enqueues still owe (see WithNotifyCooldown; up to 10 s if the database
+// does not answer) and releases the queue's connections if Open made
 // them. Later calls on the queue return ErrClosed. Close is safe to call more than once; stop
 // Workers before closing the queue they use.
 func (q *Queue) Close() {

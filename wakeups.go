@@ -48,24 +48,32 @@ type wakeups struct {
 	// lateAfter is lateWakeup, or longer in a test.
 	lateAfter time.Duration
 	running   bool // flush runs
-	closed    bool
-	kick      chan struct{} // a new debt, or Close
-	done      chan struct{} // closed when flush returns
+	// pending counts silent enqueues between silence and owe; Close
+	// waits for them (idle) before it sends the last notifications.
+	pending int
+	idle    sync.Cond
+	closing bool          // Close began: no more silent enqueues
+	closed  bool          // Close sent what was owed: no more debts
+	kick    chan struct{} // a new debt, or Close
+	done    chan struct{} // closed when flush returns
 }
 
 func newWakeups(q *Queue, cooldown time.Duration) *wakeups {
-	return &wakeups{q: q, cooldown: cooldown, last: map[string]time.Time{}, owed: map[string]bool{},
+	w := &wakeups{q: q, cooldown: cooldown, last: map[string]time.Time{}, owed: map[string]bool{},
 		lateAt: map[string]time.Time{}, lateAfter: lateWakeup}
+	w.idle.L = &w.mu
+	return w
 }
 
 // silence reports whether an enqueue into queues may skip its notification:
 // every one of them notified less than a cooldown ago. Otherwise the
-// statement notifies, and that starts a new period for each.
+// statement notifies, and that starts a new period for each. After a true
+// answer the caller must call owe, whatever happens to the enqueue.
 func (w *wakeups) silence(queues []string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
-		return false // nothing sends a trailing notification any more
+	if w.closing {
+		return false // nothing would send a trailing notification
 	}
 	now := time.Now()
 	quiet := true
@@ -76,6 +84,7 @@ func (w *wakeups) silence(queues []string) bool {
 		}
 	}
 	if quiet {
+		w.pending++
 		return true
 	}
 	if len(w.last) > 10000 { // many queue names: forget, at worst notify more
@@ -87,15 +96,19 @@ func (w *wakeups) silence(queues []string) bool {
 	return false
 }
 
-// owe records silent enqueues into queues: a notification follows at the
-// end of each queue's period. Call it once the jobs are committed, or, with
-// inTx, once they are written in a caller's transaction; then one more
+// owe records a silent enqueue into queues: a notification follows at the
+// end of each queue's period. Call it once the statement returned, even
+// with an error (a commit cut off in flight may have succeeded), or, with
+// inTx, once the jobs are written in a caller's transaction; then one more
 // follows lateWakeup later, for a transaction that commits after the first.
 func (w *wakeups) owe(queues []string, inTx bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.pending--; w.pending == 0 {
+		w.idle.Broadcast()
+	}
 	if w.closed {
-		return // Close sent what was owed; workers poll for the rest
+		return // cannot happen: Close waits for pending enqueues
 	}
 	late := time.Now().Add(w.lateAfter)
 	for _, q := range queues {
@@ -180,9 +193,14 @@ func (w *wakeups) send(queues []string) {
 	}
 }
 
-// close sends what is owed and waits for flush to return.
+// close waits for silent enqueues in flight to record their debt, sends
+// what is owed and waits for flush to return.
 func (w *wakeups) close() {
 	w.mu.Lock()
+	w.closing = true
+	for w.pending > 0 {
+		w.idle.Wait()
+	}
 	w.closed = true
 	running, kick, done := w.running, w.kick, w.done
 	w.mu.Unlock()

@@ -59,6 +59,8 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 			}
 			got = append(got, n.Payload)
 		}
+		slices.Sort(got)
+		slices.Sort(want)
 		if !slices.Equal(got, want) {
 			t.Errorf("%s notified %q, want %q", step, got, want)
 		}
@@ -109,6 +111,12 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	if o, r := owed(); o || r {
 		t.Fatalf("after a notifying enqueue: owed %v, flush running %v; want neither", o, r)
 	}
+	// A statement is silent only if all its queues are: this one notifies
+	// both.
+	if _, err := q.EnqueueMany(ctx, []Job{{Queue: "burst"}, {Queue: "other"}}); err != nil {
+		t.Fatal(err)
+	}
+	sent("an enqueue into burst and a new queue", "burst", "other")
 
 	for range 9 {
 		if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
@@ -116,6 +124,10 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 		}
 	}
 	if _, err := q.EnqueueMany(ctx, slices.Repeat([]Job{{Queue: "burst"}}, 5)); err != nil {
+		t.Fatal(err)
+	}
+	// A unique job takes the transaction of three statements.
+	if _, err := q.Enqueue(ctx, Job{Queue: "burst", Unique: Unique{Key: "once"}}); err != nil {
 		t.Fatal(err)
 	}
 	// In the caller's transaction: the library's statement is silent, and
@@ -132,7 +144,7 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent("15 enqueues within the period and a plain INSERT", "plain")
+	sent("16 enqueues within the period and a plain INSERT", "plain")
 	if o, r := owed(); !o || !r || !late() {
 		t.Fatalf("after silent enqueues: owed %v, flush running %v, late notification %v; want all", o, r, late())
 	}
@@ -171,6 +183,25 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	flushReturns()
 	sent("the late notification", "burst")
 
+	// The period's end by the timer: a 50 ms period that has just begun.
+	if _, err := q.Enqueue(ctx, Job{Queue: "burst"}); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	w.cooldown = 50 * time.Millisecond
+	w.last["burst"] = time.Now()
+	kick := w.kick
+	w.mu.Unlock()
+	select {
+	case kick <- struct{}{}:
+	default:
+	}
+	flushReturns()
+	sent("a period's end by the timer", "burst")
+	w.mu.Lock()
+	w.cooldown = time.Hour
+	w.mu.Unlock()
+
 	// The trailing notification opened a new period: silent again. With
 	// notify=off the trailing one is not sent either.
 	if err := q.SetMeta(ctx, MetaNotify, "off"); err != nil {
@@ -206,7 +237,7 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	if err := listen.QueryRow(ctx, `SELECT count(*) FROM compute.jobs WHERE queue = 'burst'`).Scan(&jobs); err != nil {
 		t.Fatal(err)
 	}
-	if jobs != 19 {
-		t.Errorf("%d jobs in queue burst, want the 19 enqueued", jobs)
+	if jobs != 22 {
+		t.Errorf("%d jobs in queue burst, want the 22 enqueued", jobs)
 	}
 }
