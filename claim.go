@@ -263,8 +263,8 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 // transaction, and never outlive the call on the pooled connection.
 const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
 
-// pinnedBatch is the pipeline queryPinned sends: pinJoins, then the
-// statement.
+// pinnedBatch is the pipeline queryPinned and the gated claim's lock send:
+// pinJoins, then the statement.
 func pinnedBatch(sql string, args ...any) *pgx.Batch {
 	batch := &pgx.Batch{}
 	batch.Queue(pinJoins)

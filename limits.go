@@ -156,10 +156,9 @@ func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, er
 func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (jobs []*Job, more bool, err error) {
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		jobs, more = nil, false
-		if _, err := tx.Exec(ctx, lockGatedQueue, queue, lockClassClaim); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, pinJoins); err != nil { // see claimUpdate
+		// The lock and the claim's pinned plan (see claimUpdate) in one
+		// round trip.
+		if err := tx.SendBatch(ctx, pinnedBatch(lockGatedQueue, queue, lockClassClaim)).Close(); err != nil {
 			return err
 		}
 		var cursor string

@@ -10,7 +10,7 @@ import (
 // notifying commit of the server waits for, held across its WAL flush, so
 // a notification per enqueue caps how fast concurrent enqueues commit (F1
 // in the reliability notes). The insert trigger therefore lets the library
-// silence it for one statement (migration 10), and wakeups decides when:
+// silence it for one statement (migration 9), and wakeups decides when:
 // the first enqueue of a queue in a cooldown period notifies as before, the
 // ones after it in that period are silent, and one trailing notification
 // at the period's end covers them. Workers poll regardless, so a missed
@@ -52,8 +52,7 @@ type wakeups struct {
 	// waits for them (idle) before it sends the last notifications.
 	pending int
 	idle    sync.Cond
-	closing bool          // Close began: no more silent enqueues
-	closed  bool          // Close sent what was owed: no more debts
+	closed  bool          // Close began: no more silent enqueues; flush sends all at once
 	kick    chan struct{} // a new debt, or Close
 	done    chan struct{} // closed when flush returns
 }
@@ -72,7 +71,7 @@ func newWakeups(q *Queue, cooldown time.Duration) *wakeups {
 func (w *wakeups) silence(queues []string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closing {
+	if w.closed {
 		return false // nothing would send a trailing notification
 	}
 	now := time.Now()
@@ -106,9 +105,6 @@ func (w *wakeups) owe(queues []string, inTx bool) {
 	defer w.mu.Unlock()
 	if w.pending--; w.pending == 0 {
 		w.idle.Broadcast()
-	}
-	if w.closed {
-		return // cannot happen: Close waits for pending enqueues
 	}
 	late := time.Now().Add(w.lateAfter)
 	for _, q := range queues {
@@ -197,11 +193,10 @@ func (w *wakeups) send(queues []string) {
 // what is owed and waits for flush to return.
 func (w *wakeups) close() {
 	w.mu.Lock()
-	w.closing = true
+	w.closed = true
 	for w.pending > 0 {
 		w.idle.Wait()
 	}
-	w.closed = true
 	running, kick, done := w.running, w.kick, w.done
 	w.mu.Unlock()
 	if !running {

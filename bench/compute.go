@@ -136,11 +136,7 @@ func (s *computeSystem) burnDown(ctx context.Context, n int) (burnResult, error)
 // application's would be), each job in its own transaction: BEGIN,
 // EnqueueTx, COMMIT.
 func (s *computeSystem) steady(ctx context.Context, cfg steadyConfig) (steadyResult, error) {
-	pconn, err := withPoolSize(s.conn, cfg.producers)
-	if err != nil {
-		return steadyResult{}, err
-	}
-	producer, err := compute.Open(ctx, pconn, compute.WithLogger(s.log), compute.WithNotifyCooldown(s.cooldown))
+	producer, err := s.producer(ctx, cfg.producers, s.cooldown)
 	if err != nil {
 		return steadyResult{}, err
 	}
@@ -166,6 +162,17 @@ func (s *computeSystem) steady(ctx context.Context, cfg steadyConfig) (steadyRes
 		return err
 	})
 	return r, errors.Join(err, stop())
+}
+
+// producer opens a Queue for producers on a pool of n connections of its
+// own, as a web application's would be, with the given notification
+// cooldown (0: the library's default).
+func (s *computeSystem) producer(ctx context.Context, n int, cooldown time.Duration) (*compute.Queue, error) {
+	pconn, err := withPoolSize(s.conn, n)
+	if err != nil {
+		return nil, err
+	}
+	return compute.Open(ctx, pconn, compute.WithLogger(s.log), compute.WithNotifyCooldown(cooldown))
 }
 
 // ceiling works n queued jobs with a bare loop of Queue.Claim and

@@ -68,11 +68,7 @@ func floodRun(ctx context.Context, goroutines int, d time.Duration, send func(ct
 // cooldown (0: the library's default), each job in its own transaction:
 // BEGIN, EnqueueTx, COMMIT.
 func (s *computeSystem) flood(ctx context.Context, goroutines int, d, cooldown time.Duration) (floodResult, error) {
-	pconn, err := withPoolSize(s.conn, goroutines)
-	if err != nil {
-		return floodResult{}, err
-	}
-	producer, err := compute.Open(ctx, pconn, compute.WithLogger(s.log), compute.WithNotifyCooldown(cooldown))
+	producer, err := s.producer(ctx, goroutines, cooldown)
 	if err != nil {
 		return floodResult{}, err
 	}
