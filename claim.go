@@ -420,7 +420,8 @@ SELECT count(*), 0 FROM expired`
 
 // Expire marks complete and failed jobs whose last_accessed is older than
 // retention (by the database clock) as expired, and returns how many. The
-// library sets last_accessed when a job finishes and when Get reads it.
+// library sets last_accessed when a job finishes and when Get reads it
+// after that.
 func (q *Queue) Expire(ctx context.Context, retention time.Duration) (int, error) {
 	if retention <= 0 {
 		return 0, fmt.Errorf("%w: retention %s must be positive", ErrInvalidOption, retention)

@@ -59,13 +59,29 @@ func deref(s *string) string {
 	return *s
 }
 
-// getJob reads a job and touches last_accessed in the same statement, as the
-// schema contract asks: retention counts from the last read.
+// getJob reads a job and, when it is finished, touches last_accessed in the
+// same statement: retention counts from the last read. A queued or running
+// job is only read. Writing it would lock the row, and a claim that meets a
+// locked (or just rewritten) row skips it: a client polling Get on its
+// queued job could keep it from the worker that was woken for it, until
+// that worker's next poll. The second branch returns the row as the
+// statement's snapshot saw it when the update did not take it.
 const getJob = noStatusChange + `
-UPDATE compute.jobs j SET last_accessed = now() WHERE j.job_id = $1 RETURNING ` + jobColumns
+WITH touched AS (
+    UPDATE compute.jobs j SET last_accessed = now()
+    WHERE j.job_id = $1 AND j.status IN ('complete', 'failed', 'expired')
+    RETURNING ` + jobColumns + `
+)
+SELECT * FROM touched
+UNION ALL
+SELECT ` + jobColumns + ` FROM compute.jobs j
+WHERE j.job_id = $1 AND NOT EXISTS (SELECT FROM touched)`
 
-// Get returns the job with the given id and records the read in
-// last_accessed. It returns ErrNotFound when no job has that id.
+// Get returns the job with the given id. Reading a finished job (complete,
+// failed or expired) records the read in last_accessed, which retention
+// counts from; a queued or running job is read without a write, so polling
+// it never gets in a worker's way. It returns ErrNotFound when no job has
+// that id.
 func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
 	var job *Job
 	err := q.do(ctx, "compute: get job", func(ctx context.Context) (err error) {

@@ -737,29 +737,61 @@ func lastAccessed(t *testing.T, q *compute.Queue, id compute.JobID) time.Time {
 	return queryOne[time.Time](t, q.Pool(), `SELECT last_accessed FROM compute.jobs WHERE job_id = $1`, id[:])
 }
 
-// TestGetTouchesLastAccessed checks that Get records the read and List does
-// not.
+// TestGetTouchesLastAccessed checks that Get records the read of a finished
+// job, that it writes nothing to a queued or running job (a write would
+// lock the row, and claims skip locked rows), and that List never writes.
 func TestGetTouchesLastAccessed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	q := newQueue(t)
 	id := enqueue(t, q, compute.Job{Queue: "read"})
-	mustExec(t, q.Pool(), `UPDATE compute.jobs SET last_accessed = now() - interval '1 day' WHERE job_id = $1`, id[:])
-	old := lastAccessed(t, q, id)
+	// version is the row's creating transaction: any write changes it.
+	version := func() string {
+		return queryOne[string](t, q.Pool(), `SELECT xmin::text FROM compute.jobs WHERE job_id = $1`, id[:])
+	}
+	for _, want := range []compute.Status{compute.StatusQueued, compute.StatusInProgress} {
+		if want == compute.StatusInProgress {
+			claimOne(t, q, "read")
+		}
+		before, old := version(), lastAccessed(t, q, id)
+		job, err := q.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.Status != want || job.ID != id {
+			t.Fatalf("Get returned job %s in status %s; want %s in %s", job.ID, job.Status, id, want)
+		}
+		if after := version(); after != before || !lastAccessed(t, q, id).Equal(old) {
+			t.Errorf("Get wrote the row of a job in status %s (xmin %s, then %s)", want, before, after)
+		}
+	}
 
 	job, err := q.Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := q.Complete(ctx, compute.Completion{Job: job}); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET last_accessed = now() - interval '1 day' WHERE job_id = $1`, id[:])
+	old := lastAccessed(t, q, id)
+	job, err = q.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	touched := lastAccessed(t, q, id)
-	if touched.Sub(old) < 23*time.Hour || !job.LastAccessed.Equal(touched) {
-		t.Errorf("last_accessed %v before Get, %v after (job says %v); want it moved to now", old, touched, job.LastAccessed)
+	if job.Status != compute.StatusComplete || touched.Sub(old) < 23*time.Hour || !job.LastAccessed.Equal(touched) {
+		t.Errorf("complete job: last_accessed %v before Get, %v after (job says %v, status %s); want it moved to now",
+			old, touched, job.LastAccessed, job.Status)
 	}
 	if _, err := q.List(ctx, compute.ListOptions{Queue: "read"}); err != nil {
 		t.Fatal(err)
 	}
 	if after := lastAccessed(t, q, id); !after.Equal(touched) {
 		t.Errorf("List changed last_accessed from %v to %v", touched, after)
+	}
+	if _, err := q.Get(ctx, compute.JobID{1}); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("Get of an unknown id: %v; want ErrNotFound", err)
 	}
 }
 
