@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -102,10 +103,17 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 		return false, redactError(err, l.q.password)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// One round trip for every channel, bounded like the probe: a
+	// connection cut right after it opened must not hang the listener.
+	var listen []string
 	for _, ch := range append(l.channels, channelProbe) {
-		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
-			return false, err
-		}
+		listen = append(listen, "LISTEN "+pgx.Identifier{ch}.Sanitize())
+	}
+	listenCtx, cancel := context.WithTimeout(ctx, l.probeWait)
+	_, err = conn.Exec(listenCtx, strings.Join(listen, "; "))
+	cancel()
+	if err != nil {
+		return false, err
 	}
 	if err := l.runAnnounce(ctx, conn); err != nil {
 		return false, err
