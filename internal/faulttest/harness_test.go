@@ -22,6 +22,7 @@ import (
 
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
+	"github.com/jackc/pgx/v5"
 )
 
 // workerBin is the examples/worker binary, built once by TestMain (without
@@ -283,8 +284,12 @@ func crashReport(path string) string {
 }
 
 // dumpGoroutines makes every live worker print its goroutines (SIGQUIT) and
-// logs the dumps: for a worker that hangs, this shows which call it hangs in.
+// logs the dumps, shortened to the worker's log and the goroutines that run
+// this module's code (the whole dump stays in the worker's stderr file):
+// for a worker that hangs, this shows which call it hangs in. It logs what
+// the database's sessions are doing first.
 func (c *cluster) dumpGoroutines() {
+	c.logSessions()
 	for _, w := range c.workers {
 		if !w.alive() {
 			continue
@@ -293,9 +298,65 @@ func (c *cluster) dumpGoroutines() {
 		_ = w.cmd.Process.Signal(syscall.SIGCONT)
 		_ = w.cmd.Process.Signal(syscall.SIGQUIT)
 		if w.waitExit(10 * time.Second) {
-			c.t.Logf("--- %s (pid %d) goroutine dump:\n%s", w.name, w.pid, tail(w.stderr, 400))
+			c.t.Logf("--- %s (pid %d) log and goroutine dump (%s):\n%s", w.name, w.pid, w.stderr, ownGoroutines(tail(w.stderr, 2000)))
 		}
 	}
+}
+
+// ownGoroutines keeps the lines of a SIGQUIT dump that matter here: what
+// came before it (the worker's log) and the goroutines with a frame of
+// this module, each frame as its function and, for this module's code, its
+// line.
+func ownGoroutines(dump string) string {
+	var out []string
+	blocks := strings.Split(dump, "\n\n")
+	for i, b := range blocks {
+		if i == 0 {
+			out = append(out, b)
+			continue
+		}
+		if !strings.Contains(b, "computeplatform/compute") || !strings.HasPrefix(strings.TrimSpace(b), "goroutine ") {
+			continue
+		}
+		var keep []string
+		own := false // the last frame is this module's
+		for line := range strings.SplitSeq(b, "\n") {
+			if !strings.HasPrefix(line, "\t") {
+				own = strings.HasPrefix(line, "github.com/computeplatform/compute") || strings.HasPrefix(line, "main.")
+			} else if !own {
+				continue // the file and line of a frame outside this module
+			}
+			line, _, _ = strings.Cut(line, " fp=")
+			keep = append(keep, line)
+		}
+		out = append(out, strings.Join(keep, "\n"))
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// logSessions logs the test database's sessions, what they wait for and the
+// locks they wait on, for a wait that timed out.
+func (c *cluster) logSessions() {
+	ctx, cancel := c.ctx()
+	defer cancel()
+	rows, err := c.q.Pool().Query(ctx, `
+SELECT a.pid, a.application_name, coalesce(a.state, ''), coalesce(a.wait_event_type || '/' || a.wait_event, ''),
+       a.backend_start::text, coalesce(a.xact_start::text, ''), left(a.query, 120),
+       coalesce((SELECT string_agg(l.locktype || ' ' || l.mode, ', ') FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted), '')
+FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+ORDER BY a.backend_start`)
+	if err != nil {
+		c.t.Logf("sessions: %v", err)
+		return
+	}
+	lines, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+		var pid int
+		var app, state, wait, started, xact, query, waiting string
+		err := row.Scan(&pid, &app, &state, &wait, &started, &xact, &query, &waiting)
+		return fmt.Sprintf("pid %d %q %s wait=%q started %s xact %q waits for %q: %s",
+			pid, app, state, wait, started, xact, waiting, query), err
+	})
+	c.t.Logf("sessions (err %v):\n%s", err, strings.Join(lines, "\n"))
 }
 
 // tail returns the last n lines of a file.
