@@ -80,8 +80,9 @@ WHERE j.job_id = $1 AND NOT EXISTS (SELECT FROM touched)`
 // Get returns the job with the given id. Reading a finished job (complete,
 // failed or expired) records the read in last_accessed, which retention
 // counts from; a queued or running job is read without a write, so polling
-// it never gets in a worker's way. It returns ErrNotFound when no job has
-// that id.
+// it does not get in a worker's way. A Get that overlaps a change to the
+// same job (a Retry, a Purge) may return the job as it was before that
+// change. It returns ErrNotFound when no job has that id.
 func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
 	var job *Job
 	err := q.do(ctx, "compute: get job", func(ctx context.Context) (err error) {
