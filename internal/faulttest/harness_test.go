@@ -322,7 +322,8 @@ func ownGoroutines(dump string) string {
 		own := false // the last frame is this module's
 		for line := range strings.SplitSeq(b, "\n") {
 			if !strings.HasPrefix(line, "\t") {
-				own = strings.HasPrefix(line, "github.com/computeplatform/compute") || strings.HasPrefix(line, "main.")
+				frame := strings.TrimPrefix(line, "created by ")
+				own = strings.HasPrefix(frame, "github.com/computeplatform/compute") || strings.HasPrefix(frame, "main.")
 			} else if !own {
 				continue // the file and line of a frame outside this module
 			}
@@ -339,23 +340,21 @@ func ownGoroutines(dump string) string {
 func (c *cluster) logSessions() {
 	ctx, cancel := c.ctx()
 	defer cancel()
+	// One text per session: format() prints NULL (a column this role may
+	// not see) as an empty string, so no row can fail the scan.
 	rows, err := c.q.Pool().Query(ctx, `
-SELECT a.pid, a.application_name, coalesce(a.state, ''), coalesce(a.wait_event_type || '/' || a.wait_event, ''),
-       a.backend_start::text, coalesce(a.xact_start::text, ''), left(a.query, 120),
-       coalesce((SELECT string_agg(l.locktype || ' ' || l.mode, ', ') FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted), '')
+SELECT format('pid %s %L %s wait=%s started %s xact %s waits for %L: %s',
+              a.pid, a.application_name, a.state, a.wait_event_type || '/' || a.wait_event,
+              a.backend_start, a.xact_start,
+              (SELECT string_agg(l.locktype || ' ' || l.mode, ', ') FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted),
+              left(a.query, 120))
 FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
 ORDER BY a.backend_start`)
 	if err != nil {
 		c.t.Logf("sessions: %v", err)
 		return
 	}
-	lines, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
-		var pid int
-		var app, state, wait, started, xact, query, waiting string
-		err := row.Scan(&pid, &app, &state, &wait, &started, &xact, &query, &waiting)
-		return fmt.Sprintf("pid %d %q %s wait=%q started %s xact %q waits for %q: %s",
-			pid, app, state, wait, started, xact, waiting, query), err
-	})
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	c.t.Logf("sessions (err %v):\n%s", err, strings.Join(lines, "\n"))
 }
 
