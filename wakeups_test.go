@@ -11,6 +11,22 @@ import (
 	"github.com/computeplatform/compute/internal/testdb"
 )
 
+// openHourlyWakeups opens a Queue on a new database whose notification
+// cooldown and late-commit wait last an hour, so a test ends them by hand.
+func openHourlyWakeups(t *testing.T) (*Queue, string) {
+	t.Helper()
+	connString := testdb.New(t)
+	q, err := Open(t.Context(), connString, WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	q.wake.mu.Lock()
+	q.wake.cooldown, q.wake.lateAfter = time.Hour, time.Hour
+	q.wake.mu.Unlock()
+	return q, connString
+}
+
 // TestSilentEnqueuesGetOneTrailingNotification walks the notification
 // cooldown through its states with a period of an hour, so nothing depends
 // on timing: the test ends a period by moving the queue's last
@@ -20,16 +36,8 @@ import (
 // the step sent. Not parallel: see TestCompleterDoesNotMakeAHeldBackFetcherWait.
 func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	ctx := t.Context()
-	connString := testdb.New(t)
-	q, err := Open(ctx, connString, WithMigrate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q, connString := openHourlyWakeups(t)
 	w := q.wake
-	w.mu.Lock()
-	w.cooldown, w.lateAfter = time.Hour, time.Hour
-	w.mu.Unlock()
 	listen, err := pgx.Connect(ctx, connString)
 	if err != nil {
 		t.Fatal(err)
@@ -239,5 +247,117 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	}
 	if jobs != 22 {
 		t.Errorf("%d jobs in queue burst, want the 22 enqueued", jobs)
+	}
+}
+
+// TestCloseWaitsForASilentEnqueueInFlight holds a silent enqueue inside its
+// INSERT (another session locks compute.jobs) while Close runs: Close must
+// wait for it and then send its trailing notification. A Close that did not
+// wait would return at once, with nothing owed yet, close the pool, and the
+// enqueue's notification would be lost. Not parallel: see
+// TestCompleterDoesNotMakeAHeldBackFetcherWait.
+func TestCloseWaitsForASilentEnqueueInFlight(t *testing.T) {
+	ctx := t.Context()
+	q, connString := openHourlyWakeups(t)
+	w := q.wake
+	connect := func() *pgx.Conn {
+		conn, err := pgx.Connect(ctx, connString)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	listen, blocker := connect(), connect()
+	if _, err := listen.Exec(ctx, `LISTEN compute_jobs`); err != nil {
+		t.Fatal(err)
+	}
+	// The first enqueue notifies and opens an hour-long period.
+	if _, err := q.Enqueue(ctx, Job{Queue: "held"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := listen.WaitForNotification(ctx); err != nil || n.Payload != "held" {
+		t.Fatalf("first enqueue: notification %v, %v; want one for queue held", n, err)
+	}
+
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `LOCK TABLE compute.jobs IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	enqueued := make(chan error, 1)
+	go func() {
+		_, err := q.Enqueue(ctx, Job{Queue: "held"})
+		enqueued <- err
+	}()
+	// Wait until the enqueue is silent and waits for the lock.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("the silent enqueue to wait for the table lock", func() bool {
+		w.mu.Lock()
+		pending := w.pending
+		w.mu.Unlock()
+		var waiting int
+		err := listen.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO compute.jobs%'`).Scan(&waiting)
+		return err == nil && pending == 1 && waiting == 1
+	})
+
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		q.Close()
+	}()
+	waitFor("Close to begin", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.closed
+	})
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a silent enqueue was still in its statement")
+	default:
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-enqueued; err != nil {
+		t.Fatalf("the held enqueue: %v", err)
+	}
+	<-closed
+
+	// The held enqueue's trailing notification came, after Close's start.
+	if _, err := listen.Exec(ctx, `SELECT pg_notify('compute_jobs', 'sentinel')`); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		n, err := listen.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Payload == "sentinel" {
+			break
+		}
+		got = append(got, n.Payload)
+	}
+	if !slices.Equal(got, []string{"held"}) {
+		t.Errorf("notifications after Close: %q; want one for queue held", got)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running || w.pending != 0 || len(w.owed) != 0 {
+		t.Errorf("after Close: flush running %v, pending %d, owed %v; want none", w.running, w.pending, w.owed)
 	}
 }
