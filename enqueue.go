@@ -34,9 +34,22 @@ FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6:
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
 
-// insertJobsReturning is insertJobs for batches with content ids: the ids it
-// returns are the jobs it created, the rest already existed.
-const insertJobsReturning = insertJobs + ` RETURNING job_id`
+// insertJob is insertJobs for one job, with the same parameters as scalars.
+// One-job enqueues (a web request's) are the commonest, and a one-row
+// statement needs no unnest: an autocommit enqueue took 326 µs instead of
+// 377 (medians of six alternating sets of 4,000, harness server).
+const insertJob = `
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
+                          priority, run_at, max_attempts, unique_key, partition_key)
+SELECT $1::bytea, 'queued', $2::text, $3::text, $4::text::varchar[], now(), now(),
+       $5::smallint, coalesce($6::timestamptz, now() + $7::bigint * interval '1 microsecond'), $8::integer,
+       nullif($9::text, ''), nullif($10::text, '')
+WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
+ON CONFLICT (job_id) DO NOTHING`
+
+// returningID makes an insert return the ids it created, for batches with
+// content ids: the rest already existed.
+const returningID = ` RETURNING job_id`
 
 // lockUniqueKeys serializes submitters of the same unique keys until their
 // transactions end, in a fixed (sorted) order so two batches cannot
@@ -305,17 +318,21 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 // batch, and marks content-id jobs that already existed.
 func (b *batch) insert(ctx context.Context, tx db) error {
 	for _, idx := range b.batches {
-		args := b.columns(idx)
+		args, one := b.columns(idx)
 		if args == nil {
 			continue
 		}
+		sql := insertJobs
+		if one {
+			sql = insertJob
+		}
 		if !b.content {
-			if _, err := tx.Exec(ctx, insertJobs, args...); err != nil {
+			if _, err := tx.Exec(ctx, sql, args...); err != nil {
 				return err
 			}
 			continue
 		}
-		rows, err := tx.Query(ctx, insertJobsReturning, args...)
+		rows, err := tx.Query(ctx, sql+returningID, args...)
 		if err != nil {
 			return err
 		}
@@ -337,8 +354,9 @@ func (b *batch) insert(ctx context.Context, tx db) error {
 }
 
 // columns builds insertJobs' array parameters for the jobs at idx that are
-// to be created; nil when there are none.
-func (b *batch) columns(idx []int) []any {
+// to be created, or insertJob's scalars (one) when that is a single job;
+// nil when there are none.
+func (b *batch) columns(idx []int) (args []any, one bool) {
 	var (
 		jobIDs                                []([]byte)
 		queues, configs, files, uniques, keys []string
@@ -367,14 +385,17 @@ func (b *batch) columns(idx []int) []any {
 		uniques = append(uniques, j.Unique.Key)
 		keys = append(keys, j.PartitionKey)
 	}
-	if len(jobIDs) == 0 {
-		return nil
-	}
 	skip := ""
 	if b.silent {
 		skip = "on"
 	}
-	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip}
+	switch len(jobIDs) {
+	case 0:
+		return nil, false
+	case 1:
+		return []any{jobIDs[0], queues[0], configs[0], files[0], priorities[0], runAts[0], delays[0], maxes[0], uniques[0], keys[0], skip}, true
+	}
+	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip}, false
 }
 
 // prepare validates every job, assigns ids, finds duplicates within the

@@ -1063,3 +1063,62 @@ func TestListIncludesAllZeroJobID(t *testing.T) {
 		t.Errorf("list gave %v, want [%s %s]", got, zero, other)
 	}
 }
+
+// TestOneJobAndBatchInsertsStoreTheSame enqueues jobs with every field set
+// alone (the one-row insert) and in a batch (the unnest insert) and
+// requires the same rows, apart from ids and times. A content-id job goes
+// through the returning form of each, and a second submit of it is a
+// duplicate either way.
+func TestOneJobAndBatchInsertsStoreTheSame(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := newQueue(t)
+	runAt := time.Now().Add(time.Hour).Truncate(time.Microsecond)
+	files := []string{`a b.png`, `c,d`, `{e}`, `"f"`, `g\h`, `ünï`}
+	jobs := []compute.Job{
+		{Queue: "same", Config: `{"x": [1, "two"]}`, InputFiles: files, Priority: 7, RunAt: runAt,
+			MaxAttempts: 3, Unique: compute.Unique{Key: "k1"}, PartitionKey: "tenant"},
+		{Queue: "same", Config: "plain text", Delay: 90 * time.Minute},
+		{Queue: "same", Config: "by content", ContentID: true, InputFiles: files},
+	}
+	// row is what a job stored: every column but id and times, and the
+	// run time relative to the insert.
+	row := func(id compute.JobID) string {
+		return queryOne[string](t, q.Pool(), `
+SELECT concat_ws(' | ', status, queue, config, input_files::text, priority, max_attempts, attempt,
+       coalesce(unique_key, '<null>'), coalesce(partition_key, '<null>'),
+       CASE WHEN run_at = created THEN 'now' WHEN run_at - created = interval '90 minutes' THEN 'delayed 90m'
+            ELSE (extract(epoch FROM run_at) * 1e6)::bigint::text END)
+FROM compute.jobs WHERE job_id = $1`, id[:])
+	}
+	var alone []string
+	for i, j := range jobs {
+		id, err := q.Enqueue(ctx, j)
+		if err != nil {
+			t.Fatalf("job %d alone: %v", i, err)
+		}
+		alone = append(alone, row(id))
+	}
+	if r, err := q.Submit(ctx, jobs[2]); err != nil || len(r) != 1 || !r[0].Duplicate {
+		t.Errorf("second submit of the content-id job alone: %+v, %v; want a duplicate", r, err)
+	}
+	if _, err := q.Pool().Exec(ctx, `DELETE FROM compute.jobs`); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := q.EnqueueMany(ctx, jobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if got := row(id); got != alone[i] {
+			t.Errorf("job %d stored\n  alone:    %s\n  in batch: %s", i, alone[i], got)
+		}
+	}
+	if alone[0] != fmt.Sprintf(`queued | same | {"x": [1, "two"]} | {"a b.png","c,d","{e}","\"f\"","g\\h",ünï} | 7 | 3 | 0 | k1 | tenant | %d`, runAt.UnixMicro()) {
+		t.Errorf("job 0 stored %s", alone[0])
+	}
+	r, err := q.Submit(ctx, jobs[1:]...)
+	if err != nil || len(r) != 2 || r[0].Duplicate || !r[1].Duplicate {
+		t.Errorf("second submit of the content-id job in a batch: %+v, %v; want it alone a duplicate", r, err)
+	}
+}
