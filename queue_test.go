@@ -1068,7 +1068,8 @@ func TestListIncludesAllZeroJobID(t *testing.T) {
 // alone (the one-row insert) and in a batch (the unnest insert) and
 // requires the same rows, apart from ids and times. A content-id job goes
 // through the returning form of each, and a second submit of it is a
-// duplicate either way.
+// duplicate either way. Last, a fresh connection's prepared statements show
+// that one job took the one-row statement and two the array one.
 func TestOneJobAndBatchInsertsStoreTheSame(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -1121,4 +1122,37 @@ FROM compute.jobs WHERE job_id = $1`, id[:])
 	if err != nil || len(r) != 2 || r[0].Duplicate || !r[1].Duplicate {
 		t.Errorf("second submit of the content-id job in a batch: %+v, %v; want it alone a duplicate", r, err)
 	}
+
+	// Which statement ran: a new connection's statement cache holds only
+	// what this test prepares on it.
+	conn, err := pgx.ConnectConfig(ctx, q.Pool().Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	prepared := func(step string, wantArrays int) {
+		t.Helper()
+		var arrays, rows int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE statement LIKE '%unnest($1::bytea[]%'),
+			count(*) FILTER (WHERE statement LIKE '%SELECT $1::bytea, ''queued''%')
+			FROM pg_prepared_statements WHERE statement NOT LIKE '%pg_prepared_statements%'`).Scan(&arrays, &rows); err != nil {
+			t.Fatal(err)
+		}
+		if arrays != wantArrays || rows != 1 {
+			t.Errorf("after %s: %d array and %d one-row insert statements prepared; want %d and 1", step, arrays, rows, wantArrays)
+		}
+	}
+	if _, err := q.EnqueueTx(ctx, tx, compute.Job{Queue: "same"}); err != nil {
+		t.Fatal(err)
+	}
+	prepared("one job", 0)
+	if _, err := q.EnqueueManyTx(ctx, tx, []compute.Job{{Queue: "same"}, {Queue: "same"}}); err != nil {
+		t.Fatal(err)
+	}
+	prepared("two jobs", 1)
 }

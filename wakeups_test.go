@@ -27,6 +27,35 @@ func openHourlyWakeups(t *testing.T) (*Queue, string) {
 	return q, connString
 }
 
+// notifiedSince checks what a LISTEN session on compute_jobs received since
+// the last check: it notifies itself mark and, since notifications arrive
+// in commit order, what comes before mark is what step sent; it must be
+// want, in any order.
+func notifiedSince(t *testing.T, listen *pgx.Conn, step, mark string, want ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := listen.Exec(ctx, `SELECT pg_notify('compute_jobs', $1)`, mark); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		n, err := listen.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("%s: waiting for %s (got %q): %v", step, mark, got, err)
+		}
+		if n.Payload == mark {
+			break
+		}
+		got = append(got, n.Payload)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("%s notified %q, want %q", step, got, want)
+	}
+}
+
 // TestSilentEnqueuesGetOneTrailingNotification walks the notification
 // cooldown through its states with a period of an hour, so nothing depends
 // on timing: the test ends a period by moving the queue's last
@@ -50,28 +79,7 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	sent := func(step string, want ...string) {
 		t.Helper()
 		sentinels++
-		mark := "sentinel-" + string(rune('a'+sentinels))
-		if _, err := listen.Exec(ctx, `SELECT pg_notify('compute_jobs', $1)`, mark); err != nil {
-			t.Fatal(err)
-		}
-		waitCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
-		var got []string
-		for {
-			n, err := listen.WaitForNotification(waitCtx)
-			if err != nil {
-				t.Fatalf("%s: waiting for %s (got %q): %v", step, mark, got, err)
-			}
-			if n.Payload == mark {
-				break
-			}
-			got = append(got, n.Payload)
-		}
-		slices.Sort(got)
-		slices.Sort(want)
-		if !slices.Equal(got, want) {
-			t.Errorf("%s notified %q, want %q", step, got, want)
-		}
+		notifiedSince(t, listen, step, "sentinel-"+string(rune('a'+sentinels)), want...)
 	}
 	owed := func() (owed, running bool) {
 		w.mu.Lock()
@@ -338,23 +346,7 @@ func TestCloseWaitsForASilentEnqueueInFlight(t *testing.T) {
 	<-closed
 
 	// The held enqueue's trailing notification came, after Close's start.
-	if _, err := listen.Exec(ctx, `SELECT pg_notify('compute_jobs', 'sentinel')`); err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for {
-		n, err := listen.WaitForNotification(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n.Payload == "sentinel" {
-			break
-		}
-		got = append(got, n.Payload)
-	}
-	if !slices.Equal(got, []string{"held"}) {
-		t.Errorf("notifications after Close: %q; want one for queue held", got)
-	}
+	notifiedSince(t, listen, "Close with a silent enqueue in flight", "sentinel", "held")
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.running || w.pending != 0 || len(w.owed) != 0 {
