@@ -470,7 +470,7 @@ ANALYZE compute.jobs;`
 				t.Fatal(err)
 			}
 			var out []byte
-			err := conn.QueryRow(ctx, fmt.Sprintf("EXPLAIN (FORMAT JSON) EXECUTE claim_plan('render', %d, 'worker-1', 30000000)", c.n)).Scan(&out)
+			err := conn.QueryRow(ctx, fmt.Sprintf("EXPLAIN (FORMAT JSON) EXECUTE claim_plan('render', %d, 'worker-1', 30000000, 1048576)", c.n)).Scan(&out)
 			if err != nil {
 				t.Fatal(err)
 			}

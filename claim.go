@@ -28,13 +28,19 @@ import (
 // incremented here, so a job that kills its worker still spends its
 // attempts. Times are statement_timestamp(): in a one-statement claim that
 // is now(), and in the gated claim it is after the wait for the queue's
-// lock.
+// lock. A config longer than $5 bytes is left out of the result
+// (claimColumns), so one claim never holds more than $5 bytes of config
+// per job, however large a row written by plain SQL is.
 const claimUpdate = `
 UPDATE compute.jobs j
 SET status = 'in-progress', grabbed = statement_timestamp(), attempt = j.attempt + 1, worker = $3,
     lease_expires = statement_timestamp() + $4 * interval '1 microsecond'
 WHERE j.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND j.status || '' = 'queued'
-RETURNING ` + jobColumns
+RETURNING ` + claimColumns
+
+// claimColumns is jobColumns with the config only when it is at most $5
+// bytes long (see scanJob).
+const claimColumns = jobFields + `, CASE WHEN octet_length(j.config) <= $5 THEN j.config END`
 
 // claimJobs is the fast claim: up to $2 runnable jobs of queue $1 in
 // (priority, run_at) order, walking the partial index jobs_claim and
@@ -73,6 +79,12 @@ const maxClaim = 10000
 // a paused queue yields nothing, limits shrink the batch, and a fair queue
 // takes jobs round-robin across partition keys. Bad arguments match
 // ErrInvalid.
+//
+// A claim of a queue with rules may commit in several rounds; when a later
+// round fails, Claim returns the jobs of the earlier ones together with the
+// error, and they are the caller's like any others. A row the library
+// cannot read (see BadRowError) is never returned: Claim fails that job at
+// once, alone and for good, with the BadRowError as its reason.
 func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) {
 	jobs, _, err := q.claim(ctx, queue, n)
 	return jobs, err
@@ -80,7 +92,9 @@ func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) 
 
 // claim is Claim that also reports whether the queue has rules: its claims
 // are then limited by the whole cluster, so a slot freed anywhere may make a
-// new claim worthwhile even after a short batch.
+// new claim worthwhile even after a short batch. Jobs committed before an
+// error are returned with it: the gated claim commits round by round, and
+// a retry of the call (do) claims only what is still missing.
 func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
 	if err := validQueue(queue); err != nil {
 		return nil, false, err
@@ -89,14 +103,16 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 		return nil, false, fmt.Errorf("%w: claim count %d is outside 1..%d", ErrInvalidOption, n, maxClaim)
 	}
 	err = q.do(ctx, "compute: claim", func(ctx context.Context) error {
-		var err error
-		jobs, gated, err = q.claimFast(ctx, queue, n)
-		if err != nil || !gated {
+		got, isGated, err := q.claimFast(ctx, queue, n-len(jobs))
+		jobs, gated = append(jobs, got...), gated || isGated
+		if err != nil || !isGated {
 			return err
 		}
-		jobs, err = q.claimGated(ctx, queue, n)
+		got, err = q.claimGated(ctx, queue, n-len(jobs))
+		jobs = append(jobs, got...)
 		return err
 	})
+	jobs = q.failUnreadable(ctx, jobs)
 	slices.SortFunc(jobs, func(a, b *Job) int {
 		if a.Priority != b.Priority {
 			return a.Priority - b.Priority
@@ -106,10 +122,62 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 	return jobs, gated, err
 }
 
+// failUnreadable fails, for good, the claimed jobs whose rows hold a value
+// the library cannot read, and returns the others. The claim has committed,
+// so they must be written off now: left in progress, each would wait for
+// its lease and then be claimed, and fail to be read, again and again.
+func (q *Queue) failUnreadable(ctx context.Context, jobs []*Job) []*Job {
+	var bad []Failure
+	good := jobs[:0]
+	for _, j := range jobs {
+		if j.bad != nil {
+			bad = append(bad, Failure{Job: j, Err: Permanent(j.bad)})
+			continue
+		}
+		good = append(good, j)
+	}
+	if len(bad) == 0 {
+		return good
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := q.Fail(ctx, bad...); err != nil {
+		q.opts.logger.Error("claimed jobs whose rows cannot be read could not be failed; they fail again when their leases expire",
+			"jobs", len(bad), "first", bad[0].Err, "err", err)
+		return good
+	}
+	q.opts.logger.Warn("claimed jobs whose rows cannot be read were failed", "jobs", len(bad), "first", bad[0].Err)
+	return good
+}
+
+// heldJobsSQL lists the in-progress jobs of queue $2 that worker $1 holds,
+// through jobs_running (keyed by worker): after a claim cut off at its
+// commit, the worker finds what it may have claimed here.
+const heldJobsSQL = `
+SELECT ` + jobColumns + ` FROM compute.jobs j
+WHERE j.status = 'in-progress' AND j.worker = $1 AND j.queue = $2`
+
+// heldJobs runs heldJobsSQL for this Queue's worker id; rows that cannot be
+// read are failed (failUnreadable), as at a claim.
+func (q *Queue) heldJobs(ctx context.Context, queue string) ([]*Job, error) {
+	var jobs []*Job
+	err := q.do(ctx, "compute: find held jobs", func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, heldJobsSQL, q.opts.workerID, queue)
+		if err == nil {
+			jobs, err = pgx.CollectRows(rows, collectJob)
+		}
+		return err
+	})
+	return q.failUnreadable(ctx, jobs), err
+}
+
 // claimFast runs claimJobs; gated reports that the queue has rules and
 // nothing was claimed.
 func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
-	jobs, err = queryPinned(ctx, q, claimJobs, []any{queue, n, q.opts.workerID, q.opts.lease.Microseconds()},
+	if n < 1 {
+		return nil, false, nil
+	}
+	jobs, err = queryPinned(ctx, q, claimJobs, []any{queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig},
 		func(row pgx.CollectableRow) (*Job, error) {
 			if row.RawValues()[1] == nil { // the gate row: no job columns
 				gated = true
@@ -180,23 +248,26 @@ type Failure struct {
 }
 
 // failJobs records failed attempts in one statement, fenced like
-// completeJobs. A snoozed job goes back to queued with one more attempt
-// allowed (the attempt counter itself never goes down: it is the fence) and
-// no error recorded; a failed attempt goes back to queued at its retry time
-// while attempts remain, else (or when permanent) ends failed, and its error
-// is appended to the job's errors.
+// completeJobs. A snoozed job (a Snooze, or a hand-back) goes back to queued
+// with its snoozes counted and no error recorded: the attempt counter itself
+// never goes down (it is the fence), so the attempts spent are attempt -
+// snoozes. A failed attempt goes back to queued at its retry time while
+// attempts remain, else (or when permanent) ends failed, and its error is
+// appended to the job's errors. A failed job's run_at is kept unless it is
+// infinite (plain SQL can write that), so the row stays readable.
 const failJobs = statusChange + `
 UPDATE compute.jobs j
-SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
-    finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now() END,
-    last_accessed = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN now()
+SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
+    finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts) THEN now() END,
+    last_accessed = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts) THEN now()
                          ELSE j.last_accessed END,
-    run_at = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt >= j.max_attempts) THEN j.run_at
+    run_at = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts)
+                  THEN CASE WHEN isfinite(j.run_at) THEN j.run_at ELSE now() END
                   ELSE now() + d.delay_us * interval '1 microsecond' END,
-    max_attempts = CASE WHEN d.snooze THEN j.max_attempts + 1 ELSE j.max_attempts END,
+    snoozes = CASE WHEN d.snooze THEN j.snoozes + 1 ELSE j.snoozes END,
     lease_expires = NULL,
     errors = CASE WHEN d.snooze THEN j.errors ELSE j.errors || jsonb_build_array(jsonb_build_object(
-                 'attempt', j.attempt, 'at', now(), 'error', d.error)) END
+                 'attempt', j.attempt - j.snoozes, 'at', now(), 'error', d.error)) END
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::boolean[], $7::bigint[])
      AS d(job_id, attempt, worker, error, permanent, snooze, delay_us)
 WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
@@ -226,7 +297,7 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 		}
 		delay := f.RetryIn
 		if delay == 0 {
-			delay = Backoff(f.Job.Attempt)
+			delay = Backoff(f.Job.Spent())
 		}
 		var s *snoozeError
 		if errors.As(f.Err, &s) {
@@ -375,11 +446,11 @@ WITH stale AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), requeued AS (
     UPDATE compute.jobs j
-    SET status = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END,
-        finished = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
-        last_accessed = CASE WHEN j.attempt >= j.max_attempts THEN now() ELSE j.last_accessed END,
+    SET status = CASE WHEN j.attempt - j.snoozes >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+        finished = CASE WHEN j.attempt - j.snoozes >= j.max_attempts THEN now() END,
+        last_accessed = CASE WHEN j.attempt - j.snoozes >= j.max_attempts THEN now() ELSE j.last_accessed END,
         run_at = now(), lease_expires = NULL,
-        errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(),
+        errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt - j.snoozes, 'at', now(),
             'error', 'lease expired: worker ' || coalesce(j.worker, '?') || ' stopped renewing it'))
     FROM stale
     WHERE j.job_id = stale.job_id

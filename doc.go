@@ -47,8 +47,9 @@
 // A handler returns the job's output files, or an error. A plain error
 // fails the attempt, and the job runs again after a Backoff while it has
 // attempts left; Permanent(err) fails the job now; Snooze(d) runs it again
-// after d without spending an attempt. A panic fails the attempt, with its
-// stack. The handler's context ends when the job is cancelled, times out
+// after d without spending an attempt (Job.Spent counts the attempts
+// spent; Job.Attempt counts every claim). A panic fails the attempt, with
+// its stack. The handler's context ends when the job is cancelled, times out
 // (QueueConfig.Timeout), loses its lease, or the worker stops past its
 // grace period; handlers should return soon after.
 //

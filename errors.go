@@ -60,6 +60,29 @@ func (e *LeaseLostError) Error() string {
 // Is makes errors.Is(err, ErrLeaseLost) true.
 func (e *LeaseLostError) Is(target error) bool { return target == ErrLeaseLost }
 
+// ErrBadRow is matched by a *BadRowError: a job row, written outside the
+// library, holds a value the library cannot read.
+var ErrBadRow = errors.New("compute: job row holds a value the library cannot read")
+
+// BadRowError names a job row and the column the library cannot read: a
+// NULL file name, an infinite timestamp, or a config larger than the
+// Queue's WithMaxConfigSize. A claim fails such a job at once, alone and
+// for good, with this error as its reason; Get, List and Explain return it
+// (List with the page read before that row). Fix the row with SQL, or
+// delete it.
+type BadRowError struct {
+	ID      JobID
+	Column  string
+	Problem string
+}
+
+func (e *BadRowError) Error() string {
+	return fmt.Sprintf("compute: job %s: column %s cannot be read: %s; fix or delete the row", e.ID, e.Column, e.Problem)
+}
+
+// Is makes errors.Is(err, ErrBadRow) true.
+func (e *BadRowError) Is(target error) bool { return target == ErrBadRow }
+
 // ErrWrongStatus is returned when a job exists but its status does not allow
 // the operation: cancelling a finished job, retrying one that did not fail.
 var ErrWrongStatus = errors.New("compute: job status does not allow this")

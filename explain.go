@@ -127,6 +127,9 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 	if err != nil {
 		return nil, err
 	}
+	if job.bad != nil {
+		return nil, job.bad
+	}
 	e := &Explanation{Job: job}
 	add := func(k ReasonKind, format string, args ...any) {
 		e.Reasons = append(e.Reasons, Reason{k, fmt.Sprintf(format, args...)})
@@ -138,7 +141,7 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 		return e, nil
 	case StatusInProgress:
 		if leaseOverdue == nil || *leaseOverdue <= 0 {
-			add(ReasonRunning, "it is running on worker %s (attempt %d of %d)", job.Worker, job.Attempt, job.MaxAttempts)
+			add(ReasonRunning, "it is running on worker %s (attempt %d of %d)", job.Worker, job.Spent(), job.MaxAttempts)
 			return e, nil
 		}
 		silent := "it is not in the worker registry"

@@ -407,7 +407,7 @@ func TestClaimPlanFromAnEmptyTableKeepsTheTidScan(t *testing.T) {
 			t.Fatalf("%v\n%s", err, sql)
 		}
 	}
-	rows, err := tx.Query(ctx, `EXPLAIN EXECUTE claim_plan('q', 3, 'w', 1000000)`)
+	rows, err := tx.Query(ctx, `EXPLAIN EXECUTE claim_plan('q', 3, 'w', 1000000, 1048576)`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,8 +134,14 @@ type Job struct {
 	ID JobID
 	// Status is the job's state when it was read.
 	Status Status
-	// Attempt counts the claims so far, including the current one.
+	// Attempt counts the claims so far, including the current one. It
+	// never goes down: with ID and Worker it identifies a claim.
 	Attempt int
+	// Snoozes counts the claims that spent no attempt: those that ended in
+	// a Snooze, or were handed back by a stopping worker. Attempt minus
+	// Snoozes is the attempts the job has spent, which is what MaxAttempts,
+	// QueueConfig.MaxAttempts and the backoff count.
+	Snoozes int
 	// Worker names the worker that holds (or last held) the job.
 	Worker string
 	// LeaseExpires is when the holder's lease runs out; zero when nobody
@@ -149,7 +155,15 @@ type Job struct {
 	OutputFiles []string
 	// Errors holds one entry per failed attempt, oldest first.
 	Errors []AttemptError
+
+	// bad is set when the row holds a value the library cannot take (see
+	// scanJob): such a job is failed at its claim and never run.
+	bad *BadRowError
 }
+
+// Spent returns the attempts the job has spent, counting the current one
+// while it runs: Attempt minus Snoozes.
+func (j *Job) Spent() int { return j.Attempt - j.Snoozes }
 
 // Unique asks Enqueue to skip a job that duplicates an earlier one: one with
 // the same queue and Key within Scope. Concurrent submitters of the same key,

@@ -28,7 +28,8 @@ SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue
        (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > statement_timestamp() - $2 * interval '1 microsecond')`
 
 // claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
-// no gate: the caller holds the queue's claim lock.
+// no gate: the caller holds the queue's claim lock. $3 to $5 are
+// claimUpdate's.
 const claimPicked = statusChange + `
 WITH picked AS MATERIALIZED (
     SELECT ctid FROM compute.jobs
@@ -57,28 +58,28 @@ SELECT partition_key FROM k
 WHERE partition_key IS NOT NULL AND ($4::text IS NULL OR partition_key <= $4)
 LIMIT $3`
 
-// claimKeyed claims up to $2 jobs across the keys in $5 (in round-robin
+// claimKeyed claims up to $2 jobs across the keys in $6 (in round-robin
 // order; a NULL entry stands for the jobs without a key): each key's first
 // runnable job, then each key's second, and so on. Each key gives at most
-// $6 jobs and no more than its budget: $7 running per key minus those
-// running, $8 starts per key in the last $9 microseconds minus those. The
+// $7 jobs and no more than its budget: $8 running per key minus those
+// running, $9 starts per key in the last $10 microseconds minus those. The
 // key's jobs are read through jobs_partition, one branch for a key and one
 // for no key, since an OR of the two would defeat the index; ordering by
 // partition_key first (a constant in each branch) makes jobs_partition the
 // only index that yields the order, so the plan keeps it even when the
-// statistics do not know the backlog yet.
+// statistics do not know the backlog yet. $3 to $5 are claimUpdate's.
 const claimKeyed = statusChange + `
 WITH keys AS (
-    SELECT k, ord FROM unnest($5::text[]) WITH ORDINALITY AS t(k, ord)
+    SELECT k, ord FROM unnest($6::text[]) WITH ORDINALITY AS t(k, ord)
 ), running AS (
     SELECT partition_key AS k, count(*) AS n FROM compute.jobs
     WHERE status = 'in-progress' AND queue = $1 GROUP BY 1
 ), started AS (
     SELECT partition_key AS k, count(*) AS n FROM compute.starts
-    WHERE queue = $1 AND at > statement_timestamp() - $9 * interval '1 microsecond' GROUP BY 1
+    WHERE queue = $1 AND at > statement_timestamp() - $10 * interval '1 microsecond' GROUP BY 1
 ), budget AS (
     SELECT keys.k, keys.ord,
-           greatest(0, least($6, $7 - coalesce(r.n, 0), $8 - coalesce(s.n, 0))) AS n
+           greatest(0, least($7, $8 - coalesce(r.n, 0), $9 - coalesce(s.n, 0))) AS n
     FROM keys
     LEFT JOIN running r ON r.k IS NOT DISTINCT FROM keys.k
     LEFT JOIN started s ON s.k IS NOT DISTINCT FROM keys.k
@@ -184,7 +185,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 			jobs, more, err = q.claimByKey(ctx, tx, queue, n, share, s, cursor)
 		} else {
 			var rows pgx.Rows
-			if rows, err = tx.Query(ctx, claimPicked, queue, n, q.opts.workerID, q.opts.lease.Microseconds()); err == nil {
+			if rows, err = tx.Query(ctx, claimPicked, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig); err == nil {
 				jobs, err = pgx.CollectRows(rows, collectJob)
 			}
 		}
@@ -200,7 +201,12 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		_, err = tx.Exec(ctx, recordStarts, queue, keys, periodUS)
 		return err
 	})
-	return jobs, more, err
+	if err != nil {
+		// Rolled back, or cut off at its commit with the outcome unknown:
+		// the worker looks for the jobs of such a claim (adopt).
+		return nil, false, err
+	}
+	return jobs, more, nil
 }
 
 // claimByKey claims round-robin across partition keys, going on from where
@@ -220,7 +226,7 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, shar
 		keyRate = s.KeyRateLimit
 	}
 	part := min(n, share*((n+len(keys)-1)/len(keys)))
-	rows, err := tx.Query(ctx, claimKeyed, queue, n, q.opts.workerID, q.opts.lease.Microseconds(),
+	rows, err := tx.Query(ctx, claimKeyed, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig,
 		keys, part, keyMax, keyRate, s.RatePeriod.Microseconds())
 	if err != nil {
 		return nil, false, err

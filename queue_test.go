@@ -585,18 +585,20 @@ func TestFailOutcomes(t *testing.T) {
 		id := enqueue(t, q, compute.Job{Queue: "snooze", MaxAttempts: 3})
 		failedJob(t, q, "snooze", compute.Failure{Err: compute.Snooze(time.Hour)})
 		var (
-			st                  string
-			attempt, max, nErrs int
-			untilDue            float64
+			st               string
+			attempt, snoozes int
+			max, nErrs       int
+			untilDue         float64
 		)
 		err := q.Pool().QueryRow(ctx, `
-			SELECT status, attempt, max_attempts, jsonb_array_length(errors), extract(epoch FROM run_at - now())
-			FROM compute.jobs WHERE job_id = $1`, id[:]).Scan(&st, &attempt, &max, &nErrs, &untilDue)
+			SELECT status, attempt, snoozes, max_attempts, jsonb_array_length(errors), extract(epoch FROM run_at - now())
+			FROM compute.jobs WHERE job_id = $1`, id[:]).Scan(&st, &attempt, &snoozes, &max, &nErrs, &untilDue)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st != "queued" || attempt != 1 || max != 4 || nErrs != 0 {
-			t.Errorf("after snooze: status %s attempt %d max_attempts %d errors %d; want queued, attempt 1, max 4, no error", st, attempt, max, nErrs)
+		if st != "queued" || attempt != 1 || snoozes != 1 || max != 3 || nErrs != 0 {
+			t.Errorf("after snooze: status %s attempt %d snoozes %d max_attempts %d errors %d; want queued, attempt 1, 1 snooze, max 3, no error",
+				st, attempt, snoozes, max, nErrs)
 		}
 		if untilDue <= 3600-60 || untilDue > 3600 {
 			t.Errorf("snoozed job due in %.3fs, want about 3600s", untilDue)

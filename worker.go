@@ -115,6 +115,17 @@ type Worker struct {
 	shutdownCtx context.Context
 	done        chan struct{} // closed when Run returns
 
+	// recheck (cap 1) asks the heartbeat loop for a renewal round now: a
+	// compute_cancel notification named a job this worker runs. Any role
+	// may send one, so it only makes the worker ask the database, whose
+	// fenced renewal says which jobs are no longer ours.
+	recheck chan struct{}
+	// final ends the last writes of a stop (hand-backs, outcomes, the
+	// registry row): Run cancels it stopGiveUp after the grace period, so
+	// a stop ends whatever the database does.
+	final       context.Context
+	cancelFinal context.CancelFunc
+
 	// mu guards the fields below. Written by Run, the job goroutines, the
 	// completer, the heartbeat loop and the listener; read by all of them.
 	mu       sync.Mutex
@@ -194,8 +205,10 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		done:     make(chan struct{}),
 		running:  make(map[JobID]*runningJob),
 		flush:    make(chan struct{}, 1),
+		recheck:  make(chan struct{}, 1),
 		writeGap: writeGap,
 	}
+	w.final, w.cancelFinal = context.WithCancel(context.Background())
 	for name, qc := range cfg.Queues {
 		if err := validQueue(name); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
@@ -267,6 +280,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelJobs(errShutdown)
 	backgroundCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
+	// Claims outlive the stop signal (see fetch) until the grace period
+	// ends.
+	claimsCtx, abortClaims := context.WithCancel(context.WithoutCancel(ctx))
+	defer abortClaims()
+	defer w.cancelFinal()
 
 	var fetchers, jobs, background sync.WaitGroup
 	if !w.cfg.PollOnly {
@@ -275,7 +293,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		fetchers.Go(func() { l.run(fetchCtx) })
 	}
 	for _, qs := range w.queues {
-		fetchers.Go(func() { w.fetch(fetchCtx, jobsCtx, &jobs, qs) })
+		fetchers.Go(func() { w.fetch(fetchCtx, claimsCtx, jobsCtx, &jobs, qs) })
 	}
 	fetchers.Go(func() { w.rescue(fetchCtx) })
 	if len(w.schedules) > 0 {
@@ -314,14 +332,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.Info("worker stopping: no new jobs")
 	stopFetching()
-	fetchers.Wait()
-	if !waitFor(&jobs, grace.Done()) {
+	// A claim in flight is waited for (see fetch) until the grace period
+	// ends; then it is abandoned.
+	if !waitFor(&fetchers, grace.Done()) {
+		abortClaims()
+		fetchers.Wait()
+	}
+	// From the grace period's end the stop has stopGiveUp, whatever the
+	// database does (see stopGiveUp).
+	graceOver := !waitFor(&jobs, grace.Done())
+	giveUp := time.AfterFunc(stopGiveUp, w.cancelFinal)
+	defer giveUp.Stop()
+	if graceOver {
 		w.log.Warn("grace period over: cancelling running jobs and handing them back")
 		cancelJobs(errShutdown)
 		// Handlers that honour their context return within a moment and
 		// hand their job back themselves; the rest are abandoned here and
 		// their jobs handed back for them.
-		moment, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		moment, cancel := context.WithTimeout(w.final, handlerReturnWait)
 		if !waitFor(&jobs, moment.Done()) {
 			w.abandonRunning()
 		}
@@ -337,10 +365,28 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// stopGiveUp bounds a stop after its grace period: handlers get
+// handlerReturnWait of it to return, and the hand-backs, the outcome writes
+// and the registry clean-up the rest. What is not written by then is
+// logged; those jobs run again when their leases expire.
+const (
+	stopGiveUp        = 15 * time.Second
+	handlerReturnWait = 2 * time.Second
+)
+
+// shutdownMargin is how long Shutdown waits for Run after its own context
+// ended: enough for handlers that honour cancellation to return and hand
+// their jobs back on a healthy database. Run may go on writing for the
+// rest of stopGiveUp.
+const shutdownMargin = 5 * time.Second
+
 // Shutdown stops the worker like http.Server.Shutdown: no new jobs are
 // claimed, running jobs may finish until ctx ends, then their contexts are
 // cancelled and their jobs handed back to the queue. It returns when Run has
-// returned, or ctx.Err() if the grace period had to cut jobs short. Calling
+// returned, or ctx.Err() if the grace period had to cut jobs short; once ctx
+// has ended it waits at most 5 s more, whatever the database does (Run
+// itself then goes on writing outcomes for at most 15 s after the grace
+// period, and logs the jobs it could not write). Calling
 // it twice, or before Run, is safe; a Run that starts after Shutdown
 // returns at once.
 func (w *Worker) Shutdown(ctx context.Context) error {
@@ -354,7 +400,20 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	if !started {
 		return nil
 	}
-	<-w.done
+	select {
+	case <-w.done:
+		return ctx.Err()
+	case <-ctx.Done():
+	}
+	// The grace period is over: Run cancels the jobs and hands them back.
+	// Wait a moment for that, not for a database that does not answer.
+	t := time.NewTimer(shutdownMargin)
+	defer t.Stop()
+	select {
+	case <-w.done:
+	case <-t.C:
+		w.log.Warn("Shutdown returns before Run: outcomes are still being written", "for at most", stopGiveUp-shutdownMargin)
+	}
 	return ctx.Err()
 }
 
@@ -373,19 +432,33 @@ func waitFor(wg *sync.WaitGroup, stop <-chan struct{}) bool {
 // fetch is one queue's claim loop. It claims as many jobs as there are free
 // slots in one statement, and then waits for a reason to claim again: a
 // notification, a freed slot while a backlog is likely, or the jittered
-// poll timer. Claim errors are logged and retried with backoff.
-func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState) {
+// poll timer. Claim errors are logged and retried with backoff. Whatever a
+// claim returns is run, even alongside an error (the gated claim commits
+// round by round). After an error, a claim may still have committed
+// without its reply reaching us; until the worker has looked, each turn
+// first adopts the queue's jobs that the database says this worker holds
+// and it does not know of (adopt).
+func (w *Worker) fetch(ctx, claimsCtx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState) {
 	more := true   // jobs may be waiting: claim as soon as a slot is free
 	gated := false // the queue has rules: a freed slot may lift a limit
 	failures := 0
+	var unsure time.Time // when a claim whose outcome is unknown was sent
 	for {
 		free := cap(qs.slots) - len(qs.slots)
+		if !unsure.IsZero() && free > 0 {
+			if err := w.adopt(ctx, jobsCtx, jobs, qs, unsure); err == nil {
+				unsure = time.Time{}
+				free = cap(qs.slots) - len(qs.slots)
+			} else if ctx.Err() == nil {
+				w.log.Warn("looking for the jobs of an interrupted claim failed; retrying", "queue", qs.name, "err", err)
+			}
+		}
 		if more && free > 0 && !qs.heldBack() {
 			// A stop does not cut the claim short: a claim abandoned in
 			// flight may still commit on the server, and its jobs would
 			// wait in progress for their leases to run out. What it
 			// returns after a stop is handed back at once.
-			claimCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.callTimeout())
+			claimCtx, cancel := context.WithTimeout(claimsCtx, w.callTimeout())
 			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
@@ -393,19 +466,22 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 				w.handBack(claimed)
 				return
 			}
+			for _, job := range claimed {
+				qs.slots <- struct{}{}
+				w.start(jobsCtx, jobs, qs, job, sent)
+			}
 			if err != nil {
 				failures++
-				w.log.Warn("claim failed; retrying", "queue", qs.name, "err", err)
+				if !errors.Is(err, ErrInvalid) {
+					unsure = sent
+				}
+				w.log.Warn("claim failed; retrying", "queue", qs.name, "err", err, "claimed", len(claimed))
 				if !sleep(ctx, backoffWait(failures, 30*time.Second)) {
 					return
 				}
 				continue
 			}
 			failures, gated = 0, isGated
-			for _, job := range claimed {
-				qs.slots <- struct{}{}
-				w.start(jobsCtx, jobs, qs, job, sent)
-			}
 			// A full batch means more may be waiting: claim again as soon
 			// as a slot frees up.
 			more = len(claimed) == free
@@ -426,6 +502,40 @@ func (w *Worker) fetch(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 		}
 		poll.Stop()
 	}
+}
+
+// adopt starts the jobs of qs that the database says this worker holds and
+// that it does not run: those of a claim that committed while its reply was
+// lost. They are this worker's by their fencing token, and their leases
+// started no earlier than sent. It takes no more than the free slots; the
+// rest wait for the next turn (it reports an error so the turn comes).
+func (w *Worker) adopt(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, sent time.Time) error {
+	callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
+	defer cancel()
+	held, err := w.q.heldJobs(callCtx, qs.name)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	unknown := held[:0]
+	for _, j := range held {
+		if r := w.running[j.ID]; r == nil || r.job.Attempt != j.Attempt {
+			unknown = append(unknown, j)
+		}
+	}
+	w.mu.Unlock()
+	free := cap(qs.slots) - len(qs.slots)
+	if len(unknown) > 0 {
+		w.log.Warn("adopting jobs of a claim whose reply was lost", "queue", qs.name, "jobs", min(len(unknown), free))
+	}
+	for i, job := range unknown {
+		if i == free {
+			return fmt.Errorf("compute: %d jobs of an interrupted claim wait for free slots", len(unknown)-free)
+		}
+		qs.slots <- struct{}{}
+		w.start(jobsCtx, jobs, qs, job, sent)
+	}
+	return nil
 }
 
 // callTimeout bounds the fetch and rescue loops' database calls: a call
@@ -517,13 +627,13 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	o := outcome{job: job, qs: qs, outputs: outputs, err: err}
 	var snooze *snoozeError
 	if err != nil && !errors.As(err, &snooze) {
-		if qs.cfg.MaxAttempts > 0 && job.Attempt >= qs.cfg.MaxAttempts {
+		if qs.cfg.MaxAttempts > 0 && job.Spent() >= qs.cfg.MaxAttempts {
 			o.err = Permanent(fmt.Errorf("queue allows %d attempts: %w", qs.cfg.MaxAttempts, err))
 		}
 		// The queue's backoff; at least 1µs, since 0 would mean Fail's default.
-		o.retryIn = max(qs.cfg.Backoff(job.Attempt), time.Microsecond)
+		o.retryIn = max(qs.cfg.Backoff(job.Spent()), time.Microsecond)
 		first, _, _ := strings.Cut(o.err.Error(), "\n")
-		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Attempt, "err", first)
+		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Spent(), "err", first)
 	}
 	w.mu.Lock()
 	if r := w.running[job.ID]; r != nil && r.job == job {
@@ -584,18 +694,15 @@ const writeGap = 5 * time.Millisecond
 // one Complete and one Fail statement per round, rounds at least writeGap
 // apart (outcomes that arrive meanwhile go into the next one).
 // Failed writes are retried with backoff; after ctx ends it drains what is
-// queued, and gives up on writes that keep failing after 15 s (those jobs'
-// leases then expire and they run again elsewhere).
+// queued, until w.final ends (stopGiveUp after the grace period): then it
+// logs the jobs it could not write (their leases expire and they run
+// again elsewhere) and returns.
 func (w *Worker) complete(ctx context.Context) {
-	var giveUp <-chan time.Time
 	var last time.Time // when the last round started
 	for {
 		select {
 		case <-w.flush:
 		case <-ctx.Done():
-			if giveUp == nil {
-				giveUp = time.After(15 * time.Second)
-			}
 		}
 		w.gather(ctx, w.writeGap-time.Since(last))
 		last = time.Now()
@@ -615,14 +722,18 @@ func (w *Worker) complete(ctx context.Context) {
 			if err == nil {
 				break
 			}
-			select {
-			case <-giveUp:
-				w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again", "jobs", len(batch), "err", err)
-				return
-			default:
+			if w.final.Err() == nil {
+				w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
 			}
-			w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
-			time.Sleep(backoffWait(failures+1, 5*time.Second))
+			if !sleep(w.final, backoffWait(failures+1, 5*time.Second)) {
+				w.mu.Lock()
+				batch = append(batch, w.outcomes...)
+				w.outcomes = nil
+				w.mu.Unlock()
+				w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again",
+					"jobs", len(batch), "ids", outcomeIDs(batch, 20), "err", err)
+				return
+			}
 		}
 		if ctx.Err() != nil {
 			w.mu.Lock()
@@ -633,6 +744,15 @@ func (w *Worker) complete(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// outcomeIDs lists the job ids of up to n outcomes, for a log line.
+func outcomeIDs(batch []outcome, n int) []string {
+	ids := make([]string, 0, min(len(batch), n))
+	for _, o := range batch[:min(len(batch), n)] {
+		ids = append(ids, o.job.ID.String())
+	}
+	return ids
 }
 
 // gather lets outcomes queue up for d (the rest of writeGap), but returns
@@ -690,7 +810,7 @@ func (w *Worker) write(batch []outcome) error {
 		failed = append(failed, Failure{Job: o.job, Err: o.err, RetryIn: o.retryIn})
 	}
 	w.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
 	w.writing.Lock()
 	errDone := w.q.Complete(ctx, done...)
@@ -722,10 +842,11 @@ func (w *Worker) write(batch []outcome) error {
 
 // heartbeat renews the leases of every job this worker holds, in one
 // statement, three times per lease (at least every 20 s), and refreshes
-// the worker's registry row. A job the database says is no longer
-// ours is cancelled; when renewals keep failing, a job whose lease has run
-// out by our own clock is cancelled too, because another worker may be
-// running it by now.
+// the worker's registry row. It also renews at once when the listener
+// heard of a cancel of a job this worker runs (recheck). A job the
+// database says is no longer ours is cancelled; when renewals keep
+// failing, a job whose lease has run out by our own clock is cancelled
+// too, because another worker may be running it by now.
 func (w *Worker) heartbeat(ctx context.Context) {
 	// Three renewals per lease, and at least every 20 s so the worker
 	// registry (which Explain reads as "seen in the last minute") stays
@@ -739,58 +860,64 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			w.register(ctx, interval)
+		case <-w.recheck:
 		}
-		w.register(ctx, interval)
-		w.mu.Lock()
-		// Jobs whose outcome waits for the completer are left out: the
-		// completer writes them within moments. A job that finishes
-		// after this look is still renewed, which is why the renewal
-		// holds w.writing.
-		held := make([]*Job, 0, len(w.running))
-		for _, r := range w.running {
-			if !r.lost && !r.finished {
-				held = append(held, r.job)
+		w.renew(ctx, interval)
+	}
+}
+
+// renew is one renewal round of the heartbeat loop; timeout bounds it.
+func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
+	w.mu.Lock()
+	// Jobs whose outcome waits for the completer are left out: the
+	// completer writes them within moments. A job that finishes after
+	// this look is still renewed, which is why the renewal holds
+	// w.writing.
+	held := make([]*Job, 0, len(w.running))
+	for _, r := range w.running {
+		if !r.lost && !r.finished {
+			held = append(held, r.job)
+		}
+	}
+	w.mu.Unlock()
+	if len(held) == 0 {
+		return
+	}
+	sent := time.Now()
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	lost := make(map[JobID]bool)
+	var err error
+	w.writing.Lock()
+	for chunk := range slices.Chunk(held, maxWrite) {
+		var chunkLost *LeaseLostError
+		if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
+			for _, id := range chunkLost.IDs {
+				lost[id] = true
 			}
+		} else if e != nil {
+			err = e
 		}
-		w.mu.Unlock()
-		if len(held) == 0 {
-			continue
+	}
+	w.writing.Unlock()
+	cancel()
+	if err != nil {
+		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, j := range held {
+		r := w.running[j.ID]
+		if r == nil || r.job != j {
+			continue // written back, or replaced by a newer attempt
 		}
-		sent := time.Now()
-		callCtx, cancel := context.WithTimeout(ctx, interval)
-		lost := make(map[JobID]bool)
-		var err error
-		w.writing.Lock()
-		for chunk := range slices.Chunk(held, maxWrite) {
-			var chunkLost *LeaseLostError
-			if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
-				for _, id := range chunkLost.IDs {
-					lost[id] = true
-				}
-			} else if e != nil {
-				err = e
-			}
+		if err == nil && !lost[j.ID] {
+			r.renewed = sent
 		}
-		w.writing.Unlock()
-		cancel()
-		if err != nil {
-			w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
+		if lost[j.ID] || time.Since(r.renewed) > w.q.opts.lease {
+			r.lost = true
+			r.cancel(errLeaseLost)
 		}
-		w.mu.Lock()
-		for _, j := range held {
-			r := w.running[j.ID]
-			if r == nil || r.job != j {
-				continue // written back, or replaced by a newer attempt
-			}
-			if err == nil && !lost[j.ID] {
-				r.renewed = sent
-			}
-			if lost[j.ID] || time.Since(r.renewed) > w.q.opts.lease {
-				r.lost = true
-				r.cancel(errLeaseLost)
-			}
-		}
-		w.mu.Unlock()
 	}
 }
 
@@ -821,7 +948,7 @@ func (w *Worker) register(ctx context.Context, timeout time.Duration) {
 
 // unregister removes this worker from compute.workers after a clean stop.
 func (w *Worker) unregister() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(w.final, 5*time.Second)
 	defer cancel()
 	if _, err := w.q.pool.Exec(ctx, unregisterWorker, w.q.opts.workerID); err != nil {
 		w.log.Warn("could not remove this worker from the registry; it ages out in an hour", "err", err)
@@ -842,14 +969,17 @@ func (w *Worker) wakeAll() {
 	}
 }
 
-// cancelRunning is the listener's hook for Cancel on a job: if this worker
-// runs it, its context is cancelled and its result will not be written.
+// cancelRunning is the listener's hook for a compute_cancel notification
+// about a job. Any role may send one, and a late one may name an earlier
+// attempt of a job this worker runs again, so it only makes the heartbeat
+// loop renew at once: a job the database says is no longer this worker's
+// is cancelled then, and its result is not written.
 func (w *Worker) cancelRunning(id JobID) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if r := w.running[id]; r != nil {
-		r.lost = true
-		r.cancel(errLeaseLost)
+	r := w.running[id]
+	w.mu.Unlock()
+	if r != nil {
+		signal(w.recheck)
 	}
 }
 
@@ -865,7 +995,7 @@ func (w *Worker) handBack(jobs []*Job) {
 	for i, j := range jobs {
 		back[i] = Failure{Job: j, Err: Snooze(0)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
 	if err := w.q.Fail(ctx, back...); err != nil && !errors.Is(err, ErrLeaseLost) {
 		w.log.Error("handing back jobs failed; their leases will expire", "jobs", len(jobs), "err", err)

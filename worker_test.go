@@ -505,15 +505,16 @@ func TestWorkerSnoozeRequeuesWithoutSpendingAnAttempt(t *testing.T) {
 	}})
 
 	// Two snoozes, then real failures: with MaxAttempts 2 the job fails
-	// only after two real failures, because each snooze gave its attempt
-	// back (max_attempts 2 -> 4).
+	// only after two real failures, because a snooze spends no attempt:
+	// four claims, two of them snoozes, two attempts spent.
 	id := enqueue(t, q, compute.Job{Queue: "q", MaxAttempts: 2})
 	job := awaitStatus(t, q, id, compute.StatusComplete, compute.StatusFailed)
-	if job.Status != compute.StatusFailed || job.Attempt != 4 || job.MaxAttempts != 4 {
-		t.Fatalf("got %s at attempt %d of %d, want failed at attempt 4 of 4:%s", job.Status, job.Attempt, job.MaxAttempts, errorsText(job))
+	if job.Status != compute.StatusFailed || job.Attempt != 4 || job.Snoozes != 2 || job.Spent() != 2 || job.MaxAttempts != 2 {
+		t.Fatalf("got %s after %d claims, %d snoozes, max attempts %d; want failed after 4 claims, 2 snoozes, max 2:%s",
+			job.Status, job.Attempt, job.Snoozes, job.MaxAttempts, errorsText(job))
 	}
-	if len(job.Errors) != 2 || job.Errors[0].Attempt != 3 || job.Errors[1].Attempt != 4 {
-		t.Fatalf("want errors for attempts 3 and 4 only (a snooze records none):%s", errorsText(job))
+	if len(job.Errors) != 2 || job.Errors[0].Attempt != 1 || job.Errors[1].Attempt != 2 {
+		t.Fatalf("want errors for spent attempts 1 and 2 only (a snooze records none):%s", errorsText(job))
 	}
 	if n := calls.Load(); n != 4 {
 		t.Errorf("handler called %d times, want 4", n)
@@ -526,12 +527,45 @@ func TestWorkerSnoozeRequeuesWithoutSpendingAnAttempt(t *testing.T) {
 		job = getJob(t, q, id)
 		return job.Status == compute.StatusQueued && job.Attempt == 1
 	})
-	if job.MaxAttempts != compute.DefaultMaxAttempts+1 || len(job.Errors) != 0 || !job.LeaseExpires.IsZero() {
-		t.Errorf("snoozed job: max attempts %d, %d errors, lease %v; want %d, none, none",
-			job.MaxAttempts, len(job.Errors), job.LeaseExpires, compute.DefaultMaxAttempts+1)
+	if job.MaxAttempts != compute.DefaultMaxAttempts || job.Snoozes != 1 || len(job.Errors) != 0 || !job.LeaseExpires.IsZero() {
+		t.Errorf("snoozed job: max attempts %d, %d snoozes, %d errors, lease %v; want %d, 1, none, none",
+			job.MaxAttempts, job.Snoozes, len(job.Errors), job.LeaseExpires, compute.DefaultMaxAttempts)
 	}
 	if !queryOne[bool](t, q.Pool(), `SELECT run_at > now() + interval '59 minutes' FROM compute.jobs WHERE job_id = $1`, id[:]) {
 		t.Errorf("snoozed job runs at %v, want an hour from now", job.RunAt)
+	}
+}
+
+// TestWorkerQueueCapAndBackoffCountOnlySpentAttempts: the queue's own
+// MaxAttempts and its backoff see the attempts spent, not the claims. A job
+// snoozed twice and then failing once has spent one of its queue's two
+// attempts: it is retried (after the backoff for attempt 1), not failed.
+func TestWorkerQueueCapAndBackoffCountOnlySpentAttempts(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, withTestLog(t))
+	backoffs := make(chan int, 10)
+	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, Queues: map[string]compute.QueueConfig{
+		"q": {MaxAttempts: 2,
+			Backoff: func(attempt int) time.Duration { backoffs <- attempt; return time.Hour },
+			Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
+				if job.Attempt <= 2 {
+					return nil, compute.Snooze(time.Millisecond)
+				}
+				return nil, errors.New("real failure")
+			}},
+	}})
+	id := enqueue(t, q, compute.Job{Queue: "q"})
+	if got := receive(t, backoffs, liveness, "the backoff of the first real failure"); got != 1 {
+		t.Errorf("backoff asked for attempt %d, want 1 (two snoozes spent none)", got)
+	}
+	var job *compute.Job
+	waitUntil(t, liveness, "the failure to be written", func() bool {
+		job = getJob(t, q, id)
+		return job.Status == compute.StatusFailed || len(job.Errors) == 1
+	})
+	if job.Status != compute.StatusQueued || job.Spent() != 1 {
+		t.Fatalf("after 2 snoozes and 1 failure under a queue cap of 2: %s with %d attempts spent, want queued with 1:%s",
+			job.Status, job.Spent(), errorsText(job))
 	}
 }
 
@@ -762,7 +796,7 @@ func TestWorkerStopDuringClaimLeavesNoJobInProgress(t *testing.T) {
 	switch {
 	case job.Status == compute.StatusComplete && calls.Load() == 1:
 		// The worker ran what it claimed before it stopped: fine.
-	case job.Status == compute.StatusQueued && job.Attempt < job.MaxAttempts:
+	case job.Status == compute.StatusQueued && job.Spent() < job.MaxAttempts:
 		// Handed back with its attempt: fine.
 	default:
 		t.Fatalf("after the worker stopped mid-claim the job is %s at attempt %d of %d, lease until %v, handler called %d times; "+
@@ -797,9 +831,9 @@ func TestWorkerShutdownHandsInterruptedJobBackAtOnce(t *testing.T) {
 	r.wait(t)
 
 	job := getJob(t, q, id)
-	if job.Status != compute.StatusQueued || job.Attempt != 1 || job.MaxAttempts != compute.DefaultMaxAttempts+1 {
-		t.Fatalf("after Shutdown: %s at attempt %d of %d, want queued at attempt 1 of %d (attempt given back)",
-			job.Status, job.Attempt, job.MaxAttempts, compute.DefaultMaxAttempts+1)
+	if job.Status != compute.StatusQueued || job.Attempt != 1 || job.Spent() != 0 || job.MaxAttempts != compute.DefaultMaxAttempts {
+		t.Fatalf("after Shutdown: %s after %d claims, %d spent, of %d; want queued after 1 claim, none spent (attempt given back), of %d",
+			job.Status, job.Attempt, job.Spent(), job.MaxAttempts, compute.DefaultMaxAttempts)
 	}
 	if !job.LeaseExpires.IsZero() || len(job.Errors) != 0 {
 		t.Errorf("after Shutdown: lease %v and %d errors, want neither:%s", job.LeaseExpires, len(job.Errors), errorsText(job))
@@ -845,8 +879,8 @@ func TestWorkerShutdownBoundsGraceAlsoAfterRunContextEnded(t *testing.T) {
 		t.Error("handler's context was not cancelled")
 	}
 	r.wait(t)
-	if job := getJob(t, q, id); job.Status != compute.StatusQueued || job.MaxAttempts != compute.DefaultMaxAttempts+1 {
-		t.Errorf("after Shutdown: %s with max attempts %d, want handed back: queued with %d", job.Status, job.MaxAttempts, compute.DefaultMaxAttempts+1)
+	if job := getJob(t, q, id); job.Status != compute.StatusQueued || job.Spent() != 0 {
+		t.Errorf("after Shutdown: %s with %d attempts spent, want handed back: queued with none", job.Status, job.Spent())
 	}
 }
 
@@ -882,9 +916,9 @@ func TestWorkerShutdownAbandonsHandlerThatIgnoresCancellation(t *testing.T) {
 	r.wait(t)
 
 	job := getJob(t, q, id)
-	if job.Status != compute.StatusQueued || job.Attempt != 1 || job.MaxAttempts != compute.DefaultMaxAttempts+1 {
-		t.Fatalf("after Shutdown: %s at attempt %d of %d, want handed back: queued at attempt 1 of %d",
-			job.Status, job.Attempt, job.MaxAttempts, compute.DefaultMaxAttempts+1)
+	if job.Status != compute.StatusQueued || job.Attempt != 1 || job.Spent() != 0 {
+		t.Fatalf("after Shutdown: %s after %d claims, %d spent; want handed back: queued after 1 claim, none spent",
+			job.Status, job.Attempt, job.Spent())
 	}
 
 	close(release)

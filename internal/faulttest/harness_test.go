@@ -742,8 +742,8 @@ func (c *cluster) checkInvariants(want map[compute.JobID]expect) stats {
 		if j.Status != e.status {
 			problems = append(problems, fmt.Sprintf("status %s, want %s (errors %v)", j.Status, e.status, j.Errors))
 		}
-		if j.Attempt > j.MaxAttempts {
-			problems = append(problems, fmt.Sprintf("attempt %d is past max attempts %d", j.Attempt, j.MaxAttempts))
+		if j.Spent() > j.MaxAttempts {
+			problems = append(problems, fmt.Sprintf("%d attempts spent (%d claims, %d snoozes), past max attempts %d", j.Spent(), j.Attempt, j.Snoozes, j.MaxAttempts))
 		}
 		if j.Status == compute.StatusComplete {
 			if !slices.Equal(j.OutputFiles, e.outputs) {

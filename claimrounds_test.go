@@ -1,0 +1,108 @@
+package compute_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/computeplatform/compute"
+)
+
+// fairQueueWithFuse makes the issue's fair queue: keys a (10 jobs), b and c,
+// one attempt each. The gated claim of 9 takes 3 of a, b and c in its first
+// round, and its second round meets a's fourth job, whose claim a trigger
+// fails once with errcode (the fuse is a sequence: it burns even though the
+// failing statement rolls back).
+func fairQueueWithFuse(t *testing.T, q *compute.Queue, errcode string) []compute.JobID {
+	t.Helper()
+	ctx := context.Background()
+	if err := q.SetQueueSettings(ctx, "fq", compute.QueueSettings{Fair: true}); err != nil {
+		t.Fatal(err)
+	}
+	var jobs []compute.Job
+	for i := range 10 {
+		j := compute.Job{Queue: "fq", PartitionKey: "a", MaxAttempts: 1, Config: "{}"}
+		if i >= 3 {
+			j.Priority, j.Config = 1, `{"fuse": true}`
+		}
+		jobs = append(jobs, j)
+	}
+	jobs = append(jobs, compute.Job{Queue: "fq", PartitionKey: "b", MaxAttempts: 1}, compute.Job{Queue: "fq", PartitionKey: "c", MaxAttempts: 1})
+	ids := enqueueAll(t, q, jobs)
+	mustExec(t, q.Pool(), `CREATE SEQUENCE public.fuse`)
+	mustExec(t, q.Pool(), `CREATE FUNCTION public.blow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF nextval('public.fuse') = 1 THEN
+				RAISE EXCEPTION 'the fuse blew' USING ERRCODE = '`+errcode+`';
+			END IF;
+			RETURN NEW;
+		END $$`)
+	mustExec(t, q.Pool(), `CREATE TRIGGER fuse BEFORE UPDATE ON compute.jobs FOR EACH ROW
+		WHEN (OLD.status = 'queued' AND NEW.status = 'in-progress' AND NEW.config = '{"fuse": true}')
+		EXECUTE FUNCTION public.blow()`)
+	return ids
+}
+
+// TestGatedClaimKeepsEarlierRoundsAcrossARetry: the gated claim commits
+// round by round. When a later round fails with an error the library
+// retries (a serialization failure here), the retry must add to the jobs
+// of the committed rounds, not replace them. Before, the retry's result
+// overwrote them: Claim returned fewer jobs than it had put in progress,
+// and those were held by nobody until their leases ran out.
+func TestGatedClaimKeepsEarlierRoundsAcrossARetry(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	fairQueueWithFuse(t, q, "40001")
+	jobs, err := q.Claim(context.Background(), "fq", 9)
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	inProgress := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status = 'in-progress'`)
+	if int64(len(jobs)) != inProgress || len(jobs) != 9 {
+		t.Fatalf("Claim returned %d jobs and %d are in progress; want 9 and 9", len(jobs), inProgress)
+	}
+}
+
+// TestWorkerRunsJobsOfAGatedClaimThatFailedLater is the issue's report:
+// the second round of a gated claim fails (the backend's statement errors
+// out), and the worker must still run the jobs the first round committed.
+// Before, the fetcher dropped every job of a claim that returned an error:
+// with one attempt each, those jobs failed with "lease expired" without
+// ever running.
+func TestWorkerRunsJobsOfAGatedClaimThatFailedLater(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, withTestLog(t), compute.WithLease(time.Second))
+	ids := fairQueueWithFuse(t, q, "XX000")
+	runs := &runCounter{runs: make(map[compute.JobID]int)}
+	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, RescueInterval: 100 * time.Millisecond,
+		Queues: map[string]compute.QueueConfig{"fq": {Concurrency: 9, Handler: runs.handle}}})
+	waitUntil(t, liveness, "every job to finish", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status IN ('queued', 'in-progress')`) == 0
+	})
+	for _, id := range ids {
+		if st := status(t, q, id); st != compute.StatusComplete || runs.of(id) != 1 {
+			t.Errorf("job %s: %s after %d runs, want complete after 1", id, st, runs.of(id))
+		}
+	}
+}
+
+// runCounter is a handler that completes every job and counts its runs.
+type runCounter struct {
+	mu   sync.Mutex
+	runs map[compute.JobID]int
+}
+
+func (c *runCounter) handle(ctx context.Context, job *compute.Job) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.runs[job.ID]++
+	return nil, nil
+}
+
+// of says how often the job ran.
+func (c *runCounter) of(id compute.JobID) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runs[id]
+}
