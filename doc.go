@@ -250,5 +250,6 @@
 // ErrWrongStatus (cancelling a finished job, retrying one that did not
 // fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
 // retry later); ErrNotMigrated; ErrClosed; ErrPermanent, for errors made
-// with Permanent. No error or log line holds the connection's password.
+// with Permanent. Any other error (a row the library cannot read, a server
+// error it does not expect) matches none of them and keeps its cause. No error or log line holds the connection's password.
 package compute

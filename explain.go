@@ -2,12 +2,9 @@ package compute
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // ReasonKind classifies one reason a job is not running.
@@ -121,11 +118,8 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 			&leaseOverdue, &holderSilent)
 		return err
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("compute: explain job %s: %w", id, ErrNotFound)
-	}
 	if err != nil {
-		return nil, err
+		return nil, notFound(err, "compute: explain job %s", id)
 	}
 	e := &Explanation{Job: job}
 	add := func(k ReasonKind, format string, args ...any) {
