@@ -155,8 +155,9 @@
 // now(), never from a worker's clock.
 //
 // Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
-// the queue, config and input files, so enqueuing the same job again
-// returns the existing job's id and creates nothing, whatever its status.
+// the queue, config and input files (in the order given), so enqueuing the
+// same job again returns the existing job's id and creates nothing,
+// whatever its status.
 //
 // Cancel is a failure with a reason: a queued job never runs, and a
 // running one ends failed at once; its handler's context is cancelled and
