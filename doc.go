@@ -156,8 +156,9 @@
 // now(), never from a worker's clock.
 //
 // Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
-// the queue, config and input files, so enqueuing the same job again
-// returns the existing job's id and creates nothing, whatever its status.
+// the queue, config and input files (in the order given), so enqueuing the
+// same job again returns the existing job's id and creates nothing,
+// whatever its status.
 //
 // Cancel is a failure with a reason: a queued job never runs, and a
 // running one ends failed at once; its handler's context is cancelled and
@@ -251,5 +252,6 @@
 // ErrWrongStatus (cancelling a finished job, retrying one that did not
 // fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
 // retry later); ErrNotMigrated; ErrClosed; ErrPermanent, for errors made
-// with Permanent. No error or log line holds the connection's password.
+// with Permanent. Any other error (a row the library cannot read, a server
+// error it does not expect) matches none of them and keeps its cause. No error or log line holds the connection's password.
 package compute

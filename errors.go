@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 )
 
 // ErrNotFound is returned when no job (or meta key) has the given id (key).
@@ -123,8 +128,11 @@ func retryable(err error) bool {
 
 // translate turns a driver error into one users can match: context errors
 // stay as they are, a missing schema becomes ErrNotMigrated, and lost or
-// refused connections match ErrUnavailable. It is the one place that looks
-// inside pgx errors. what names the operation for the message.
+// refused connections match ErrUnavailable. Every other error (a scan or
+// JSON error, pgx.ErrNoRows, any other server error) keeps its identity,
+// wrapped with the operation's name, so it never reads as an unavailable
+// database. It is the one place that looks inside pgx errors. what names
+// the operation for the message.
 func translate(what string, err error) error {
 	if err == nil {
 		return nil
@@ -150,9 +158,35 @@ func translate(what string, err error) error {
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	// Every other driver error is about the connection: refused, reset,
-	// closed, timed out.
-	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	if connectionLost(err) {
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// connectionLost reports whether err says the connection failed rather than
+// the statement: a timeout or a failure pgx knows happened before anything
+// was sent, a closed connection or pool, a network error, or a connection
+// cut mid-message.
+func connectionLost(err error) bool {
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	return pgconn.Timeout(err) || pgconn.SafeToRetry(err) || // includes "conn busy"
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, puddle.ErrClosedPool) ||
+		errors.As(err, &opErr) || errors.As(err, &dnsErr) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ETIMEDOUT)
+}
+
+// notFound turns the no-row error of a lookup by id or key into ErrNotFound,
+// with a message made of format and args that names what was looked for;
+// any other error (or nil) is returned as it is.
+func notFound(err error, format string, args ...any) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf(format+": %w", append(args, ErrNotFound)...)
+	}
+	return err
 }
 
 // passwordInURL and passwordInKV find the password of a postgres:// URL and of

@@ -2,12 +2,9 @@ package compute
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // ReasonKind classifies one reason a job is not running.
@@ -92,6 +89,8 @@ SELECT
                              AND (a.priority, a.run_at) < (j.priority, j.run_at) LIMIT 10001) x),
     (SELECT count(*) FROM compute.workers w
      WHERE j.queue = ANY (w.queues) AND w.seen > now() - $2 * interval '1 microsecond'),
+    -- Every worker's maintenance round rescues stale jobs of every queue.
+    (SELECT count(*) FROM compute.workers w WHERE w.seen > now() - $2 * interval '1 microsecond'),
     (extract(epoch FROM now() - j.lease_expires) * 1e6)::bigint,
     (SELECT (extract(epoch FROM now() - w.seen) * 1e6)::bigint FROM compute.workers w WHERE w.worker = j.worker),
     ` + jobColumns + `
@@ -110,7 +109,7 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 		paused, fair                           bool
 		maxRunning, keyMax, rate, keyRate      int
 		running, keyRunning, starts, keyStarts int
-		ahead, keyAhead, workers               int
+		ahead, keyAhead, workers, anyWorkers   int
 		leaseOverdue, holderSilent             *int64
 	)
 	err := q.do(ctx, "compute: explain", func(ctx context.Context) error {
@@ -118,14 +117,11 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 		job, err = scanJob(q.pool.QueryRow(ctx, explainJob, id[:], workerFresh.Microseconds()),
 			&untilRun, &paused, &maxRunning, &keyMax, &rate, &keyRate, &fair,
 			&running, &keyRunning, &starts, &keyStarts, &nextRateSlot, &ahead, &keyAhead, &workers,
-			&leaseOverdue, &holderSilent)
+			&anyWorkers, &leaseOverdue, &holderSilent)
 		return err
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("compute: explain job %s: %w", id, ErrNotFound)
-	}
 	if err != nil {
-		return nil, err
+		return nil, notFound(err, "compute: explain job %s", id)
 	}
 	if job.bad != nil {
 		return nil, job.bad
@@ -148,10 +144,18 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 		if holderSilent != nil {
 			silent = fmt.Sprintf("its last sign of life was %s ago", us(*holderSilent))
 		}
-		add(ReasonStaleLease, "worker %s holds it, but its lease ran out %s ago without a renewal (%s); the next maintenance round of any worker hands it back",
-			job.Worker, us(*leaseOverdue), silent)
-		if workers == 0 {
-			add(ReasonNoWorkers, "no worker serving queue %s has been seen in the last %s, so nothing will rescue it", job.Queue, workerFresh)
+		rescue := fmt.Sprintf("any running worker, whatever its queues (%s seen in the last %s), hands it back within its maintenance interval (WorkerConfig.RescueInterval)",
+			count(anyWorkers, "worker"), workerFresh)
+		if anyWorkers == 0 {
+			rescue = "the maintenance round of any running worker hands it back"
+		}
+		add(ReasonStaleLease, "worker %s holds it, but its lease expired at %s (%s ago) without a renewal (%s); %s",
+			job.Worker, job.LeaseExpires.Format(time.RFC3339), us(*leaseOverdue), silent, rescue)
+		switch {
+		case anyWorkers == 0:
+			add(ReasonNoWorkers, "no worker at all has been seen in the last %s, so nothing will hand it back until one runs", workerFresh)
+		case workers == 0:
+			add(ReasonNoWorkers, "no worker serving queue %s has been seen in the last %s, so once handed back it waits for one", job.Queue, workerFresh)
 		}
 		return e, nil
 	}

@@ -1,6 +1,7 @@
 package compute_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -88,4 +89,42 @@ func TestExplainNamesWhatHoldsAJobBack(t *testing.T) {
 	if _, err := q.Explain(ctx, compute.JobID{1}); !errors.Is(err, compute.ErrNotFound) {
 		t.Errorf("Explain of an unknown id: %v", err)
 	}
+}
+
+// TestExplainSaysAWorkerOfAnotherQueueRescuesAStaleJob holds a job of queue
+// q with an expired lease and a dead holder while the only live worker
+// serves queue other: Explain must say that any running worker hands it
+// back (every maintenance round rescues every queue), and that worker must
+// then do so. With no worker at all, nothing will.
+func TestExplainSaysAWorkerOfAnotherQueueRescuesAStaleJob(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, compute.WithWorkerID("dead-holder"))
+	id := enqueue(t, q, compute.Job{Queue: "q"})
+	if jobs := claimN(t, q, "q", 1); len(jobs) != 1 {
+		t.Fatalf("claimed %d jobs, want 1", len(jobs))
+	}
+	backdateLease(t, q, id)
+
+	e := explain(t, q, id)
+	wantReasons(t, e, compute.ReasonStaleLease, compute.ReasonNoWorkers)
+	if !strings.Contains(e.String(), "no worker at all has been seen in the last 1m0s, so nothing will hand it back until one runs") {
+		t.Errorf("with no worker running: %s", e)
+	}
+
+	mustExec(t, q.Pool(), `INSERT INTO compute.workers (worker, queues) VALUES ('other-worker', '{other}')`)
+	e = explain(t, q, id)
+	wantReasons(t, e, compute.ReasonStaleLease, compute.ReasonNoWorkers)
+	if s := e.String(); strings.Contains(s, "nothing will") ||
+		!strings.Contains(e.Reasons[0].Text, "any running worker, whatever its queues (1 worker seen in the last 1m0s), hands it back") ||
+		!strings.Contains(e.Reasons[1].Text, "no worker serving queue q has been seen in the last 1m0s, so once handed back it waits for one") {
+		t.Errorf("with a worker of queue other running: %s", e)
+	}
+
+	// What Explain promised: a worker serving only queue other hands it back.
+	startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"other": {Handler: func(context.Context, *compute.Job) ([]string, error) { return nil, nil }},
+	}})
+	waitUntil(t, 30*time.Second, "the worker of queue other to hand the job back", func() bool {
+		return status(t, q, id) == compute.StatusQueued
+	})
 }

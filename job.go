@@ -44,7 +44,9 @@ func newJobID() (JobID, error) {
 }
 
 // contentJobID derives a job id from what the job is: the same queue, config
-// and input files always give the same id. It is the first 16 bytes of a
+// and input files, in the same order, always give the same id. Files are
+// not sorted: the order is part of the job its handler sees, and sorting
+// now would change the id of every stored job with files out of order. It is the first 16 bytes of a
 // SHA-256 over length-prefixed fields (so no two field splits collide), with
 // the UUID version 8 and variant bits set so the id is still a valid UUID.
 func contentJobID(queue, config string, inputFiles []string) JobID {
@@ -117,7 +119,11 @@ type Job struct {
 	MaxAttempts int
 	// ContentID asks for an id derived from Queue, Config and InputFiles:
 	// enqueuing the same job again returns the existing job's id and
-	// creates nothing, whatever that job's status.
+	// creates nothing, whatever that job's status. Config is hashed byte
+	// for byte and InputFiles in the order given (the order a handler
+	// sees them in), so the same files in another order, or JSON with
+	// other spacing, make another job; sort the files first when their
+	// order means nothing to the queue's handler.
 	ContentID bool
 	// Unique, when its Key is set, makes Enqueue skip the job if an
 	// earlier job of the same queue has the same key within the scope, and

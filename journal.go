@@ -214,7 +214,7 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 		})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			return nil, fmt.Errorf("compute: wait for job %s: %w", id, ErrNotFound)
+			return nil, notFound(err, "compute: wait for job %s", id)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.Is(err, ErrClosed):

@@ -3,7 +3,6 @@ package compute
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -166,13 +165,13 @@ func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
 		job, err = scanJob(q.pool.QueryRow(ctx, getJob, id[:]))
 		return err
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("compute: get job %s: %w", id, ErrNotFound)
+	if err != nil {
+		return nil, notFound(err, "compute: get job %s", id)
 	}
-	if err == nil && job.bad != nil {
+	if job.bad != nil {
 		return nil, job.bad
 	}
-	return job, err
+	return job, nil
 }
 
 // ListOptions selects a page of jobs for List.

@@ -2,10 +2,6 @@ package compute
 
 import (
 	"context"
-	"errors"
-	"fmt"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Meta keys the library itself reads.
@@ -31,10 +27,10 @@ func (q *Queue) GetMeta(ctx context.Context, key string) (string, error) {
 	err := q.do(ctx, "compute: get meta", func(ctx context.Context) error {
 		return q.pool.QueryRow(ctx, `SELECT value FROM compute.meta WHERE key = $1`, key).Scan(&value)
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", fmt.Errorf("compute: get meta %q: %w", key, ErrNotFound)
+	if err != nil {
+		return "", notFound(err, "compute: get meta %q", key)
 	}
-	return value, err
+	return value, nil
 }
 
 // setMeta is an upsert, so concurrent writers of one key never fail.
