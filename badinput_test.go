@@ -154,6 +154,23 @@ func TestBadOptionsFailAtConstruction(t *testing.T) {
 	wantInvalid(t, "New with a worker id with a NUL byte", err, compute.ErrInvalidOption)
 }
 
+// TestNewWorkerRefusesConcurrencyOverTheClaimLimit checks that NewWorker
+// refuses a Concurrency one claim cannot take (it was accepted, and then
+// every claim was refused and retried forever), saying the limit and what to
+// do, and that a worker at the limit runs jobs.
+func TestNewWorkerRefusesConcurrencyOverTheClaimLimit(t *testing.T) {
+	t.Parallel()
+	_, err := compute.NewWorker(newQueue(t), compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"q": {Handler: idle, Concurrency: 10001}}})
+	wantInvalid(t, "NewWorker with Concurrency 10001", err, compute.ErrInvalidOption)
+	if err != nil && (!strings.Contains(err.Error(), "10000") || !strings.Contains(err.Error(), "run more workers")) {
+		t.Errorf("the error %q does not say the limit and what to do", err)
+	}
+	job := runToEnd(t, compute.QueueConfig{Handler: idle, Concurrency: 10000}, compute.Job{})[0]
+	if job.Status != compute.StatusComplete {
+		t.Errorf("a worker with Concurrency 10000 left its job %s", job.Status)
+	}
+}
+
 // TestWorkerIDAtItsLimitIsStoredByClaims checks that the longest id
 // WithWorkerID accepts, in multi-byte characters, is what a claim writes.
 func TestWorkerIDAtItsLimitIsStoredByClaims(t *testing.T) {
