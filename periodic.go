@@ -168,12 +168,22 @@ func (w *Worker) enqueuePeriodic(ctx context.Context) {
 		}
 		now = time.Now()
 		for _, s := range w.schedules {
-			for !s.next.After(now) {
-				due = append(due, tick{s, s.next})
-				s.next = s.after(s.next)
+			for _, at := range s.due(now) {
+				due = append(due, tick{s, at})
 			}
 		}
 	}
+}
+
+// due returns the schedule's ticks that have come by now, oldest first, and
+// moves next past them.
+func (s *schedule) due(now time.Time) []time.Time {
+	var ticks []time.Time
+	for !s.next.After(now) {
+		ticks = append(ticks, s.next)
+		s.next = s.after(s.next)
+	}
+	return ticks
 }
 
 // keepLatest trims the ticks waiting for a retry to each schedule's latest
@@ -223,22 +233,22 @@ func (w *Worker) missedTicks(ctx context.Context, now time.Time) ([]tick, error)
 		if s.CatchUp == 0 || !ok {
 			continue
 		}
-		for _, t := range s.latestTicks(from, now) {
+		for _, t := range s.latestTicks(from, now, s.CatchUp) {
 			due = append(due, tick{s, t})
 		}
 	}
 	return due, nil
 }
 
-// latestTicks returns the schedule's latest CatchUp ticks after from and up
-// to now, oldest first. Interval ticks are computed; cron ticks are walked,
+// latestTicks returns the schedule's latest n ticks after from and up to
+// now, oldest first. Interval ticks are computed; cron ticks are walked,
 // from at most 400 days back (a cron schedule ticks at most once a minute,
 // so that is under 600,000 steps).
-func (s *schedule) latestTicks(from, now time.Time) []time.Time {
+func (s *schedule) latestTicks(from, now time.Time, n int) []time.Time {
 	var ticks []time.Time
 	if s.Every > 0 {
 		last := time.Unix(0, now.UnixNano()/int64(s.Every)*int64(s.Every)).UTC()
-		for t := last; t.After(from) && len(ticks) < s.CatchUp; t = t.Add(-s.Every) {
+		for t := last; t.After(from) && len(ticks) < n; t = t.Add(-s.Every) {
 			ticks = append([]time.Time{t}, ticks...)
 		}
 		return ticks
@@ -248,7 +258,7 @@ func (s *schedule) latestTicks(from, now time.Time) []time.Time {
 	}
 	for t := s.after(from); !t.After(now); t = s.after(t) {
 		ticks = append(ticks, t)
-		if len(ticks) > s.CatchUp {
+		if len(ticks) > n {
 			ticks = ticks[1:]
 		}
 	}
