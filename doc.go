@@ -205,7 +205,9 @@
 // the tick, so each tick is enqueued once, whichever processes start, stop
 // or restart around it. The job's RunAt is its tick. CatchUp enqueues up to
 // that many ticks that were missed while no worker ran (or while a worker
-// was suspended); it is off by default.
+// was suspended); it is off by default. When a CRON_TZ zone's clock changes,
+// a fixed-time schedule ticks once, as the cron daemons do (see
+// PeriodicJob).
 //
 // # Retention
 //

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +18,15 @@ import (
 // and the tick time, so the cluster creates it once however many processes
 // see the tick, start, stop or restart around it. The job's RunAt is its
 // tick, which the handler can read.
+//
+// When the clock of a CRON_TZ zone changes, a schedule behaves as in the
+// cron daemons (Vixie/ISC cron, cronie). If neither its minute nor its hour
+// field starts with '*' (and it is not @hourly), it ticks once for a local
+// time the clock repeats, at the first occurrence (1:30 when the clocks go
+// back), and once for the local times the clock skips, at the jump (2:30
+// when the clocks go forward ticks at the new 3:00). Other schedules follow
+// the clock: "0 * * * *" ticks at both 1:00s and at no 2:00. Processes agree
+// on these ticks as long as they share the tz database's rules for the zone.
 type PeriodicJob struct {
 	// Name identifies the schedule across the cluster (at most 64 bytes);
 	// renaming it starts a new schedule.
@@ -52,7 +62,8 @@ const (
 	maxCatchUp = 10000
 	// cronHorizon is how far back a walk over cron ticks starts at most,
 	// and maxCronWalk bounds its steps: a 5-field cron schedule ticks at
-	// most once a minute (576,000 times in 400 days).
+	// most once a minute (576,000 times in 400 days), plus one tick per
+	// clock change.
 	cronHorizon = 400 * day
 	maxCronWalk = 600_000
 )
@@ -108,14 +119,22 @@ func newSchedules(jobs []PeriodicJob, maxConfig int) ([]*schedule, error) {
 // cronSchedule is a parsed cron expression.
 type cronSchedule struct {
 	spec *cron.SpecSchedule
+	loc  *time.Location // where its fields are read: CRON_TZ's zone, or UTC
+	// fixed: neither the minute nor the hour field starts with '*', and
+	// the expression is not @hourly. The cron daemons apply their
+	// clock-change rule to these schedules only.
+	fixed bool
 }
 
 // parseCron parses a Cron field.
 func parseCron(expr string) (*cronSchedule, error) {
+	fields := expr
 	if strings.HasPrefix(expr, "TZ=") || strings.HasPrefix(expr, "CRON_TZ=") {
-		if !strings.Contains(expr, " ") { // robfig/cron would panic
+		i := strings.IndexByte(expr, ' ')
+		if i < 0 { // robfig/cron would panic
 			return nil, fmt.Errorf("cron expression %q has a time zone and no schedule; write CRON_TZ=Area/City, a space, then the schedule", expr)
 		}
+		fields = expr[i+1:]
 	}
 	parsed, err := cron.ParseStandard(expr)
 	if err != nil {
@@ -125,12 +144,84 @@ func parseCron(expr string) (*cronSchedule, error) {
 	if !ok { // @every, also after a CRON_TZ= prefix
 		return nil, fmt.Errorf("cron expression %q: @every counts from when each process started, so processes would disagree on ticks; use the Every field", expr)
 	}
-	return &cronSchedule{spec: spec}, nil
+	// Without CRON_TZ, robfig/cron reads the fields in the zone of the
+	// time it is given, which is always UTC here.
+	c := &cronSchedule{spec: spec, loc: spec.Location}
+	if c.loc == time.Local {
+		c.loc = time.UTC
+	}
+	wild := func(field string) bool { return strings.HasPrefix(field, "*") || strings.HasPrefix(field, "?") }
+	if f := strings.Fields(fields); len(f) < 2 {
+		c.fixed = !slices.Contains(f, "@hourly")
+	} else {
+		c.fixed = !wild(f[0]) && !wild(f[1])
+	}
+	return c, nil
 }
 
 // after returns the schedule's first tick after t, or the zero time if
-// none comes within five years.
-func (c *cronSchedule) after(t time.Time) time.Time { return c.spec.Next(t.UTC()) }
+// none comes within five years. Ticks are robfig/cron's (so their job ids
+// are what they always were), with the cron daemons' rule for a fixed
+// schedule where its zone's clock changes: a tick whose local time came
+// already is dropped, and local times the clock skipped tick once, at the
+// jump.
+func (c *cronSchedule) after(t time.Time) time.Time {
+	for skips := 0; ; skips++ {
+		next := c.spec.Next(t.UTC())
+		if next.IsZero() || !c.fixed {
+			return next
+		}
+		if jump := c.jumpBetween(t, next); !jump.IsZero() {
+			return jump
+		}
+		end := c.repeatedUntil(next)
+		if end.IsZero() || skips == 8 { // each skip passes a change: 8 is ample
+			return next
+		}
+		t = end.Add(-time.Second) // robfig/cron's next tick is then end or later
+	}
+}
+
+// jumpBetween returns the first moment in (t, next] at which the clock
+// jumped forward over a local time the schedule matches, or the zero time.
+func (c *cronSchedule) jumpBetween(t, next time.Time) time.Time {
+	at := t.In(c.loc)
+	for range 32 { // next is at most five years on: a zone changes 2 or 4 times a year
+		_, change := at.ZoneBounds()
+		if change.IsZero() || change.After(next) {
+			break
+		}
+		_, before := change.Add(-time.Second).Zone()
+		_, after := change.Zone()
+		if skipped := time.Duration(after-before) * time.Second; skipped > 0 {
+			// Read in the old offset, the skipped local times are the
+			// instants [change, change+skipped).
+			old := *c.spec
+			old.Location = time.FixedZone("", before)
+			if m := old.Next(change.Add(-time.Second)); !m.IsZero() && m.Before(change.Add(skipped)) {
+				return change.UTC()
+			}
+		}
+		at = change
+	}
+	return time.Time{}
+}
+
+// repeatedUntil returns, when tick's local time came already (the clock
+// went back less than that long before tick), the end of that repeated
+// span; else the zero time.
+func (c *cronSchedule) repeatedUntil(tick time.Time) time.Time {
+	change, _ := tick.In(c.loc).ZoneBounds()
+	if change.IsZero() {
+		return time.Time{}
+	}
+	_, before := change.Add(-time.Second).Zone()
+	_, after := change.Zone()
+	if back := time.Duration(before-after) * time.Second; back > 0 && tick.Sub(change) < back {
+		return change.Add(back).UTC()
+	}
+	return time.Time{}
+}
 
 // periodicJobID is the id of one tick's job: the same name and tick give the
 // same id in every process. Built like contentJobID, with its own prefix.
