@@ -9,6 +9,10 @@ import (
 	"github.com/robfig/cron/v3"
 )
 
+// The tests in this file are not parallel: a paused parallel test of
+// package compute looks like a leaked library goroutine to the worker
+// tests' goroutine-leak checks.
+
 // testSchedule checks one periodic job as NewWorker does.
 func testSchedule(t *testing.T, p PeriodicJob) *schedule {
 	t.Helper()
@@ -47,7 +51,6 @@ func walk(next func(time.Time) time.Time, from, to time.Time) []time.Time {
 // the skipped hour, at the jump; a schedule with '*' in its minute or hour
 // field (or @hourly) follows the clock.
 func TestCronTicksAcrossClockChangesFollowCronDaemons(t *testing.T) {
-	t.Parallel()
 	if _, err := time.LoadLocation("America/New_York"); err != nil {
 		t.Fatalf("the tz database has no America/New_York: %v", err)
 	}
@@ -107,7 +110,6 @@ func TestCronTicksAcrossClockChangesFollowCronDaemons(t *testing.T) {
 // instant) is what earlier versions gave it, so no deployed schedule runs a
 // tick again.
 func TestCronTicksAwayFromClockChangesAreUnchanged(t *testing.T) {
-	t.Parallel()
 	ny, err := time.LoadLocation("America/New_York")
 	if err != nil {
 		t.Fatalf("the tz database has no America/New_York: %v", err)
@@ -164,7 +166,6 @@ func firstDifference(a, b []time.Time) int {
 // process, of every version, must give a tick the same id, or a restart
 // across an upgrade enqueues ticks again.
 func TestPeriodicJobIDIsStable(t *testing.T) {
-	t.Parallel()
 	id := periodicJobID("nightly", at(t, "2025-11-02T05:30:00Z"))
 	if got, want := hex.EncodeToString(id[:]), "19f980301e5e8df698a58c39af4ada6e"; got != want {
 		t.Errorf("periodicJobID = %s, want %s", got, want)
@@ -177,7 +178,6 @@ func TestPeriodicJobIDIsStable(t *testing.T) {
 // scheduler then has no next tick to wait for. They looped for ever: a core
 // at 100%, memory growing, SIGTERM ignored.
 func TestTickWalksEndWhenTheScheduleHasNoNextTick(t *testing.T) {
-	t.Parallel()
 	now := at(t, "2026-01-15T10:00:00Z")
 	for name, after := range map[string]func(time.Time) time.Time{
 		"the zero time": func(time.Time) time.Time { return time.Time{} },
@@ -209,7 +209,6 @@ func TestTickWalksEndWhenTheScheduleHasNoNextTick(t *testing.T) {
 // the clock stepped forward): the latest 1+CatchUp ticks, as a worker that
 // starts does, not every tick it slept through.
 func TestDueAfterASuspensionKeepsTheLatestTicks(t *testing.T) {
-	t.Parallel()
 	start := at(t, "2026-01-15T10:00:00Z").Add(500 * time.Millisecond)
 	woke := start.Add(72 * time.Hour)
 	for _, tc := range []struct {
@@ -267,7 +266,6 @@ func BenchmarkLatestTicks(b *testing.B) {
 // ticks waiting for a retry: each schedule's latest 1+CatchUp, in their
 // order.
 func TestKeepLatestKeepsEachSchedulesLatestTicksInOrder(t *testing.T) {
-	t.Parallel()
 	a, b := &schedule{PeriodicJob: PeriodicJob{Name: "a", CatchUp: 1}}, &schedule{PeriodicJob: PeriodicJob{Name: "b"}}
 	t0 := at(t, "2026-01-15T10:00:00Z")
 	tk := func(s *schedule, minutes int) tick { return tick{s, t0.Add(time.Duration(minutes) * time.Minute)} }
