@@ -136,6 +136,11 @@ func TestBadOptionsFailAtConstruction(t *testing.T) {
 		"negative lease":      compute.WithLease(-time.Second),
 		"negative cooldown":   compute.WithNotifyCooldown(-time.Millisecond),
 		"cooldown over 1s":    compute.WithNotifyCooldown(2 * time.Second),
+		// Each of these opened, then every claim failed (SQLSTATE 22021
+		// for the NUL byte).
+		"worker id with a NUL byte":     compute.WithWorkerID("host\x00/1"),
+		"worker id not UTF-8":           compute.WithWorkerID("host\xff/1"),
+		"worker id over the byte limit": compute.WithWorkerID(strings.Repeat("w", 257)),
 	} {
 		q, err := compute.Open(ctx, connString, opt)
 		if q != nil {
@@ -145,6 +150,43 @@ func TestBadOptionsFailAtConstruction(t *testing.T) {
 	}
 	_, err := compute.New(ctx, nil)
 	wantInvalid(t, "New with a nil pool", err, compute.ErrInvalidOption)
+	_, err = compute.New(ctx, newQueue(t).Pool(), compute.WithWorkerID("host\x00/1"))
+	wantInvalid(t, "New with a worker id with a NUL byte", err, compute.ErrInvalidOption)
+}
+
+// TestNewWorkerRefusesConcurrencyOverTheClaimLimit checks that NewWorker
+// refuses a Concurrency one claim cannot take (it was accepted, and then
+// every claim was refused and retried forever), saying the limit and what to
+// do, and that a worker at the limit runs jobs.
+func TestNewWorkerRefusesConcurrencyOverTheClaimLimit(t *testing.T) {
+	t.Parallel()
+	_, err := compute.NewWorker(newQueue(t), compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"q": {Handler: idle, Concurrency: 10001}}})
+	wantInvalid(t, "NewWorker with Concurrency 10001", err, compute.ErrInvalidOption)
+	if err != nil && (!strings.Contains(err.Error(), "10000") || !strings.Contains(err.Error(), "run more workers")) {
+		t.Errorf("the error %q does not say the limit and what to do", err)
+	}
+	job := runToEnd(t, compute.QueueConfig{Handler: idle, Concurrency: 10000}, compute.Job{})[0]
+	if job.Status != compute.StatusComplete {
+		t.Errorf("a worker with Concurrency 10000 left its job %s", job.Status)
+	}
+}
+
+// TestWorkerIDAtItsLimitIsStoredByClaims checks that the longest id
+// WithWorkerID accepts, in multi-byte characters, is what a claim writes.
+func TestWorkerIDAtItsLimitIsStoredByClaims(t *testing.T) {
+	t.Parallel()
+	id := strings.Repeat("é", 128) // 256 bytes
+	q := newQueue(t, compute.WithWorkerID(id))
+	if _, err := q.Enqueue(t.Context(), compute.Job{Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := q.Claim(t.Context(), "q", 1)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claim: %d jobs, %v", len(jobs), err)
+	}
+	if got := queryOne[string](t, q.Pool(), `SELECT worker FROM compute.jobs WHERE job_id = $1`, jobs[0].ID[:]); got != id {
+		t.Errorf("the claim stored worker %q, want %q", got, id)
+	}
 }
 
 // TestMetaRejectsBadInput checks keys and values outside the schema's limits

@@ -206,8 +206,10 @@
 // same schedules: a tick's job id is derived from the schedule's name and
 // the tick, so each tick is enqueued once, whichever processes start, stop
 // or restart around it. The job's RunAt is its tick. CatchUp enqueues up to
-// that many ticks that were missed while no worker ran; it is off by
-// default.
+// that many ticks that were missed while no worker ran (or while a worker
+// was suspended); it is off by default. When a CRON_TZ zone's clock changes,
+// a fixed-time schedule ticks once, as the cron daemons do (see
+// PeriodicJob).
 //
 // # Retention
 //

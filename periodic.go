@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +18,15 @@ import (
 // and the tick time, so the cluster creates it once however many processes
 // see the tick, start, stop or restart around it. The job's RunAt is its
 // tick, which the handler can read.
+//
+// When the clock of a CRON_TZ zone changes, a schedule behaves as in the
+// cron daemons (Vixie/ISC cron, cronie). If neither its minute nor its hour
+// field starts with '*' (and it is not @hourly), it ticks once for a local
+// time the clock repeats, at the first occurrence (1:30 when the clocks go
+// back), and once for the local times the clock skips, at the jump (2:30
+// when the clocks go forward ticks at the new 3:00). Other schedules follow
+// the clock: "0 * * * *" ticks at both 1:00s and at no 2:00. Processes agree
+// on these ticks as long as they share the tz database's rules for the zone.
 type PeriodicJob struct {
 	// Name identifies the schedule across the cluster (at most 64 bytes);
 	// renaming it starts a new schedule.
@@ -32,18 +42,31 @@ type PeriodicJob struct {
 	// ContentID and Unique must be unset: the schedule sets them.
 	Job Job
 	// CatchUp is how many ticks missed while no worker ran are enqueued
-	// when a worker starts (the most recent ones). Default 0: none.
+	// when a worker starts (the most recent ones); default 0: none, at
+	// most 10,000. A worker that wakes up late (its process was
+	// suspended, or the clock jumped forward) likewise enqueues the tick
+	// it woke for and at most CatchUp of the ticks it slept through.
 	CatchUp int
 }
 
 // schedule is a checked PeriodicJob with its next-tick function.
 type schedule struct {
 	PeriodicJob
-	after func(t time.Time) time.Time // the first tick after t
-	next  time.Time                   // the next tick to enqueue
+	after func(t time.Time) time.Time // the first tick after t; zero if none
+	next  time.Time                   // the next tick to enqueue; zero if none
 }
 
-const maxPeriodicName = 64
+const (
+	maxPeriodicName = 64
+	// maxCatchUp bounds PeriodicJob.CatchUp: a catch-up is one transaction.
+	maxCatchUp = 10000
+	// cronHorizon is how far back a walk over cron ticks starts at most,
+	// and maxCronWalk bounds its steps: a 5-field cron schedule ticks at
+	// most once a minute (576,000 times in 400 days), plus one tick per
+	// clock change.
+	cronHorizon = 400 * day
+	maxCronWalk = 600_000
+)
 
 // newSchedules checks the periodic jobs of a WorkerConfig.
 func newSchedules(jobs []PeriodicJob, maxConfig int) ([]*schedule, error) {
@@ -62,8 +85,8 @@ func newSchedules(jobs []PeriodicJob, maxConfig int) ([]*schedule, error) {
 			return nil, bad("set exactly one of Cron and Every")
 		case p.Every != 0 && p.Every < time.Second:
 			return nil, bad("Every must be at least 1s, got %s", p.Every)
-		case p.CatchUp < 0:
-			return nil, bad("CatchUp must not be negative")
+		case p.CatchUp < 0 || p.CatchUp > maxCatchUp:
+			return nil, bad("CatchUp %d is outside 0..%d; to replay a longer backlog, enqueue its jobs yourself", p.CatchUp, maxCatchUp)
 		case p.Job.ContentID || p.Job.Unique != (Unique{}) || !p.Job.RunAt.IsZero() || p.Job.Delay != 0:
 			return nil, bad("the Job's ContentID, Unique, RunAt and Delay must be unset; the schedule sets them")
 		}
@@ -79,18 +102,125 @@ func newSchedules(jobs []PeriodicJob, maxConfig int) ([]*schedule, error) {
 			every := p.Every
 			s.after = func(t time.Time) time.Time { return time.Unix(0, (t.UnixNano()/int64(every)+1)*int64(every)).UTC() }
 		} else {
-			if strings.HasPrefix(strings.TrimSpace(p.Cron), "@every") {
-				return nil, bad("@every counts from when each process started, so processes would disagree on ticks; use the Every field")
-			}
-			sched, err := cron.ParseStandard(p.Cron)
+			c, err := parseCron(p.Cron)
 			if err != nil {
-				return nil, bad("cron expression %q: %v", p.Cron, err)
+				return nil, bad("%v", err)
 			}
-			s.after = func(t time.Time) time.Time { return sched.Next(t.UTC()) }
+			s.after = c.after
+			if s.after(time.Now()).IsZero() {
+				return nil, bad("cron expression %q never fires: no time in the next five years matches it; check its days against its months", p.Cron)
+			}
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// cronSchedule is a parsed cron expression.
+type cronSchedule struct {
+	spec *cron.SpecSchedule
+	loc  *time.Location // where its fields are read: CRON_TZ's zone, or UTC
+	// fixed: neither the minute nor the hour field starts with '*', and
+	// the expression is not @hourly. The cron daemons apply their
+	// clock-change rule to these schedules only.
+	fixed bool
+}
+
+// parseCron parses a Cron field.
+func parseCron(expr string) (*cronSchedule, error) {
+	fields := expr
+	if strings.HasPrefix(expr, "TZ=") || strings.HasPrefix(expr, "CRON_TZ=") {
+		i := strings.IndexByte(expr, ' ')
+		if i < 0 { // robfig/cron would panic
+			return nil, fmt.Errorf("cron expression %q has a time zone and no schedule; write CRON_TZ=Area/City, a space, then the schedule", expr)
+		}
+		fields = expr[i+1:]
+	}
+	parsed, err := cron.ParseStandard(expr)
+	if err != nil {
+		return nil, fmt.Errorf("cron expression %q: %v", expr, err)
+	}
+	spec, ok := parsed.(*cron.SpecSchedule)
+	if !ok { // @every, also after a CRON_TZ= prefix
+		return nil, fmt.Errorf("cron expression %q: @every counts from when each process started, so processes would disagree on ticks; use the Every field", expr)
+	}
+	// Without CRON_TZ, robfig/cron reads the fields in the zone of the
+	// time it is given, which is always UTC here.
+	c := &cronSchedule{spec: spec, loc: spec.Location}
+	if c.loc == time.Local {
+		c.loc = time.UTC
+	}
+	wild := func(field string) bool { return strings.HasPrefix(field, "*") || strings.HasPrefix(field, "?") }
+	if f := strings.Fields(fields); len(f) < 2 {
+		c.fixed = !slices.Contains(f, "@hourly")
+	} else {
+		c.fixed = !wild(f[0]) && !wild(f[1])
+	}
+	return c, nil
+}
+
+// after returns the schedule's first tick after t, or the zero time if
+// none comes within five years. Ticks are robfig/cron's (so their job ids
+// are what they always were), with the cron daemons' rule for a fixed
+// schedule where its zone's clock changes: a tick whose local time came
+// already is dropped, and local times the clock skipped tick once, at the
+// jump.
+func (c *cronSchedule) after(t time.Time) time.Time {
+	for skips := 0; ; skips++ {
+		next := c.spec.Next(t.UTC())
+		if next.IsZero() || !c.fixed {
+			return next
+		}
+		if jump := c.jumpBetween(t, next); !jump.IsZero() {
+			return jump
+		}
+		end := c.repeatedUntil(next)
+		if end.IsZero() || skips == 8 { // each skip passes a change: 8 is ample
+			return next
+		}
+		t = end.Add(-time.Second) // robfig/cron's next tick is then end or later
+	}
+}
+
+// jumpBetween returns the first moment in (t, next] at which the clock
+// jumped forward over a local time the schedule matches, or the zero time.
+func (c *cronSchedule) jumpBetween(t, next time.Time) time.Time {
+	at := t.In(c.loc)
+	for range 32 { // next is at most five years on: a zone changes 2 or 4 times a year
+		_, change := at.ZoneBounds()
+		if change.IsZero() || change.After(next) {
+			break
+		}
+		_, before := change.Add(-time.Second).Zone()
+		_, after := change.Zone()
+		if skipped := time.Duration(after-before) * time.Second; skipped > 0 {
+			// Read in the old offset, the skipped local times are the
+			// instants [change, change+skipped).
+			old := *c.spec
+			old.Location = time.FixedZone("", before)
+			if m := old.Next(change.Add(-time.Second)); !m.IsZero() && m.Before(change.Add(skipped)) {
+				return change.UTC()
+			}
+		}
+		at = change
+	}
+	return time.Time{}
+}
+
+// repeatedUntil returns, when tick's local time came already (the clock
+// went back less than that long before tick), the end of that repeated
+// span; else the zero time.
+func (c *cronSchedule) repeatedUntil(tick time.Time) time.Time {
+	change, _ := tick.In(c.loc).ZoneBounds()
+	if change.IsZero() {
+		return time.Time{}
+	}
+	_, before := change.Add(-time.Second).Zone()
+	_, after := change.Zone()
+	if back := time.Duration(before-after) * time.Second; back > 0 && tick.Sub(change) < back {
+		return change.Add(back).UTC()
+	}
+	return time.Time{}
 }
 
 // periodicJobID is the id of one tick's job: the same name and tick give the
@@ -158,7 +288,9 @@ func (w *Worker) enqueuePeriodic(ctx context.Context) {
 		}
 		wait := time.Hour
 		for _, s := range w.schedules {
-			wait = min(wait, time.Until(s.next))
+			if !s.next.IsZero() {
+				wait = min(wait, time.Until(s.next))
+			}
 		}
 		if len(due) > 0 {
 			wait = min(wait, backoffWait(failures, 30*time.Second))
@@ -168,25 +300,44 @@ func (w *Worker) enqueuePeriodic(ctx context.Context) {
 		}
 		now = time.Now()
 		for _, s := range w.schedules {
-			for !s.next.After(now) {
-				due = append(due, tick{s, s.next})
-				s.next = s.after(s.next)
+			for _, at := range s.due(now) {
+				due = append(due, tick{s, at})
 			}
 		}
 	}
 }
 
+// due returns the schedule's ticks that have come by now, oldest first, and
+// moves next past now. Of the ticks a late wake-up slept through (a
+// suspended process, a clock stepped forward) it keeps the latest
+// 1+CatchUp, as a starting worker does.
+func (s *schedule) due(now time.Time) []time.Time {
+	if s.next.IsZero() || s.next.After(now) {
+		return nil
+	}
+	ticks := s.latestTicks(s.next, now, 1+s.CatchUp)
+	if len(ticks) <= s.CatchUp {
+		ticks = append([]time.Time{s.next}, ticks...)
+	}
+	if s.next = s.after(now); !s.next.After(now) {
+		s.next = time.Time{} // no next tick: never wait for one
+	}
+	return ticks
+}
+
 // keepLatest trims the ticks waiting for a retry to each schedule's latest
-// 1+CatchUp.
+// 1+CatchUp, in place.
 func keepLatest(due []tick) []tick {
-	count := make(map[*schedule]int)
-	var kept []tick
-	for i := len(due) - 1; i >= 0; i-- {
-		t := due[i]
-		if count[t.s] <= t.s.CatchUp {
-			count[t.s]++
-			kept = append([]tick{t}, kept...)
+	left := make(map[*schedule]int) // ticks of the schedule from here on
+	for _, t := range due {
+		left[t.s]++
+	}
+	kept := due[:0]
+	for _, t := range due {
+		if left[t.s] <= 1+t.s.CatchUp {
+			kept = append(kept, t)
 		}
+		left[t.s]--
 	}
 	return kept
 }
@@ -223,36 +374,71 @@ func (w *Worker) missedTicks(ctx context.Context, now time.Time) ([]tick, error)
 		if s.CatchUp == 0 || !ok {
 			continue
 		}
-		for _, t := range s.latestTicks(from, now) {
+		for _, t := range s.latestTicks(from, now, s.CatchUp) {
 			due = append(due, tick{s, t})
 		}
 	}
 	return due, nil
 }
 
-// latestTicks returns the schedule's latest CatchUp ticks after from and up
-// to now, oldest first. Interval ticks are computed; cron ticks are walked,
-// from at most 400 days back (a cron schedule ticks at most once a minute,
-// so that is under 600,000 steps).
-func (s *schedule) latestTicks(from, now time.Time) []time.Time {
-	var ticks []time.Time
+// latestTicks returns the schedule's latest n ticks after from and up to
+// now, oldest first. Interval ticks are computed. Cron ticks are walked
+// over the last hour, then twice as far back each time until the walk finds
+// n ticks or reaches from (at most cronHorizon back), so a catch-up costs
+// about the ticks it returns, not every tick since from.
+func (s *schedule) latestTicks(from, now time.Time, n int) []time.Time {
+	if n <= 0 || !now.After(from) {
+		return nil
+	}
 	if s.Every > 0 {
-		last := time.Unix(0, now.UnixNano()/int64(s.Every)*int64(s.Every)).UTC()
-		for t := last; t.After(from) && len(ticks) < s.CatchUp; t = t.Add(-s.Every) {
-			ticks = append([]time.Time{t}, ticks...)
+		every := int64(s.Every)
+		last := now.UnixNano() / every // ticks are multiples of every
+		first := max(last-int64(n)+1, 0)
+		if !time.Unix(0, first*every).After(from) {
+			first = from.UnixNano()/every + 1
+		}
+		ticks := make([]time.Time, 0, max(last-first+1, 0))
+		for i := first; i <= last; i++ {
+			ticks = append(ticks, time.Unix(0, i*every).UTC())
 		}
 		return ticks
 	}
-	if horizon := now.Add(-400 * day); from.Before(horizon) {
-		from = horizon
+	start := later(from, now.Add(-cronHorizon))
+	for back := time.Hour; ; back *= 2 {
+		if w := now.Add(-back); w.After(start) {
+			if ticks := s.walkTicks(w, now, n); len(ticks) == n {
+				return ticks
+			}
+			continue
+		}
+		return s.walkTicks(start, now, n)
 	}
-	for t := s.after(from); !t.After(now); t = s.after(t) {
-		ticks = append(ticks, t)
-		if len(ticks) > s.CatchUp {
-			ticks = ticks[1:]
+}
+
+// walkTicks returns the latest n ticks after from and up to now, walking
+// them all, for at most maxCronWalk steps.
+func (s *schedule) walkTicks(from, now time.Time, n int) []time.Time {
+	var ticks []time.Time
+	t := from
+	for range maxCronWalk {
+		next := s.after(t)
+		if next.IsZero() || !next.After(t) || next.After(now) {
+			break
+		}
+		t, ticks = next, append(ticks, next)
+		if len(ticks) == 2*n { // keep the latest n, in amortized O(1)
+			ticks = append(ticks[:0], ticks[n:]...)
 		}
 	}
-	return ticks
+	return ticks[max(len(ticks)-n, 0):]
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // enqueueTicks enqueues the jobs of due ticks and records the latest tick

@@ -2,6 +2,7 @@ package compute_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,12 +120,22 @@ func TestPeriodicRejectsBadSchedules(t *testing.T) {
 		{Name: "a", Every: time.Minute, Job: compute.Job{Queue: "p", ContentID: true}},
 		{Name: "a", Every: time.Minute, Job: compute.Job{Queue: "bad queue"}},
 		{Name: "a", Every: time.Minute, Job: job, CatchUp: -1},
+		{Name: "a", Every: time.Minute, Job: job, CatchUp: 10001},
+		{Name: "a", Cron: "CRON_TZ=UTC @every 1m", Job: job},
+		{Name: "a", Cron: "CRON_TZ=UTC", Job: job},                       // panicked
+		{Name: "a", Cron: "0 0 30 2 *", Job: job},                        // never fires; spun a core
+		{Name: "a", Cron: "CRON_TZ=Europe/Paris 0 0 31 4,6 *", Job: job}, // never fires
 	} {
 		_, err := compute.NewWorker(q, compute.WorkerConfig{
 			Queues: map[string]compute.QueueConfig{"p": {Handler: idle}}, Periodic: []compute.PeriodicJob{p}})
 		if !errors.Is(err, compute.ErrInvalidOption) {
 			t.Errorf("NewWorker with %+v = %v, want ErrInvalidOption", p, err)
 		}
+	}
+	_, err := compute.NewWorker(q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"p": {Handler: idle}},
+		Periodic: []compute.PeriodicJob{{Name: "a", Cron: "0 0 30 2 *", Job: job}}})
+	if err == nil || !strings.Contains(err.Error(), `"0 0 30 2 *"`) || !strings.Contains(err.Error(), "never") {
+		t.Errorf("NewWorker with a schedule that never fires: %v, want an error that names the schedule and says it never fires", err)
 	}
 	dup := []compute.PeriodicJob{{Name: "a", Every: time.Minute, Job: job}, {Name: "a", Every: time.Hour, Job: job}}
 	if _, err := compute.NewWorker(q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"p": {Handler: idle}}, Periodic: dup}); !errors.Is(err, compute.ErrInvalidOption) {

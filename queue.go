@@ -75,13 +75,20 @@ func WithMaxConfigSize(n int) Option {
 	}
 }
 
-// WithWorkerID names this process in the jobs it claims (compute.jobs.worker).
-// The default is host/pid/random, unique per Queue.
+// WithWorkerID names this process in the jobs it claims (compute.jobs.worker)
+// and in the worker registry. The default ("") is host/pid/random, unique
+// per Queue. An id that is not valid UTF-8, holds a NUL byte or is longer
+// than 256 bytes makes Open and New fail with ErrInvalidOption.
 func WithWorkerID(id string) Option {
 	return func(o *options) {
-		if id != "" {
-			o.workerID = id
+		if id == "" {
+			return
 		}
+		if err := validWorkerID(id); err != nil {
+			o.errs = append(o.errs, err)
+			return
+		}
+		o.workerID = id
 	}
 }
 

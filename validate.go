@@ -17,6 +17,7 @@ const (
 	maxMaxAttempts   = 1000    // keeps the errors array of a job bounded
 	defaultMaxConfig = 1 << 20 // default WithMaxConfigSize
 	maxKeyLen        = 256     // partition and unique keys, in bytes
+	maxWorkerIDLen   = 256     // WithWorkerID, in bytes: it is on every claimed job
 )
 
 // validQueue checks a queue name: 1 to 32 of a-z A-Z 0-9 _ - . with a
@@ -49,6 +50,15 @@ func validText(s, what string, kind error) error {
 		return fmt.Errorf("%w: %s is not valid UTF-8; encode binary data (base64) first", kind, what)
 	}
 	return nil
+}
+
+// validWorkerID checks a WithWorkerID id: every claim writes it into a
+// text column, so one Postgres rejects would make every claim fail.
+func validWorkerID(id string) error {
+	if len(id) > maxWorkerIDLen {
+		return fmt.Errorf("%w: WithWorkerID(%q) is %d bytes long; use at most %d", ErrInvalidOption, clip(id), len(id), maxWorkerIDLen)
+	}
+	return validText(id, "WithWorkerID's id", ErrInvalidOption)
 }
 
 // validFiles checks a list of file names: each non-empty, storable as text,

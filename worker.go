@@ -32,9 +32,9 @@ type QueueConfig struct {
 	// Handler runs the queue's jobs. Required.
 	Handler Handler
 	// Concurrency is how many of the queue's jobs run at once in this
-	// worker; 0 means 10. A job's slot frees when its handler returns;
-	// the worker claims nothing more for the queue while Concurrency
-	// finished jobs wait for their outcome to be written.
+	// worker; 0 means 10, at most 10,000. A job's slot frees when its
+	// handler returns; the worker claims nothing more for the queue while
+	// Concurrency finished jobs wait for their outcome to be written.
 	Concurrency int
 	// Timeout, when set, cancels a job's context after this long and
 	// fails the attempt.
@@ -181,7 +181,7 @@ var (
 var ErrWorkerStarted = errors.New("compute: worker already started; make a new Worker to run again")
 
 // NewWorker checks cfg and returns a Worker for the queue q. Mistakes in cfg
-// (no queues, a bad queue name, a missing handler, negative values) fail
+// (no queues, a bad queue name, a missing handler, values out of range) fail
 // with ErrInvalidOption.
 func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	if q == nil {
@@ -218,6 +218,10 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		}
 		if qc.Concurrency < 0 || qc.Timeout < 0 || qc.MaxAttempts < 0 {
 			return nil, fmt.Errorf("%w: queue %q: Concurrency, Timeout and MaxAttempts must not be negative", ErrInvalidOption, name)
+		}
+		if qc.Concurrency > maxClaim {
+			return nil, fmt.Errorf("%w: queue %q: Concurrency %d is over %d, the most jobs one claim takes; run more workers (or more Worker values in this process) to run more of the queue's jobs at once",
+				ErrInvalidOption, name, qc.Concurrency, maxClaim)
 		}
 		qc.Concurrency = cmpOr(qc.Concurrency, 10)
 		if qc.Backoff == nil {
