@@ -331,8 +331,11 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 // pinJoins precedes each fenced statement and each claim in its pipeline or
 // transaction (see queryPinned, fenced and claimUpdate). The settings are local
 // (set_config's third argument): they end with the pipeline's implicit
-// transaction, and never outlive the call on the pooled connection.
-const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true)`
+// transaction, and never outlive the call on the pooled connection. JIT is
+// off too: the disabled plan types' penalty costs can lift a claim's
+// estimate over jit_above_cost, and a keyed claim then spent about 30 ms
+// compiling itself (seen with a rate-limit window of 100,000 starts).
+const pinJoins = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)`
 
 // pinnedBatch is the pipeline queryPinned and the gated claim's lock send:
 // pinJoins, then the statement.
