@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/internal/testdb"
 )
 
 // fairQueueWithFuse makes the issue's fair queue: keys a (10 jobs), b and c,
@@ -30,6 +31,14 @@ func fairQueueWithFuse(t *testing.T, q *compute.Queue, errcode string) []compute
 	}
 	jobs = append(jobs, compute.Job{Queue: "fq", PartitionKey: "b", MaxAttempts: 1}, compute.Job{Queue: "fq", PartitionKey: "c", MaxAttempts: 1})
 	ids := enqueueAll(t, q, jobs)
+	installFuse(t, q, errcode)
+	return ids
+}
+
+// installFuse makes the first claim of a job whose config is
+// {"fuse": true} fail with errcode, once.
+func installFuse(t *testing.T, q *compute.Queue, errcode string) {
+	t.Helper()
 	mustExec(t, q.Pool(), `CREATE SEQUENCE public.fuse`)
 	mustExec(t, q.Pool(), `CREATE FUNCTION public.blow() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
@@ -41,7 +50,6 @@ func fairQueueWithFuse(t *testing.T, q *compute.Queue, errcode string) []compute
 	mustExec(t, q.Pool(), `CREATE TRIGGER fuse BEFORE UPDATE ON compute.jobs FOR EACH ROW
 		WHEN (OLD.status = 'queued' AND NEW.status = 'in-progress' AND NEW.config = '{"fuse": true}')
 		EXECUTE FUNCTION public.blow()`)
-	return ids
 }
 
 // TestGatedClaimKeepsEarlierRoundsAcrossARetry: the gated claim commits
@@ -105,4 +113,32 @@ func (c *runCounter) of(id compute.JobID) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.runs[id]
+}
+
+// TestWorkerAdoptsTheJobsOfAClaimWhoseReplyWasLost: a claim can commit
+// while its reply is lost with the connection. After a failed claim the
+// worker asks the database which of the queue's jobs it holds and runs
+// those it does not know, instead of leaving them to their leases (a
+// minute here, longer than the test waits). The lost claim is played by a
+// second Queue with the worker's id; the worker's own first claim then
+// fails (a fuse trigger).
+func TestWorkerAdoptsTheJobsOfAClaimWhoseReplyWasLost(t *testing.T) {
+	t.Parallel()
+	connString := testdb.New(t)
+	q := openQueue(t, connString, compute.WithMigrate(), withTestLog(t), compute.WithLease(time.Minute))
+	lost := openQueue(t, connString, compute.WithWorkerID(q.WorkerID()))
+	ids := enqueueAll(t, q, []compute.Job{{Queue: "a"}, {Queue: "a"}, {Queue: "a"}})
+	if held, err := lost.Claim(context.Background(), "a", 3); err != nil || len(held) != 3 {
+		t.Fatalf("the lost claim: %d jobs, %v", len(held), err)
+	}
+	ids = append(ids, enqueue(t, q, compute.Job{Queue: "a", Config: `{"fuse": true}`}))
+	installFuse(t, q, "XX000")
+	runs := &runCounter{runs: make(map[compute.JobID]int)}
+	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, RescueInterval: time.Hour,
+		Queues: map[string]compute.QueueConfig{"a": {Handler: runs.handle}}})
+	for _, id := range ids {
+		if job := awaitStatus(t, q, id, compute.StatusComplete, compute.StatusFailed); job.Status != compute.StatusComplete || runs.of(id) != 1 {
+			t.Errorf("job %s: %s after %d runs, want complete after 1", id, job.Status, runs.of(id))
+		}
+	}
 }
