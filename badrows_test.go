@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"runtime"
 	"testing"
 	"time"
 
@@ -179,5 +180,31 @@ func TestWorkerRunsGoodJobsOnceBesideUnreadableRows(t *testing.T) {
 	}
 	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`); n != int64(len(ids)+len(oddRows)) {
 		t.Errorf("%d jobs complete, want the %d good and odd ones", n, len(ids)+len(oddRows))
+	}
+}
+
+// TestClaimNeverFetchesAConfigOverTheLimit: configs written by plain SQL
+// are not bound by WithMaxConfigSize, and a claim must not fetch them
+// whole. Eight rows of 20 MiB each: the claim allocates a small part of
+// one of them, and fails the eight, each on its own. Not parallel: it
+// reads the process's allocation counter.
+func TestClaimNeverFetchesAConfigOverTheLimit(t *testing.T) {
+	q := newQueue(t)
+	mustExec(t, q.Pool(), `INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
+		SELECT decode(md5('big' || i), 'hex'), 'queued', 'big', repeat(md5(i::text), 20 * 1024 * 1024 / 32), '{}', now(), now()
+		FROM generate_series(1, 8) i`)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	jobs, err := q.Claim(context.Background(), "big", 8)
+	runtime.ReadMemStats(&after)
+	if err != nil || len(jobs) != 0 {
+		t.Fatalf("claim: %d jobs, %v; want none (every config is over the limit)", len(jobs), err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 8<<20 {
+		t.Errorf("the claim allocated %d MiB; the configs are 160 MiB and must stay in the database", got>>20)
+	}
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status = 'failed'
+		AND errors::text LIKE '%column config%WithMaxConfigSize%'`); n != 8 {
+		t.Errorf("%d of the 8 rows failed naming their config's size, want 8", n)
 	}
 }
