@@ -83,15 +83,6 @@ const (
 	StatusExpired    Status = "expired"
 )
 
-// valid reports whether s is one of the five statuses.
-func (s Status) valid() bool {
-	switch s {
-	case StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired:
-		return true
-	}
-	return false
-}
-
 // Job is a unit of work. On enqueue the caller sets Queue, Config, InputFiles
 // and, optionally, Priority, RunAt or Delay, MaxAttempts, PartitionKey, and
 // ContentID or Unique; every other field is set by the queue and ignored on
