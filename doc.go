@@ -173,6 +173,9 @@
 // them, also in batches: each key is locked (a transaction advisory lock)
 // until the submitting transaction ends, and the lookup runs after the lock,
 // so it needs READ COMMITTED, the default (SubmitTx refuses other levels).
+// The library's own transactions (Submit, the gated claim, the periodic
+// scheduler) ask for READ COMMITTED whatever the database's or role's
+// default_transaction_isolation says.
 //
 // # Queue rules: pause, limits, fairness
 //

@@ -143,7 +143,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		if len(b.batches) == 1 && !b.unique {
 			return b.insert(ctx, q.pool)
 		}
-		return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error { return b.write(ctx, tx) })
+		return q.readCommitted(ctx, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
 	if b.silent {
 		q.wake.owe(queues, false)
