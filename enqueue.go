@@ -67,19 +67,27 @@ const lockClassUnique = 0x636f6d75
 
 // findDuplicates returns, for each unique job of a batch (by its 1-based
 // position), the newest earlier job of its queue with the same key within
-// its scope. jobs_unique finds a key's jobs newest first; the scope is a
-// filter on those few rows.
+// its scope. One branch per kind of scope, each gated on d.scope, so that
+// each can use its index: the active and queued scopes read only the key's
+// live jobs through jobs_unique_live, and the window scope reads the key's
+// jobs created within the window through jobs_unique (created is in both
+// indexes, newest first). A single filter over jobs_unique read the key's
+// whole history.
 const findDuplicates = `
 SELECT d.i, e.job_id
 FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) WITH ORDINALITY AS d(queue, key, scope, window_us, i)
 CROSS JOIN LATERAL (
-    SELECT j.job_id FROM compute.jobs j
-    WHERE j.queue = d.queue AND j.unique_key = d.key
-      AND CASE d.scope WHEN 0 THEN j.status IN ('queued', 'in-progress')
-                       WHEN 1 THEN j.status = 'queued'
-                       ELSE j.created > now() - d.window_us * interval '1 microsecond' END
-    ORDER BY j.created DESC
-    LIMIT 1) e`
+    (SELECT j.job_id FROM compute.jobs j
+     WHERE d.scope < 2 AND j.queue = d.queue AND j.unique_key = d.key
+       AND j.status IN ('queued', 'in-progress') AND (d.scope = 0 OR j.status = 'queued')
+     ORDER BY j.created DESC
+     LIMIT 1)
+    UNION ALL
+    (SELECT j.job_id FROM compute.jobs j
+     WHERE d.scope = 2 AND j.queue = d.queue AND j.unique_key = d.key
+       AND j.created > now() - d.window_us * interval '1 microsecond'
+     ORDER BY j.created DESC
+     LIMIT 1)) e`
 
 // maxBatchBytes caps the configs sent in one statement; a larger batch is
 // split into several statements inside one transaction.
