@@ -127,3 +127,83 @@ ANALYZE compute.jobs;`
 		})
 	}
 }
+
+// TestListOfASmallQueueReadsOnlyThatQueue checks List's plans for a queue
+// of five jobs (one per status) in a table of 48,050 jobs of another queue
+// in every status, in the custom and in the generic plan, for the first
+// page and a later one: whatever the status asked for, the statement reads
+// no more rows of compute.jobs than the small queue has plus the jobs in
+// progress in the whole cluster (in-progress jobs are found through
+// jobs_running, keyed by worker). A deep page of the large queue's
+// complete, failed or expired jobs reads about one page. Before migration
+// 10, a listing without a status or of complete or expired jobs read the
+// whole table, and so did a generic plan of queued jobs.
+func TestListOfASmallQueueReadsOnlyThatQueue(t *testing.T) {
+	t.Parallel()
+	conn := migratedConn(t)
+	ctx := t.Context()
+	const load = `
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed, worker)
+SELECT uuid_send(gen_random_uuid()), s, 'busy', '{}', '{}', now(), now(), 'w'
+FROM unnest(ARRAY['complete', 'queued', 'failed', 'expired', 'in-progress'], ARRAY[30000, 3000, 5000, 10000, 50]) AS c(s, n),
+     generate_series(1, n);
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed, worker)
+SELECT uuid_send(gen_random_uuid()), s, 'rare', '{}', '{}', now(), now(), 'w'
+FROM unnest(ARRAY['complete', 'queued', 'failed', 'expired', 'in-progress']) AS s;
+ANALYZE compute.jobs;`
+	if _, err := conn.Exec(ctx, load); err != nil {
+		t.Fatal(err)
+	}
+	var second string // the rare queue's second job id, in hex: page two starts after it
+	if err := conn.QueryRow(ctx, `SELECT encode(job_id, 'hex') FROM compute.jobs WHERE queue = 'rare' ORDER BY job_id OFFSET 1 LIMIT 1`).Scan(&second); err != nil {
+		t.Fatal(err)
+	}
+	const bound = 5 + 51 // the rare queue's jobs, and the cluster's jobs in progress
+	for i, status := range []Status{"", StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired} {
+		sql := listJobs
+		if status != "" {
+			sql = listByStatus[status]
+		}
+		name := fmt.Sprintf("list_%d", i)
+		if _, err := conn.Exec(ctx, "PREPARE "+name+" AS "+sql); err != nil {
+			t.Fatal(err)
+		}
+		for _, page := range []struct {
+			after string
+			want  float64
+		}{{"NULL", 1}, {`'\x` + second + `'::bytea`, 1}} {
+			want := page.want
+			if status == "" {
+				want = map[string]float64{"NULL": 5}[page.after]
+				if want == 0 {
+					want = 3
+				}
+			}
+			explainPrepared(t, conn, name, "'rare', "+page.after+", 100", func(mode string, plan planNode, raw []byte) {
+				read, scans := plan.jobsRowsRead()
+				if read > bound || (page.after == "NULL" && plan.ActualRows != want) {
+					t.Errorf("List of status %q after %s, %s: %v jobs, reading %v rows of compute.jobs through %v; want at most %d read\n%s",
+						status, page.after, mode, plan.ActualRows, read, scans, bound, raw)
+				}
+			})
+		}
+	}
+	for i, status := range []Status{StatusComplete, StatusFailed, StatusExpired} {
+		var after string // page two of 100 starts after the 900th job of the status
+		if err := conn.QueryRow(ctx, `SELECT encode(job_id, 'hex') FROM compute.jobs WHERE queue = 'busy' AND status = $1
+			ORDER BY job_id OFFSET 899 LIMIT 1`, status).Scan(&after); err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("deep_%d", i)
+		if _, err := conn.Exec(ctx, "PREPARE "+name+" AS "+listByStatus[status]); err != nil {
+			t.Fatal(err)
+		}
+		explainPrepared(t, conn, name, `'busy', '\x`+after+`'::bytea, 100`, func(mode string, plan planNode, raw []byte) {
+			read, scans := plan.jobsRowsRead()
+			if read > 101 || plan.ActualRows != 100 {
+				t.Errorf("List of status %q after its 900th job, %s: %v jobs, reading %v rows of compute.jobs through %v; want 100 read\n%s",
+					status, mode, plan.ActualRows, read, scans, raw)
+			}
+		})
+	}
+}
