@@ -173,6 +173,10 @@
 // them, also in batches: each key is locked (a transaction advisory lock)
 // until the submitting transaction ends, and the lookup runs after the lock,
 // so it needs READ COMMITTED, the default (SubmitTx refuses other levels).
+// The locks are per bucket of keys: a transaction holds at most 1,024 of
+// them, whatever it submits, but until it ends it also holds up submitters
+// of other keys in its buckets (a batch of thousands of keys holds nearly
+// all of them), so keep transactions with unique jobs short.
 // The library's own transactions (Submit, the gated claim, the periodic
 // scheduler) ask for READ COMMITTED whatever the database's or role's
 // default_transaction_isolation says.

@@ -52,18 +52,32 @@ ON CONFLICT (job_id) DO NOTHING`
 const returningID = ` RETURNING job_id`
 
 // lockUniqueKeys serializes submitters of the same unique keys until their
-// transactions end, in a fixed (sorted) order so two batches cannot
+// transactions end. It locks buckets of keys, not keys: each (queue, key)
+// hashes into one of uniqueLockBuckets buckets, so any two submitters of a
+// key take the same lock, and a transaction holds at most that many
+// advisory locks whatever its batch size or number of submissions. One
+// lock per key filled PostgreSQL's shared lock table (64 locks per
+// connection by default, shared by the whole cluster) beyond about 10,000
+// keys, failing the batch and, while it was open, other sessions of every
+// database. The buckets go in sorted order, so two batches cannot
 // deadlock. The lookup that follows runs as a new statement and so sees
-// every job a previous holder committed. That holds only at READ COMMITTED,
-// which the statement reports so the caller can refuse other levels.
+// every job a previous holder committed. That holds only at READ
+// COMMITTED, which the statement reports so the caller can refuse other
+// levels.
 const lockUniqueKeys = `
-SELECT count(pg_advisory_xact_lock($1, s.h)), current_setting('transaction_isolation')
-FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) AS h
+SELECT count(pg_advisory_xact_lock($1, s.b)), current_setting('transaction_isolation')
+FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) & ($4::int - 1) AS b
       FROM unnest($2::text[], $3::text[]) AS d(queue, key) ORDER BY 1) s`
 
 // lockClassUnique is the first key of the advisory locks on unique keys
-// ("comu"); the second is a hash of queue and key.
-const lockClassUnique = 0x636f6d75
+// ("comb"); the second is the key's bucket. It is not the class of the
+// former per-key locks ("comu"), so the two never collide.
+const lockClassUnique = 0x636f6d62
+
+// uniqueLockBuckets is how many buckets unique keys hash into, a power of
+// two: at most this many advisory locks per transaction, and two unrelated
+// keys wait for each other with a chance of one in this many.
+const uniqueLockBuckets = 1024
 
 // findDuplicates returns, for each unique job of a batch (by its 1-based
 // position), the newest earlier job of its queue with the same key within
@@ -166,7 +180,9 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 // only if tx commits, and no worker sees it before then. Errors from the
 // database leave tx aborted, as any failed statement does; the caller rolls
 // back. Unique jobs need tx at READ COMMITTED (the default), and hold a lock
-// on their keys until tx ends. See Enqueue for duplicates. Workers are
+// on their keys until tx ends: an advisory lock per bucket of keys, at most
+// 1,024 in all, which also holds up submitters of other keys in the same
+// buckets. See Enqueue for duplicates. Workers are
 // woken when tx commits, or, when the enqueue falls in its queue's
 // notification cooldown (WithNotifyCooldown), by a notification at the
 // period's end and one more 100 ms later; a tx that stays open longer than
@@ -289,7 +305,7 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 	}
 	var locked int64
 	var isolation string
-	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys)
+	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys, uniqueLockBuckets)
 	if err != nil {
 		return err
 	}

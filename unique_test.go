@@ -1,6 +1,7 @@
 package compute_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -256,5 +257,73 @@ FROM generate_series(1, $1::int)`, history)
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// TestUniqueBatchTakesABoundedNumberOfLocks submits 100,000 unique jobs in
+// a caller's transaction, on a server with the default
+// max_locks_per_transaction: one advisory lock per key exhausted the
+// cluster's shared lock table ("out of shared memory") beyond about 10,000
+// keys, failing the batch and, while it was open, other sessions of every
+// database. The transaction holds at most 1,024 advisory locks; a
+// concurrent submitter of one of its keys waits for its commit and then
+// gets its job, and submitting the batch again creates nothing.
+func TestUniqueBatchTakesABoundedNumberOfLocks(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	conn := testdb.New(t)
+	q := openQueue(t, conn, compute.WithMigrate())
+	if n := queryOne[string](t, q.Pool(), `SHOW max_locks_per_transaction`); n != "64" {
+		t.Logf("max_locks_per_transaction is %s, not the default 64", n)
+	}
+	const n = 100000
+	jobs := make([]compute.Job, n)
+	for i := range jobs {
+		jobs[i] = compute.Job{Queue: "bulk", Unique: compute.Unique{Key: fmt.Sprint("key-", i)}}
+	}
+	tx, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	ids, err := q.EnqueueManyTx(ctx, tx, jobs)
+	if err != nil {
+		t.Fatalf("EnqueueManyTx of %d unique jobs: %v", n, err)
+	}
+	if held := queryOne[int64](t, tx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`); held > 1024 {
+		t.Errorf("the caller's transaction holds %d advisory locks, want at most 1,024", held)
+	}
+
+	other := openQueue(t, conn)
+	got := make(chan []compute.Enqueued, 1)
+	go func() {
+		res, err := other.Submit(ctx, jobs[n/2])
+		if err != nil {
+			t.Error(err)
+		}
+		got <- res
+	}()
+	waitUntil(t, liveness, "the other submitter waiting for the key", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()`) == 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := receive(t, got, liveness, "the other submit"); len(res) != 1 || !res[0].Duplicate || res[0].ID != ids[n/2] {
+		t.Fatalf("the other submit = %+v, want a duplicate of %s", res, ids[n/2])
+	}
+
+	again, err := q.Submit(ctx, jobs...)
+	if err != nil {
+		t.Fatalf("Submit of the same %d unique jobs: %v", n, err)
+	}
+	for i, r := range again {
+		if !r.Duplicate || r.ID != ids[i] {
+			t.Fatalf("job %d submitted again = %+v, want a duplicate of %s", i, r, ids[i])
+		}
+	}
+	if c := countJobs(t, q); c != n {
+		t.Fatalf("%d jobs, want %d", c, n)
 	}
 }
