@@ -5,8 +5,8 @@
 -- has no status, and filtered out the finished ones under the key's
 -- advisory lock: with 200,000 complete jobs of one key, a unique Submit
 -- that created a job took 30-37 ms instead of 0.8-1.1 (three runs of
--- BenchmarkUniqueSubmitWithHistory on a server with fsync on); with this
--- index, 0.9-1.4 ms either way. jobs_unique_live holds only the live jobs
+-- BenchmarkUniqueSubmitWithHistory on the test harness's server); with
+-- this index, 0.9-1.4 ms either way. jobs_unique_live holds only the live jobs
 -- with a key, so jobs without a key never enter it, and a job with one
 -- enters it at its enqueue and at its claim (its completion moves it out
 -- at no index cost). jobs_unique still serves UniqueWithinWindow, whose
@@ -21,7 +21,8 @@
 -- Complete of 1,000 jobs wrote 5,023-5,042 WAL records (517 kB) instead of
 -- 4,016-4,036 (423 kB) and hit 14,042-14,892 buffers instead of
 -- 12,036-12,886, and a claim-and-complete loop (BenchmarkClaimComplete,
--- batches of 1,000, eight alternating pairs on a shared 2-core machine)
+-- batches of 1,000, eight alternating pairs on a shared 2-core machine,
+-- the test harness's server)
 -- ran at a median of about 0.88 of its speed without it, with pairs from
 -- 0.66 to 0.94 and one outlier. An index on (queue, job_id) over every row
 -- would cost an insert at each status change, as every one is a non-HOT
