@@ -152,7 +152,8 @@
 // claim, and a holder that lost its job gets a *LeaseLostError instead.
 //
 // All times (created, run_at, leases, retention) come from the database's
-// now(), never from a worker's clock.
+// clock, never from a worker's; an enqueue's (created, and run_at after a
+// Delay) are when its statement ran, even inside a longer transaction.
 //
 // Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
 // the queue, config and input files, so enqueuing the same job again

@@ -16,16 +16,20 @@ import (
 // queue.
 // Input files arrive as one array literal per job (see arrayLiteral). ON
 // CONFLICT DO NOTHING makes a second submit of a content-id job a no-op,
-// also when two submitters race. run_at is the caller's time when given, else
-// the database's now() plus the delay. Empty keys are stored as NULL, which
+// also when two submitters race. created, last_accessed and the default
+// run_at (plus the delay) are statement_timestamp(), not now(): inside a
+// caller's long transaction now() is when it began, and a job enqueued late
+// in it would look old to UniqueWithinWindow at its commit (and its delay
+// would count from the transaction's start). run_at is the caller's time
+// when given. Empty keys are stored as NULL, which
 // keeps those jobs out of the partial index jobs_unique. $11 'on' tells the
 // insert trigger to skip its notification (see wakeups); the uncorrelated
 // sub-select runs once, before the trigger, which reads and clears it.
 const insertJobs = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
                           priority, run_at, max_attempts, unique_key, partition_key)
-SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], now(), now(),
-       d.priority, coalesce(d.run_at, now() + d.delay_us * interval '1 microsecond'), d.max_attempts,
+SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], statement_timestamp(), statement_timestamp(),
+       d.priority, coalesce(d.run_at, statement_timestamp() + d.delay_us * interval '1 microsecond'), d.max_attempts,
        nullif(d.unique_key, ''), nullif(d.partition_key, '')
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[],
             $7::bigint[], $8::integer[], $9::text[], $10::text[])
@@ -41,8 +45,8 @@ ON CONFLICT (job_id) DO NOTHING`
 const insertJob = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
                           priority, run_at, max_attempts, unique_key, partition_key)
-SELECT $1::bytea, 'queued', $2::text, $3::text, $4::text::varchar[], now(), now(),
-       $5::smallint, coalesce($6::timestamptz, now() + $7::bigint * interval '1 microsecond'), $8::integer,
+SELECT $1::bytea, 'queued', $2::text, $3::text, $4::text::varchar[], statement_timestamp(), statement_timestamp(),
+       $5::smallint, coalesce($6::timestamptz, statement_timestamp() + $7::bigint * interval '1 microsecond'), $8::integer,
        nullif($9::text, ''), nullif($10::text, '')
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
@@ -86,7 +90,8 @@ const uniqueLockBuckets = 1024
 // live jobs through jobs_unique_live, and the window scope reads the key's
 // jobs created within the window through jobs_unique (created is in both
 // indexes, newest first). A single filter over jobs_unique read the key's
-// whole history.
+// whole history. The window ends at this statement's start, not at the
+// transaction's, as created is the enqueue statement's (see insertJobs).
 const findDuplicates = `
 SELECT d.i, e.job_id
 FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) WITH ORDINALITY AS d(queue, key, scope, window_us, i)
@@ -99,7 +104,7 @@ CROSS JOIN LATERAL (
     UNION ALL
     (SELECT j.job_id FROM compute.jobs j
      WHERE d.scope = 2 AND j.queue = d.queue AND j.unique_key = d.key
-       AND j.created > now() - d.window_us * interval '1 microsecond'
+       AND j.created > statement_timestamp() - d.window_us * interval '1 microsecond'
      ORDER BY j.created DESC
      LIMIT 1)) e`
 

@@ -327,3 +327,48 @@ func TestUniqueBatchTakesABoundedNumberOfLocks(t *testing.T) {
 		t.Fatalf("%d jobs, want %d", c, n)
 	}
 }
+
+// TestUniqueWindowCountsFromTheEnqueueNotTheTransactionStart enqueues with
+// UniqueWithinWindow inside a caller's transaction that is two seconds old.
+// The job's created is when SubmitTx ran, not when the transaction began,
+// so right after the commit a submit of the same key is a duplicate within
+// a one-second window; and the lookup measures the window back from its own
+// statement, so a job created two seconds earlier is outside a half-second
+// window. Both used now(), the transaction's start.
+func TestUniqueWindowCountsFromTheEnqueueNotTheTransactionStart(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	halfSecond := func(key string) compute.Job {
+		return compute.Job{Queue: "w", Unique: compute.Unique{Key: key, Scope: compute.UniqueWithinWindow, Window: 500 * time.Millisecond}}
+	}
+	second := compute.Job{Queue: "w", Unique: compute.Unique{Key: "late", Scope: compute.UniqueWithinWindow, Window: time.Second}}
+
+	tx, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	early, err := q.Submit(ctx, halfSecond("early"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, tx, `SELECT pg_sleep(2)`) // a long transaction
+	if res, err := q.SubmitTx(ctx, tx, halfSecond("early")); err != nil || res[0].Duplicate {
+		t.Errorf("a job created 2 s before the lookup counted within a 500 ms window: %+v, %v (the first was %s)", res, err, early[0].ID)
+	}
+	before := queryOne[time.Time](t, tx, `SELECT clock_timestamp()`)
+	late, err := q.SubmitTx(ctx, tx, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created := queryOne[time.Time](t, tx, `SELECT created FROM compute.jobs WHERE job_id = $1`, late[0].ID[:]); created.Before(before) {
+		t.Errorf("created %s is before SubmitTx ran (%s): the transaction's start", created, before)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := q.Submit(ctx, second); err != nil || !again[0].Duplicate || again[0].ID != late[0].ID {
+		t.Errorf("a submit right after the commit = %+v, %v; want a duplicate of %s within the 1 s window", again, err, late[0].ID)
+	}
+}
