@@ -153,7 +153,8 @@
 // claim, and a holder that lost its job gets a *LeaseLostError instead.
 //
 // All times (created, run_at, leases, retention) come from the database's
-// now(), never from a worker's clock.
+// clock, never from a worker's; an enqueue's (created, and run_at after a
+// Delay) are when its statement ran, even inside a longer transaction.
 //
 // Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
 // the queue, config and input files (in the order given), so enqueuing the
@@ -175,6 +176,13 @@
 // them, also in batches: each key is locked (a transaction advisory lock)
 // until the submitting transaction ends, and the lookup runs after the lock,
 // so it needs READ COMMITTED, the default (SubmitTx refuses other levels).
+// The locks are per bucket of keys: a transaction holds at most 1,024 of
+// them, whatever it submits, but until it ends it also holds up submitters
+// of other keys in its buckets (a batch of thousands of keys holds nearly
+// all of them), so keep transactions with unique jobs short.
+// The library's own transactions (Submit, the gated claim, the periodic
+// scheduler) ask for READ COMMITTED whatever the database's or role's
+// default_transaction_isolation says.
 //
 // # Queue rules: pause, limits, fairness
 //

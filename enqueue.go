@@ -16,16 +16,20 @@ import (
 // queue.
 // Input files arrive as one array literal per job (see arrayLiteral). ON
 // CONFLICT DO NOTHING makes a second submit of a content-id job a no-op,
-// also when two submitters race. run_at is the caller's time when given, else
-// the database's now() plus the delay. Empty keys are stored as NULL, which
+// also when two submitters race. created, last_accessed and the default
+// run_at (plus the delay) are statement_timestamp(), not now(): inside a
+// caller's long transaction now() is when it began, and a job enqueued late
+// in it would look old to UniqueWithinWindow at its commit (and its delay
+// would count from the transaction's start). run_at is the caller's time
+// when given. Empty keys are stored as NULL, which
 // keeps those jobs out of the partial index jobs_unique. $11 'on' tells the
 // insert trigger to skip its notification (see wakeups); the uncorrelated
 // sub-select runs once, before the trigger, which reads and clears it.
 const insertJobs = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
                           priority, run_at, max_attempts, unique_key, partition_key)
-SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], now(), now(),
-       d.priority, coalesce(d.run_at, now() + d.delay_us * interval '1 microsecond'), d.max_attempts,
+SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], statement_timestamp(), statement_timestamp(),
+       d.priority, coalesce(d.run_at, statement_timestamp() + d.delay_us * interval '1 microsecond'), d.max_attempts,
        nullif(d.unique_key, ''), nullif(d.partition_key, '')
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[],
             $7::bigint[], $8::integer[], $9::text[], $10::text[])
@@ -41,8 +45,8 @@ ON CONFLICT (job_id) DO NOTHING`
 const insertJob = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
                           priority, run_at, max_attempts, unique_key, partition_key)
-SELECT $1::bytea, 'queued', $2::text, $3::text, $4::text::varchar[], now(), now(),
-       $5::smallint, coalesce($6::timestamptz, now() + $7::bigint * interval '1 microsecond'), $8::integer,
+SELECT $1::bytea, 'queued', $2::text, $3::text, $4::text::varchar[], statement_timestamp(), statement_timestamp(),
+       $5::smallint, coalesce($6::timestamptz, statement_timestamp() + $7::bigint * interval '1 microsecond'), $8::integer,
        nullif($9::text, ''), nullif($10::text, '')
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
@@ -52,34 +56,57 @@ ON CONFLICT (job_id) DO NOTHING`
 const returningID = ` RETURNING job_id`
 
 // lockUniqueKeys serializes submitters of the same unique keys until their
-// transactions end, in a fixed (sorted) order so two batches cannot
+// transactions end. It locks buckets of keys, not keys: each (queue, key)
+// hashes into one of uniqueLockBuckets buckets, so any two submitters of a
+// key take the same lock, and a transaction holds at most that many
+// advisory locks whatever its batch size or number of submissions. One
+// lock per key filled PostgreSQL's shared lock table (64 locks per
+// connection by default, shared by the whole cluster) beyond about 10,000
+// keys, failing the batch and, while it was open, other sessions of every
+// database. The buckets go in sorted order, so two batches cannot
 // deadlock. The lookup that follows runs as a new statement and so sees
-// every job a previous holder committed. That holds only at READ COMMITTED,
-// which the statement reports so the caller can refuse other levels.
+// every job a previous holder committed. That holds only at READ
+// COMMITTED, which the statement reports so the caller can refuse other
+// levels.
 const lockUniqueKeys = `
-SELECT count(pg_advisory_xact_lock($1, s.h)), current_setting('transaction_isolation')
-FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) AS h
+SELECT count(pg_advisory_xact_lock($1, s.b)), current_setting('transaction_isolation')
+FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) & ($4::int - 1) AS b
       FROM unnest($2::text[], $3::text[]) AS d(queue, key) ORDER BY 1) s`
 
 // lockClassUnique is the first key of the advisory locks on unique keys
-// ("comu"); the second is a hash of queue and key.
-const lockClassUnique = 0x636f6d75
+// ("comb"); the second is the key's bucket. It is not the class of the
+// former per-key locks ("comu"), so the two never collide.
+const lockClassUnique = 0x636f6d62
+
+// uniqueLockBuckets is how many buckets unique keys hash into, a power of
+// two: at most this many advisory locks per transaction, and two unrelated
+// keys wait for each other with a chance of one in this many.
+const uniqueLockBuckets = 1024
 
 // findDuplicates returns, for each unique job of a batch (by its 1-based
 // position), the newest earlier job of its queue with the same key within
-// its scope. jobs_unique finds a key's jobs newest first; the scope is a
-// filter on those few rows.
+// its scope. One branch per kind of scope, each gated on d.scope, so that
+// each can use its index: the active and queued scopes read only the key's
+// live jobs through jobs_unique_live, and the window scope reads the key's
+// jobs created within the window through jobs_unique (created is in both
+// indexes, newest first). A single filter over jobs_unique read the key's
+// whole history. The window ends at this statement's start, not at the
+// transaction's, as created is the enqueue statement's (see insertJobs).
 const findDuplicates = `
 SELECT d.i, e.job_id
 FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) WITH ORDINALITY AS d(queue, key, scope, window_us, i)
 CROSS JOIN LATERAL (
-    SELECT j.job_id FROM compute.jobs j
-    WHERE j.queue = d.queue AND j.unique_key = d.key
-      AND CASE d.scope WHEN 0 THEN j.status IN ('queued', 'in-progress')
-                       WHEN 1 THEN j.status = 'queued'
-                       ELSE j.created > now() - d.window_us * interval '1 microsecond' END
-    ORDER BY j.created DESC
-    LIMIT 1) e`
+    (SELECT j.job_id FROM compute.jobs j
+     WHERE d.scope < 2 AND j.queue = d.queue AND j.unique_key = d.key
+       AND j.status IN ('queued', 'in-progress') AND (d.scope = 0 OR j.status = 'queued')
+     ORDER BY j.created DESC
+     LIMIT 1)
+    UNION ALL
+    (SELECT j.job_id FROM compute.jobs j
+     WHERE d.scope = 2 AND j.queue = d.queue AND j.unique_key = d.key
+       AND j.created > statement_timestamp() - d.window_us * interval '1 microsecond'
+     ORDER BY j.created DESC
+     LIMIT 1)) e`
 
 // maxBatchBytes caps the configs sent in one statement; a larger batch is
 // split into several statements inside one transaction.
@@ -143,7 +170,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		if len(b.batches) == 1 && !b.unique {
 			return b.insert(ctx, q.pool)
 		}
-		return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error { return b.write(ctx, tx) })
+		return q.readCommitted(ctx, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
 	if b.silent {
 		q.wake.owe(queues, false)
@@ -158,7 +185,9 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 // only if tx commits, and no worker sees it before then. Errors from the
 // database leave tx aborted, as any failed statement does; the caller rolls
 // back. Unique jobs need tx at READ COMMITTED (the default), and hold a lock
-// on their keys until tx ends. See Enqueue for duplicates. Workers are
+// on their keys until tx ends: an advisory lock per bucket of keys, at most
+// 1,024 in all, which also holds up submitters of other keys in the same
+// buckets. See Enqueue for duplicates. Workers are
 // woken when tx commits, or, when the enqueue falls in its queue's
 // notification cooldown (WithNotifyCooldown), by a notification at the
 // period's end and one more 100 ms later; a tx that stays open longer than
@@ -281,7 +310,7 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 	}
 	var locked int64
 	var isolation string
-	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys)
+	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys, uniqueLockBuckets)
 	if err != nil {
 		return err
 	}

@@ -102,8 +102,9 @@ type Job struct {
 	Priority int
 	// RunAt, when set, is the earliest time the job may run.
 	RunAt time.Time
-	// Delay, when RunAt is zero, makes the job wait this long after the
-	// database's now() before it may run.
+	// Delay, when RunAt is zero, makes the job wait this long after it is
+	// enqueued (the database's clock at the enqueue statement, also inside
+	// a longer transaction) before it may run.
 	Delay time.Duration
 	// MaxAttempts caps how many times the job is started, counting
 	// rescues of a dead worker's attempt; 0 means DefaultMaxAttempts.
@@ -172,8 +173,10 @@ type Unique struct {
 	// Scope says which earlier jobs count; the default is
 	// UniqueWhileActive.
 	Scope UniqueScope
-	// Window is the time UniqueWithinWindow looks back, from the
-	// database's now(); required for that scope, ignored by the others.
+	// Window is the time UniqueWithinWindow looks back from the enqueue
+	// (the database's clock at the enqueue statement; a job's created is
+	// the same clock at its own enqueue, not at its transaction's commit);
+	// required for that scope, ignored by the others.
 	Window time.Duration
 }
 

@@ -155,7 +155,7 @@ func (q *Queue) claimGated(ctx context.Context, queue string, n int) ([]*Job, er
 // could find jobs the per-key shares left behind. share multiplies the
 // per-key share.
 func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (jobs []*Job, more bool, err error) {
-	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	err = q.readCommitted(ctx, func(tx pgx.Tx) error {
 		jobs, more = nil, false
 		// The lock and the claim's pinned plan (see claimUpdate) in one
 		// round trip.

@@ -187,34 +187,55 @@ type ListOptions struct {
 	Limit int
 }
 
-// listJobs is keyset pagination by job_id: each page starts after the last
-// id seen, so deep pages cost what the first one does. With no status it
-// walks the primary key.
-const listJobs = `
+// listStatus is a page of one status of a queue's jobs: keyset pagination
+// by job_id, each page starting after the last id seen ($2; NULL starts at
+// the beginning, and coalesce, unlike an OR, stays an index condition in
+// a generic plan). The status (one of the five constants, never caller
+// input) is written into the text so the planner can use its partial
+// index, and so is the sort key (listOrder).
+const listStatus = `
 SELECT ` + jobColumns + ` FROM compute.jobs j
-WHERE j.queue = $1 AND ($2::bytea IS NULL OR j.job_id > $2)
-ORDER BY j.job_id
+WHERE j.queue = $1 AND j.status = '%s' AND j.job_id > coalesce($2::bytea, '')
+ORDER BY %s
 LIMIT $3`
 
-// listByStatus holds listJobs with the status written into the text (one
-// of the five constants, never caller input), so the planner can use the
-// partial index of that status: jobs_claim for queued, jobs_running for
-// in-progress, jobs_failed for failed, and the primary key for the others.
-var listByStatus = func() map[Status]string {
+// listOrder is each status's sort key. Complete and expired jobs are read
+// in order from jobs_done (queue, status, job_id), failed ones from
+// jobs_failed (queue, job_id). Queued and running jobs have no index by
+// id: a page sorts the queue's backlog (found through jobs_claim) or the
+// cluster's running jobs (jobs_running); the sort key is an expression so
+// that a generic plan cannot walk the primary key in id order through
+// every other queue's rows instead, as it did for queued jobs.
+var listOrder = map[Status]string{
+	StatusQueued:     "j.job_id || ''",
+	StatusInProgress: "j.job_id || ''",
+	StatusComplete:   "j.job_id",
+	StatusFailed:     "j.job_id",
+	StatusExpired:    "j.job_id",
+}
+
+// listByStatus holds each status's page statement, and listJobs the page
+// without a status: the five statuses' pages merged, so it too reads each
+// status through its index, never the whole table.
+var listByStatus, listJobs = func() (map[Status]string, string) {
 	m := make(map[Status]string)
+	var pages []string
 	for _, s := range []Status{StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired} {
-		m[s] = strings.Replace(listJobs, "WHERE j.queue = $1", "WHERE j.queue = $1 AND j.status = '"+string(s)+"'", 1)
+		m[s] = fmt.Sprintf(listStatus, s, listOrder[s])
+		pages = append(pages, "("+m[s]+")")
 	}
-	return m
+	return m, "SELECT * FROM (" + strings.Join(pages, "\nUNION ALL ") + ") j\nORDER BY j.job_id\nLIMIT $3"
 }()
 
 // List returns up to opts.Limit jobs of a queue in job id order (creation
 // order for default ids), without touching last_accessed. An empty page
 // means the listing is done. A row the library cannot read ends the page
 // early with a *BadRowError (the jobs before it are returned with it);
-// continue after its ID. Bad options match ErrInvalid. Listing queued
-// or in-progress jobs sorts that queue's backlog or running set for each
-// page; listing complete jobs walks the ids of the whole queue.
+// continue after its ID. Bad options match ErrInvalid. A page of
+// complete, failed or expired jobs reads about one page of the queue's
+// rows; a page of queued jobs sorts the queue's backlog, and one of
+// in-progress jobs the cluster's running jobs; a page without a status
+// costs the five together.
 func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 	if err := validQueue(opts.Queue); err != nil {
 		return nil, err

@@ -79,7 +79,7 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 // role without CREATE on the database can still migrate an existing schema),
 // under the migration lock so concurrent first runs do not collide.
 func (q *Queue) createSchema(ctx context.Context) error {
-	return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	return q.readCommitted(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockID); err != nil {
 			return err
 		}
@@ -95,7 +95,7 @@ func (q *Queue) createSchema(ctx context.Context) error {
 // dropSchema removes goose's version table and the then empty schema, after
 // migrating down to 0. RESTRICT: objects a user added to the schema stop it.
 func (q *Queue) dropSchema(ctx context.Context) error {
-	return pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	return q.readCommitted(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockID); err != nil {
 			return err
 		}

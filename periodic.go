@@ -470,7 +470,7 @@ func (w *Worker) enqueueTicks(ctx context.Context, due []tick) error {
 	var made []Enqueued
 	err = w.q.do(ctx, "compute: periodic enqueue", func(ctx context.Context) error {
 		b.reset()
-		return pgx.BeginFunc(ctx, w.q.pool, func(tx pgx.Tx) error {
+		return w.q.readCommitted(ctx, func(tx pgx.Tx) error {
 			if err := b.write(ctx, tx); err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -242,6 +243,16 @@ func (q *Queue) Close() {
 	if q.ownsPool {
 		q.pool.Close()
 	}
+}
+
+// readCommitted runs f in a transaction of the library's own at READ
+// COMMITTED, whatever default_transaction_isolation the database or role
+// sets: the unique-key lookup and the gated claim's counts rely on each
+// statement taking a new snapshot after the advisory lock it waited for,
+// and a REPEATABLE READ or SERIALIZABLE default would keep the snapshot of
+// the transaction's first statement, taken before the wait.
+func (q *Queue) readCommitted(ctx context.Context, f func(tx pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, q.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, f)
 }
 
 // do runs one database call of the library's own (not inside a caller's

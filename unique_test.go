@@ -1,6 +1,7 @@
 package compute_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -223,5 +224,151 @@ func TestUniqueRejectsBadRequests(t *testing.T) {
 	}
 	if n := countJobs(t, q); n != 0 {
 		t.Fatalf("bad jobs wrote %d rows", n)
+	}
+}
+
+// BenchmarkUniqueSubmitWithHistory submits one unique job per iteration
+// whose key has no live job, the path of every unique Submit that creates a
+// job, with the key's history empty and with 200,000 complete jobs of the
+// key. The lookup reads only the key's live jobs, so both cost the same.
+// Each job is marked complete between iterations, untimed, so the next
+// Submit finds the key free again.
+func BenchmarkUniqueSubmitWithHistory(b *testing.B) {
+	for _, history := range []int{0, 200000} {
+		b.Run(fmt.Sprintf("history=%d", history), func(b *testing.B) {
+			q := newQueue(b)
+			mustExec(b, q.Pool(), `
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed, finished, unique_key)
+SELECT uuid_send(gen_random_uuid()), 'complete', 'u', '{}', '{}', now() - interval '1 day', now(), now(), 'k'
+FROM generate_series(1, $1::int)`, history)
+			mustExec(b, q.Pool(), `VACUUM ANALYZE compute.jobs`)
+			job := compute.Job{Queue: "u", Unique: compute.Unique{Key: "k"}}
+			b.ResetTimer()
+			for range b.N {
+				res, err := q.Submit(b.Context(), job)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res[0].Duplicate {
+					b.Fatal("the key's finished history made a new job a duplicate")
+				}
+				b.StopTimer()
+				mustExec(b, q.Pool(), `UPDATE compute.jobs SET status = 'complete', finished = now() WHERE job_id = $1`, res[0].ID[:])
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// TestUniqueBatchTakesABoundedNumberOfLocks submits 100,000 unique jobs in
+// a caller's transaction, on a server with the default
+// max_locks_per_transaction: one advisory lock per key exhausted the
+// cluster's shared lock table ("out of shared memory") beyond about 10,000
+// keys, failing the batch and, while it was open, other sessions of every
+// database. The transaction holds at most 1,024 advisory locks; a
+// concurrent submitter of one of its keys waits for its commit and then
+// gets its job, and submitting the batch again creates nothing.
+func TestUniqueBatchTakesABoundedNumberOfLocks(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	conn := testdb.New(t)
+	q := openQueue(t, conn, compute.WithMigrate())
+	if n := queryOne[string](t, q.Pool(), `SHOW max_locks_per_transaction`); n != "64" {
+		t.Logf("max_locks_per_transaction is %s, not the default 64", n)
+	}
+	const n = 100000
+	jobs := make([]compute.Job, n)
+	for i := range jobs {
+		jobs[i] = compute.Job{Queue: "bulk", Unique: compute.Unique{Key: fmt.Sprint("key-", i)}}
+	}
+	tx, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	ids, err := q.EnqueueManyTx(ctx, tx, jobs)
+	if err != nil {
+		t.Fatalf("EnqueueManyTx of %d unique jobs: %v", n, err)
+	}
+	if held := queryOne[int64](t, tx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`); held > 1024 {
+		t.Errorf("the caller's transaction holds %d advisory locks, want at most 1,024", held)
+	}
+
+	other := openQueue(t, conn)
+	got := make(chan []compute.Enqueued, 1)
+	go func() {
+		res, err := other.Submit(ctx, jobs[n/2])
+		if err != nil {
+			t.Error(err)
+		}
+		got <- res
+	}()
+	waitUntil(t, liveness, "the other submitter waiting for the key", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()`) == 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := receive(t, got, liveness, "the other submit"); len(res) != 1 || !res[0].Duplicate || res[0].ID != ids[n/2] {
+		t.Fatalf("the other submit = %+v, want a duplicate of %s", res, ids[n/2])
+	}
+
+	again, err := q.Submit(ctx, jobs...)
+	if err != nil {
+		t.Fatalf("Submit of the same %d unique jobs: %v", n, err)
+	}
+	for i, r := range again {
+		if !r.Duplicate || r.ID != ids[i] {
+			t.Fatalf("job %d submitted again = %+v, want a duplicate of %s", i, r, ids[i])
+		}
+	}
+	if c := countJobs(t, q); c != n {
+		t.Fatalf("%d jobs, want %d", c, n)
+	}
+}
+
+// TestUniqueWindowCountsFromTheEnqueueNotTheTransactionStart enqueues with
+// UniqueWithinWindow inside a caller's transaction that is two seconds old.
+// The job's created is when SubmitTx ran, not when the transaction began,
+// so right after the commit a submit of the same key is a duplicate within
+// a one-second window; and the lookup measures the window back from its own
+// statement, so a job created two seconds earlier is outside a half-second
+// window. Both used now(), the transaction's start.
+func TestUniqueWindowCountsFromTheEnqueueNotTheTransactionStart(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	halfSecond := func(key string) compute.Job {
+		return compute.Job{Queue: "w", Unique: compute.Unique{Key: key, Scope: compute.UniqueWithinWindow, Window: 500 * time.Millisecond}}
+	}
+	second := compute.Job{Queue: "w", Unique: compute.Unique{Key: "late", Scope: compute.UniqueWithinWindow, Window: time.Second}}
+
+	tx, err := q.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	early, err := q.Submit(ctx, halfSecond("early"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, tx, `SELECT pg_sleep(2)`) // a long transaction
+	if res, err := q.SubmitTx(ctx, tx, halfSecond("early")); err != nil || res[0].Duplicate {
+		t.Errorf("a job created 2 s before the lookup counted within a 500 ms window: %+v, %v (the first was %s)", res, err, early[0].ID)
+	}
+	before := queryOne[time.Time](t, tx, `SELECT clock_timestamp()`)
+	late, err := q.SubmitTx(ctx, tx, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created := queryOne[time.Time](t, tx, `SELECT created FROM compute.jobs WHERE job_id = $1`, late[0].ID[:]); created.Before(before) {
+		t.Errorf("created %s is before SubmitTx ran (%s): the transaction's start", created, before)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := q.Submit(ctx, second); err != nil || !again[0].Duplicate || again[0].ID != late[0].ID {
+		t.Errorf("a submit right after the commit = %+v, %v; want a duplicate of %s within the 1 s window", again, err, late[0].ID)
 	}
 }
