@@ -2,7 +2,6 @@ package compute_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -93,26 +92,6 @@ func TestWorkerRunsJobsOfAGatedClaimThatFailedLater(t *testing.T) {
 			t.Errorf("job %s: %s after %d runs, want complete after 1", id, st, runs.of(id))
 		}
 	}
-}
-
-// runCounter is a handler that completes every job and counts its runs.
-type runCounter struct {
-	mu   sync.Mutex
-	runs map[compute.JobID]int
-}
-
-func (c *runCounter) handle(ctx context.Context, job *compute.Job) ([]string, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.runs[job.ID]++
-	return nil, nil
-}
-
-// of says how often the job ran.
-func (c *runCounter) of(id compute.JobID) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.runs[id]
 }
 
 // TestWorkerAdoptsTheJobsOfAClaimWhoseReplyWasLost: a claim can commit

@@ -34,13 +34,6 @@ func complete(t testing.TB, q *compute.Queue, jobs ...*compute.Job) {
 	}
 }
 
-func setSettings(t testing.TB, q *compute.Queue, queue string, s compute.QueueSettings) {
-	t.Helper()
-	if err := q.SetQueueSettings(t.Context(), queue, s); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func keyed(queue string, counts map[string]int) []compute.Job {
 	var jobs []compute.Job
 	for key, n := range counts {

@@ -15,46 +15,6 @@ import (
 	"github.com/computeplatform/compute/internal/testdb"
 )
 
-// promptly bounds a wake-up in the tests that prove a job is found without
-// a poll. Their poll interval is a minute (the first poll comes after at
-// least 30 s), so only a notification can beat it; the bound is for
-// liveness, not speed.
-const promptly = 10 * time.Second
-
-// listenerPID returns the backend pid of the worker's LISTEN connection on
-// q's database once it is up and idle (it has sent its probe), ignoring the
-// backend notPID. Only the listener runs the probe statement, and its
-// connection carries the pool's application_name.
-func listenerPID(t *testing.T, q *compute.Queue, notPID int32) (int32, bool) {
-	t.Helper()
-	var pid int32
-	err := q.Pool().QueryRow(context.Background(), `
-		SELECT pid FROM pg_stat_activity
-		WHERE datname = current_database() AND application_name = 'compute' AND state = 'idle'
-		  AND query LIKE 'SELECT pg_notify(%' AND pid <> $1
-		LIMIT 1`, notPID).Scan(&pid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, false
-	}
-	if err != nil {
-		t.Fatalf("find the listener: %v", err)
-	}
-	return pid, true
-}
-
-// waitListener waits for the worker's LISTEN connection (other than the
-// backend notPID) and returns its backend pid.
-func waitListener(t *testing.T, q *compute.Queue, notPID int32) int32 {
-	t.Helper()
-	var pid int32
-	waitUntil(t, liveness, "the worker's LISTEN connection", func() bool {
-		var ok bool
-		pid, ok = listenerPID(t, q, notPID)
-		return ok
-	})
-	return pid
-}
-
 // pickedUpPromptly enqueues jobs one at a time into queue, each after the
 // previous one ran, and requires each to reach the handler (which sends its
 // id on ran) promptly.

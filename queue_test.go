@@ -186,14 +186,6 @@ func TestConcurrentClaimersClaimEachJobOnce(t *testing.T) {
 	}
 }
 
-// backdateLease makes a job's lease run out now, by the database clock.
-func backdateLease(t *testing.T, q *compute.Queue, id compute.JobID) {
-	t.Helper()
-	if n := mustExec(t, q.Pool(), `UPDATE compute.jobs SET lease_expires = now() - interval '1 second' WHERE job_id = $1`, id[:]); n != 1 {
-		t.Fatalf("expire lease of %s: %d rows", id, n)
-	}
-}
-
 // wantLeaseLost checks that err reports exactly id as lost.
 func wantLeaseLost(t *testing.T, what string, err error, id compute.JobID) {
 	t.Helper()
@@ -205,37 +197,6 @@ func wantLeaseLost(t *testing.T, what string, err error, id compute.JobID) {
 	if !slices.Equal(lost.IDs, []compute.JobID{id}) {
 		t.Errorf("%s: lost ids %v, want [%s]", what, lost.IDs, id)
 	}
-}
-
-// snapshot is what a stale write must not change.
-type snapshot struct {
-	Status  string
-	Attempt int
-	Worker  string
-	Lease   time.Time
-	Outputs []string
-	Errors  string
-}
-
-func takeSnapshot(t *testing.T, q *compute.Queue, id compute.JobID) snapshot {
-	t.Helper()
-	var s snapshot
-	var lease *time.Time
-	err := q.Pool().QueryRow(context.Background(), `
-		SELECT status, attempt, coalesce(worker, ''), lease_expires, output_files, errors::text
-		FROM compute.jobs WHERE job_id = $1`, id[:]).Scan(&s.Status, &s.Attempt, &s.Worker, &lease, &s.Outputs, &s.Errors)
-	if err != nil {
-		t.Fatalf("snapshot %s: %v", id, err)
-	}
-	if lease != nil {
-		s.Lease = *lease
-	}
-	return s
-}
-
-func (s snapshot) equal(o snapshot) bool {
-	return s.Status == o.Status && s.Attempt == o.Attempt && s.Worker == o.Worker && s.Lease.Equal(o.Lease) &&
-		slices.Equal(s.Outputs, o.Outputs) && s.Errors == o.Errors
 }
 
 // TestStaleHolderIsFenced lets a holder's lease run out, has the job

@@ -11,24 +11,7 @@ import (
 	"time"
 
 	"github.com/computeplatform/compute"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// holdClaimLock takes the claim lock of a queue with rules in a transaction,
-// as another process's claim would, and returns it; the caller commits.
-func holdClaimLock(t *testing.T, q *compute.Queue, queue string) interface {
-	Commit(context.Context) error
-	Rollback(context.Context) error
-} {
-	t.Helper()
-	tx, err := q.Pool().Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tx.Rollback(context.Background()) })
-	mustExec(t, tx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, int32(0x636f6d63), queue)
-	return tx
-}
 
 // claimBehindLock starts a Claim that must wait for the held claim lock, and
 // returns once it waits.
@@ -181,29 +164,6 @@ func TestNotifyOffSilencesJournalNotifications(t *testing.T) {
 // farFuture is a journal_listened_until value (Unix seconds) that keeps the
 // journal's notifications on for the whole test.
 const farFuture = "99999999999"
-
-// notifiedBeforeProbe sends a notification on channel probe and returns the
-// channels of the notifications conn received before it. Notifications
-// arrive in commit order, so these include everything committed before the
-// call. conn must not be listening on probe yet.
-func notifiedBeforeProbe(t testing.TB, q *compute.Queue, conn *pgxpool.Conn) []string {
-	t.Helper()
-	ctx := t.Context()
-	mustExec(t, conn, `LISTEN probe`)
-	defer mustExec(t, conn, `UNLISTEN probe`)
-	mustExec(t, q.Pool(), `SELECT pg_notify('probe', '')`)
-	var channels []string
-	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n.Channel == "probe" {
-			return channels
-		}
-		channels = append(channels, n.Channel)
-	}
-}
 
 // TestOldestHorizonNamesAnIdleTransaction: an idle transaction holding a
 // snapshot is found, with its application name, and a Worker warns about it.

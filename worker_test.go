@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,170 +17,6 @@ import (
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
 )
-
-// liveness bounds every wait for something that must happen. It guards
-// against hangs; it is not a speed requirement (each wait normally ends in
-// milliseconds).
-const liveness = 20 * time.Second
-
-// quickBackoff makes retries due at once, so retry tests do not wait for
-// the default exponential backoff.
-func quickBackoff(int) time.Duration { return time.Millisecond }
-
-// withTestLog sends the queue's and its workers' log lines to t.Log. Lines
-// logged after the test ended (by a handler it abandoned) are dropped,
-// since t.Log then panics.
-func withTestLog(t testing.TB) compute.Option {
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return compute.WithLogger(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})))
-}
-
-type testLogWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-// runningWorker is a Worker whose Run goes on in a goroutine of the test.
-type runningWorker struct {
-	*compute.Worker
-	done chan struct{} // closed when Run returned
-	err  error         // Run's result; read after done
-}
-
-// startWorker makes a Worker for q and runs it until the test stops it or
-// ends.
-func startWorker(t *testing.T, q *compute.Queue, cfg compute.WorkerConfig) *runningWorker {
-	t.Helper()
-	w, err := compute.NewWorker(q, cfg)
-	if err != nil {
-		t.Fatalf("NewWorker: %v", err)
-	}
-	return runWorker(t, w, context.Background())
-}
-
-// runWorker runs w.Run(ctx) in a goroutine. At cleanup the worker is shut
-// down (running handlers get 5 s before they are cancelled) and Run is
-// joined; it must have returned nil.
-func runWorker(t *testing.T, w *compute.Worker, ctx context.Context) *runningWorker {
-	r := &runningWorker{Worker: w, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		r.err = w.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = w.Shutdown(ctx) // ctx.Err() only says that handlers were cut short
-		r.wait(t)
-	})
-	return r
-}
-
-// wait joins Run and fails the test unless it returned nil.
-func (r *runningWorker) wait(t *testing.T) {
-	t.Helper()
-	select {
-	case <-r.done:
-	case <-time.After(liveness):
-		t.Fatalf("Run did not return within %s", liveness)
-	}
-	if r.err != nil {
-		t.Errorf("Run returned %v, want nil", r.err)
-	}
-}
-
-// stop shuts the worker down gracefully (every handler finishes) and joins
-// Run: all outcomes are written when it returns.
-func (r *runningWorker) stop(t *testing.T) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), liveness)
-	defer cancel()
-	if err := r.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown: %v", err)
-	}
-	r.wait(t)
-}
-
-// waitUntil polls cond until it holds and fails the test after limit.
-func waitUntil(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s", limit, what)
-		}
-		<-tick.C
-	}
-}
-
-// receive takes one value from ch, failing the test after limit.
-func receive[T any](t testing.TB, ch <-chan T, limit time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(limit):
-		t.Fatalf("waited %s for %s", limit, what)
-		panic("unreachable")
-	}
-}
-
-// getJob reads a job with Get.
-func getJob(t testing.TB, q *compute.Queue, id compute.JobID) *compute.Job {
-	t.Helper()
-	job, err := q.Get(context.Background(), id)
-	if err != nil {
-		t.Fatalf("get %s: %v", id, err)
-	}
-	return job
-}
-
-// awaitStatus waits until the job has one of statuses and returns it.
-func awaitStatus(t testing.TB, q *compute.Queue, id compute.JobID, statuses ...compute.Status) *compute.Job {
-	t.Helper()
-	var job *compute.Job
-	waitUntil(t, liveness, fmt.Sprintf("job %s to become %v", id, statuses), func() bool {
-		job = getJob(t, q, id)
-		return slices.Contains(statuses, job.Status)
-	})
-	return job
-}
-
-// enqueueAll submits jobs in one call.
-func enqueueAll(t testing.TB, q *compute.Queue, jobs []compute.Job) []compute.JobID {
-	t.Helper()
-	ids, err := q.EnqueueMany(context.Background(), jobs)
-	if err != nil {
-		t.Fatalf("enqueue %d jobs: %v", len(jobs), err)
-	}
-	return ids
-}
-
-// errorsText joins a job's recorded attempt errors, for messages.
-func errorsText(job *compute.Job) string {
-	var b strings.Builder
-	for _, e := range job.Errors {
-		fmt.Fprintf(&b, "\n  attempt %d: %s", e.Attempt, e.Error)
-	}
-	return b.String()
-}
 
 // concurrencyProbe counts one queue's handlers running at once.
 type concurrencyProbe struct {
@@ -404,25 +239,6 @@ func TestWorkerServesQuietQueueWhileAnotherHasBacklog(t *testing.T) {
 		t.Fatalf("the busy queue had no backlog left when the quiet queue finished (%v): the test proves nothing", counts["busy"])
 	}
 	t.Logf("quiet queue done while busy had %d queued and %d done", counts["busy"][compute.StatusQueued], busyDone.Load())
-}
-
-// runToEnd serves queue "q" with qc (polling every 50 ms, so retries run
-// soon), enqueues jobs into it and waits until each is complete or failed.
-func runToEnd(t *testing.T, qc compute.QueueConfig, jobs ...compute.Job) []*compute.Job {
-	t.Helper()
-	q := newQueue(t, withTestLog(t))
-	startWorker(t, q, compute.WorkerConfig{
-		Queues:       map[string]compute.QueueConfig{"q": qc},
-		PollInterval: 50 * time.Millisecond,
-	})
-	for i := range jobs {
-		jobs[i].Queue = "q"
-	}
-	var done []*compute.Job
-	for _, id := range enqueueAll(t, q, jobs) {
-		done = append(done, awaitStatus(t, q, id, compute.StatusComplete, compute.StatusFailed))
-	}
-	return done
 }
 
 func TestWorkerRetriesFailedAttemptsUntilOneSucceeds(t *testing.T) {
