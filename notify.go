@@ -229,14 +229,3 @@ func (l *listener) deliver(channel, payload string) {
 		}
 	}
 }
-
-// backoffWait is the wait before retry number n (from 1) of a background
-// loop: exponential from 100 ms up to limit, with jitter, so processes that
-// lost the database together do not all come back in the same instant.
-func backoffWait(n int, limit time.Duration) time.Duration {
-	d := limit
-	if n < 20 {
-		d = min(100*time.Millisecond<<n, limit)
-	}
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-}

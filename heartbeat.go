@@ -1,0 +1,126 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+)
+
+// heartbeat renews the leases of every job this worker holds, in one
+// statement, three times per lease (at least every 20 s), and refreshes
+// the worker's registry row. It also renews at once when the listener
+// heard of a cancel of a job this worker runs (recheck). A job the
+// database says is no longer ours is cancelled; when renewals keep
+// failing, a job whose lease has run out by our own clock is cancelled
+// too, because another worker may be running it by now.
+func (w *Worker) heartbeat(ctx context.Context) {
+	// Three renewals per lease, and at least every 20 s so the worker
+	// registry (which Explain reads as "seen in the last minute") stays
+	// fresh with long leases.
+	interval := min(w.q.opts.lease/3, registryRefresh)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	w.register(ctx, interval)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.register(ctx, interval)
+		case <-w.recheck:
+		}
+		w.renew(ctx, interval)
+	}
+}
+
+// renew is one renewal round of the heartbeat loop; timeout bounds it.
+func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
+	w.mu.Lock()
+	// Jobs whose outcome waits for the completer are left out: the
+	// completer writes them within moments. A job that finishes after
+	// this look is still renewed, which is why the renewal holds
+	// w.writing.
+	held := make([]*Job, 0, len(w.running))
+	for _, r := range w.running {
+		if !r.lost && !r.finished {
+			held = append(held, r.job)
+		}
+	}
+	w.mu.Unlock()
+	if len(held) == 0 {
+		return
+	}
+	sent := time.Now()
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	lost := make(map[JobID]bool)
+	var err error
+	w.writing.Lock()
+	for chunk := range slices.Chunk(held, maxWrite) {
+		var chunkLost *LeaseLostError
+		if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
+			for _, id := range chunkLost.IDs {
+				lost[id] = true
+			}
+		} else if e != nil {
+			err = e
+		}
+	}
+	w.writing.Unlock()
+	cancel()
+	if err != nil {
+		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, j := range held {
+		r := w.running[j.ID]
+		if r == nil || r.job != j {
+			continue // written back, or replaced by a newer attempt
+		}
+		if err == nil && !lost[j.ID] {
+			r.renewed = sent
+		}
+		if lost[j.ID] || time.Since(r.renewed) > w.q.opts.lease {
+			r.lost = true
+			r.cancel(errLeaseLost)
+		}
+	}
+}
+
+// register records this worker and its queues in compute.workers (for
+// Explain and operators); the heartbeat loop refreshes it.
+func (w *Worker) register(ctx context.Context, timeout time.Duration) {
+	names := make([]string, 0, len(w.queues))
+	for name := range w.queues {
+		names = append(names, name)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := w.q.pool.Exec(callCtx, registerWorker, w.q.opts.workerID, names); err != nil {
+		w.logFailure(ctx, "worker registry update failed", err)
+	}
+}
+
+// unregister removes this worker from compute.workers after a clean stop.
+func (w *Worker) unregister() {
+	ctx, cancel := context.WithTimeout(w.final, 5*time.Second)
+	defer cancel()
+	if _, err := w.q.pool.Exec(ctx, unregisterWorker, w.q.opts.workerID); err != nil {
+		w.log.Warn("could not remove this worker from the registry; it ages out in an hour", "err", err)
+	}
+}
+
+// cancelRunning is the listener's hook for a compute_cancel notification
+// about a job. Any role may send one, and a late one may name an earlier
+// attempt of a job this worker runs again, so it only makes the heartbeat
+// loop renew at once: a job the database says is no longer this worker's
+// is cancelled then, and its result is not written.
+func (w *Worker) cancelRunning(id JobID) {
+	w.mu.Lock()
+	r := w.running[id]
+	w.mu.Unlock()
+	if r != nil {
+		signal(w.recheck)
+	}
+}

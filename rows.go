@@ -1,0 +1,133 @@
+package compute
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// jobFields are the columns of a job that every statement returning jobs
+// returns first, in the order scanJob reads; the config comes last, whole
+// (jobColumns) or, in a claim, only up to the worker's size limit
+// (claimColumns). octet_length reads only a value's header, even when it
+// is stored out of line, so a claim that leaves out a config too large
+// still tells how large it was. Columns are qualified: statements alias
+// compute.jobs as j.
+const jobFields = `j.job_id, j.status, j.queue, j.input_files, j.created, j.last_accessed,
+	j.grabbed, j.finished, j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker,
+	j.lease_expires, j.errors, j.unique_key, j.partition_key, j.snoozes, octet_length(j.config)`
+
+// jobColumns is jobFields and the whole config.
+const jobColumns = jobFields + `, j.config`
+
+// scanJob reads one row of jobColumns (or claimColumns), after the destinations in before
+// for columns that precede them. Values the library cannot take (a NULL
+// file name, an infinite time, a config left out for its size) do not
+// fail the scan: the job comes back with its bad field set, so that one
+// such row, written by plain SQL, cannot fail the other rows of a claim.
+// Callers that hand out jobs check it (see unreadable).
+func scanJob(row pgx.Row, before ...any) (*Job, error) {
+	var (
+		j                               Job
+		id                              []byte
+		config, worker, unique, part    pgtype.Text
+		created, lastAccessed, runAt    pgtype.Timestamptz
+		grabbed, finished, leaseExpires pgtype.Timestamptz
+		inputs, outputs                 []pgtype.Text
+		errs                            []byte
+		size                            pgtype.Int4
+	)
+	// Nullable columns scan into pgtype values, not pointers: a pointer per
+	// column is an allocation per column of every claimed job.
+	err := row.Scan(append(before, &id, &j.Status, &j.Queue, &inputs, &created, &lastAccessed,
+		&grabbed, &finished, &outputs, &j.Priority, &runAt, &j.Attempt, &j.MaxAttempts,
+		&worker, &leaseExpires, &errs, &unique, &part, &j.Snoozes, &size, &config)...)
+	if err != nil {
+		return nil, err
+	}
+	copy(j.ID[:], id)
+	j.Config, j.Worker = config.String, worker.String
+	j.Unique.Key, j.PartitionKey = unique.String, part.String
+	j.Errors = attemptErrors(errs)
+	bad := func(column, problem string) {
+		if j.bad == nil {
+			j.bad = &BadRowError{ID: j.ID, Column: column, Problem: problem}
+		}
+	}
+	if !config.Valid && size.Valid {
+		bad("config", fmt.Sprintf("it is %d bytes, more than this Queue takes (WithMaxConfigSize)", size.Int32))
+	}
+	var problem string
+	if j.InputFiles, problem = fileNames(inputs); problem != "" {
+		bad("input_files", problem)
+	}
+	if j.OutputFiles, problem = fileNames(outputs); problem != "" {
+		bad("output_files", problem)
+	}
+	for _, t := range []struct {
+		column string
+		from   pgtype.Timestamptz
+		to     *time.Time
+	}{
+		{"created", created, &j.Created}, {"last_accessed", lastAccessed, &j.LastAccessed}, {"run_at", runAt, &j.RunAt},
+		{"grabbed", grabbed, &j.Grabbed}, {"finished", finished, &j.Finished}, {"lease_expires", leaseExpires, &j.LeaseExpires},
+	} {
+		if t.from.InfinityModifier != pgtype.Finite {
+			bad(t.column, "it is "+t.from.InfinityModifier.String()+", which no job time can be")
+			continue
+		}
+		*t.to = t.from.Time
+	}
+	return &j, nil
+}
+
+// fileNames turns a file array into names; a NULL element is a problem
+// (no file has no name), reported with its position.
+func fileNames(in []pgtype.Text) ([]string, string) {
+	if in == nil {
+		return nil, ""
+	}
+	out := make([]string, len(in))
+	for i, f := range in {
+		if !f.Valid {
+			return out, fmt.Sprintf("element %d is NULL; every file needs a name", i+1)
+		}
+		out[i] = f.String
+	}
+	return out, ""
+}
+
+// attemptErrors decodes the errors column. It is diagnostics, so whatever
+// plain SQL wrote there is kept readable rather than refused: an element
+// that is not an attempt error, or a value that is not an array, becomes
+// one entry holding its JSON text.
+func attemptErrors(raw []byte) []AttemptError {
+	// Most jobs have no errors: '[]' needs no JSON decoder.
+	if string(raw) == "[]" {
+		return []AttemptError{}
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(raw, &elems); err != nil {
+		return []AttemptError{{Error: "unreadable errors column: " + string(raw)}}
+	}
+	out := make([]AttemptError, len(elems))
+	for i, e := range elems {
+		if err := json.Unmarshal(e, &out[i]); err != nil {
+			out[i] = AttemptError{Error: "unreadable entry: " + string(e)}
+		}
+	}
+	return out
+}
+
+// collectJob is scanJob in the shape pgx.CollectRows takes.
+func collectJob(row pgx.CollectableRow) (*Job, error) { return scanJob(row) }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
