@@ -40,25 +40,34 @@ RETURNING ` + claimColumns
 // bytes long (see scanJob).
 const claimColumns = jobFields + `, CASE WHEN octet_length(j.config) <= $5 THEN j.config END`
 
-// claimJobs is the fast claim: up to $2 runnable jobs of queue $1 in
-// (priority, run_at) order, walking the partial index jobs_claim and
-// skipping rows other claimers hold. The MATERIALIZED CTE runs the locking
-// sub-select once, so LIMIT holds. A queue with rules in compute.queues
-// (paused, limits, fairness) claims nothing here; the statement then returns
-// one row with gated true and NULL job columns, and Claim takes the
-// serialized path instead. The gate is one primary-key probe of a tiny table.
+// claimOrder is the order in which a queue's runnable jobs are claimed:
+// smaller priority first, then earlier run time (jobs_claim's order after
+// the queue).
+const claimOrder = `priority, run_at`
+
+// pickRunnable is the first half of an unkeyed claim: the ctids of up to
+// $2 runnable jobs of queue $1 in claim order, walking the partial index
+// jobs_claim and skipping rows other claimers hold, unless the gate CTE
+// has a row. MATERIALIZED runs the locking sub-select once, so LIMIT holds.
+const pickRunnable = `picked AS MATERIALIZED (
+    SELECT ctid FROM compute.jobs
+    WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp() AND NOT EXISTS (SELECT FROM gate)
+    ORDER BY ` + claimOrder + `
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)`
+
+// claimJobs is the fast claim: pickRunnable, then claimUpdate. A queue with
+// rules in compute.queues (paused, limits, fairness) claims nothing here;
+// the statement then returns one row with gated true and NULL job columns,
+// and Claim takes the serialized path instead. The gate is one primary-key
+// probe of a tiny table.
 const claimJobs = statusChange + `
 WITH gate AS (
     SELECT 1 FROM compute.queues s
     WHERE s.name = $1 AND (s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
                            OR s.rate_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL)
-), picked AS MATERIALIZED (
-    SELECT ctid FROM compute.jobs
-    WHERE status = 'queued' AND queue = $1 AND run_at <= now() AND NOT EXISTS (SELECT FROM gate)
-    ORDER BY priority, run_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), claimed AS (` + claimUpdate + `
+), ` + pickRunnable + `, claimed AS (` + claimUpdate + `
 )
 SELECT g.gated, c.* FROM (SELECT EXISTS (SELECT FROM gate) AS gated) g
 LEFT JOIN claimed c ON true

@@ -28,16 +28,10 @@ SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue
        (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > statement_timestamp() - $2 * interval '1 microsecond')`
 
 // claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
-// no gate: the caller holds the queue's claim lock. $3 to $5 are
-// claimUpdate's.
+// an empty gate: the caller holds the queue's claim lock and has applied
+// its rules. $3 to $5 are claimUpdate's.
 const claimPicked = statusChange + `
-WITH picked AS MATERIALIZED (
-    SELECT ctid FROM compute.jobs
-    WHERE status = 'queued' AND queue = $1 AND run_at <= statement_timestamp()
-    ORDER BY priority, run_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)` + claimUpdate
+WITH gate AS (SELECT WHERE false), ` + pickRunnable + claimUpdate
 
 // nextKeys steps through the distinct partition keys of a queue's queued
 // jobs after $2 (and up to $4 when given), in key order: one probe of
@@ -86,16 +80,16 @@ WITH keys AS (
 ), candidates AS (
     SELECT c.ctid, c.rank, b.ord
     FROM budget b CROSS JOIN LATERAL (
-        SELECT s.ctid, row_number() OVER (ORDER BY s.priority, s.run_at) AS rank
+        SELECT s.ctid, row_number() OVER (ORDER BY ` + claimOrder + `) AS rank
         FROM ((SELECT ctid, priority, run_at FROM compute.jobs
                WHERE status = 'queued' AND queue = $1 AND partition_key = b.k AND run_at <= statement_timestamp()
-               ORDER BY partition_key, priority, run_at
+               ORDER BY partition_key, ` + claimOrder + `
                LIMIT b.n)
               UNION ALL
               (SELECT ctid, priority, run_at FROM compute.jobs
                WHERE b.k IS NULL AND status = 'queued' AND queue = $1 AND partition_key IS NULL
                  AND run_at <= statement_timestamp()
-               ORDER BY partition_key, priority, run_at
+               ORDER BY partition_key, ` + claimOrder + `
                LIMIT b.n)) s
     ) c
 ), picked AS MATERIALIZED (

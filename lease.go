@@ -19,6 +19,11 @@ type Completion struct {
 	OutputFiles []string
 }
 
+// fenceClause is the fence of every fenced write (see fenced): a row is the
+// caller's only while its (job_id, attempt, worker) match the caller's
+// claim d and it is in progress.
+const fenceClause = `WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'`
+
 // completeJobs finishes many jobs in one statement. The join on (job_id,
 // attempt, worker) and status fences the write: a holder whose lease ran out
 // and whose job was claimed again, or cancelled, matches no row.
@@ -27,7 +32,7 @@ UPDATE compute.jobs j
 SET status = 'complete', finished = now(), last_accessed = now(), lease_expires = NULL,
     output_files = d.outputs::varchar[]
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[]) AS d(job_id, attempt, worker, outputs)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
+` + fenceClause + `
 RETURNING j.job_id`
 
 // Complete marks claimed jobs complete with their output files, in one
@@ -88,7 +93,7 @@ SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >=
                  'attempt', j.attempt - j.snoozes, 'at', now(), 'error', d.error)) END
 FROM unnest($1::bytea[], $2::integer[], $3::text[], $4::text[], $5::boolean[], $6::boolean[], $7::bigint[])
      AS d(job_id, attempt, worker, error, permanent, snooze, delay_us)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
+` + fenceClause + `
 RETURNING j.job_id`
 
 // Fail records failed (or snoozed) attempts in one statement: each job is
@@ -133,7 +138,7 @@ const heartbeatJobs = noStatusChange + `
 UPDATE compute.jobs j
 SET lease_expires = now() + $4 * interval '1 microsecond'
 FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker)
-WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'
+` + fenceClause + `
 RETURNING j.job_id`
 
 // Heartbeat extends the leases of jobs the caller holds by the WithLease
