@@ -1102,7 +1102,7 @@ FROM compute.jobs WHERE job_id = $1`, id[:])
 		t.Helper()
 		var arrays, rows int
 		if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE statement LIKE '%unnest($1::bytea[]%'),
-			count(*) FILTER (WHERE statement LIKE '%SELECT $1::bytea, ''queued''%')
+			count(*) FILTER (WHERE statement LIKE '%FROM (SELECT $1::bytea, $2::text%')
 			FROM pg_prepared_statements WHERE statement NOT LIKE '%pg_prepared_statements%'`).Scan(&arrays, &rows); err != nil {
 			t.Fatal(err)
 		}
