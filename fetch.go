@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -35,7 +34,7 @@ type queueState struct {
 // without its reply reaching us; until the worker has looked, each turn
 // first adopts the queue's jobs that the database says this worker holds
 // and it does not know of (adopt).
-func (w *Worker) fetch(ctx, claimsCtx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState) {
+func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueState) {
 	more := true   // jobs may be waiting: claim as soon as a slot is free
 	gated := false // the queue has rules: a freed slot may lift a limit
 	failures := 0
@@ -43,7 +42,7 @@ func (w *Worker) fetch(ctx, claimsCtx, jobsCtx context.Context, jobs *sync.WaitG
 	for {
 		free := cap(qs.slots) - len(qs.slots)
 		if !unsure.IsZero() && free > 0 {
-			if err := w.adopt(ctx, jobsCtx, jobs, qs, unsure); err == nil {
+			if err := w.adopt(ctx, jobs, qs, unsure); err == nil {
 				unsure = time.Time{}
 				free = cap(qs.slots) - len(qs.slots)
 			} else if ctx.Err() == nil {
@@ -65,7 +64,7 @@ func (w *Worker) fetch(ctx, claimsCtx, jobsCtx context.Context, jobs *sync.WaitG
 			}
 			for _, job := range claimed {
 				qs.slots <- struct{}{}
-				w.start(jobsCtx, jobs, qs, job, sent)
+				w.start(jobs, qs, job, sent)
 			}
 			if err != nil {
 				failures++
@@ -106,7 +105,7 @@ func (w *Worker) fetch(ctx, claimsCtx, jobsCtx context.Context, jobs *sync.WaitG
 // lost. They are this worker's by their fencing token, and their leases
 // started no earlier than sent. It takes no more than the free slots; the
 // rest wait for the next turn (it reports an error so the turn comes).
-func (w *Worker) adopt(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, sent time.Time) error {
+func (w *Worker) adopt(ctx context.Context, jobs *group, qs *queueState, sent time.Time) error {
 	callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
 	held, err := w.q.heldJobs(callCtx, qs.name)
@@ -130,7 +129,7 @@ func (w *Worker) adopt(ctx, jobsCtx context.Context, jobs *sync.WaitGroup, qs *q
 			return fmt.Errorf("compute: %d jobs of an interrupted claim wait for free slots", len(unknown)-free)
 		}
 		qs.slots <- struct{}{}
-		w.start(jobsCtx, jobs, qs, job, sent)
+		w.start(jobs, qs, job, sent)
 	}
 	return nil
 }

@@ -8,29 +8,47 @@ import (
 )
 
 // heartbeat renews the leases of every job this worker holds, in one
-// statement, three times per lease (at least every 20 s), and refreshes
-// the worker's registry row. It also renews at once when the listener
-// heard of a cancel of a job this worker runs (recheck). A job the
+// statement, three times per lease (at least every 20 s). It also renews
+// at once when the listener heard of a cancel of a job this worker runs
+// (recheck). A job the
 // database says is no longer ours is cancelled; when renewals keep
 // failing, a job whose lease has run out by our own clock is cancelled
 // too, because another worker may be running it by now.
 func (w *Worker) heartbeat(ctx context.Context) {
-	// Three renewals per lease, and at least every 20 s so the worker
-	// registry (which Explain reads as "seen in the last minute") stays
-	// fresh with long leases.
-	interval := min(w.q.opts.lease/3, registryRefresh)
+	interval := w.heartbeatInterval()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	w.register(ctx, interval)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			w.register(ctx, interval)
 		case <-w.recheck:
 		}
 		w.renew(ctx, interval)
+	}
+}
+
+// heartbeatInterval is three renewals per lease, and at least every 20 s so
+// the worker registry (which Explain reads as "seen in the last minute")
+// stays fresh with long leases.
+func (w *Worker) heartbeatInterval() time.Duration {
+	return min(w.q.opts.lease/3, registryRefresh)
+}
+
+// refreshRegistry records this worker and its queues in compute.workers at
+// once and then at every heartbeat interval, until ctx ends.
+func (w *Worker) refreshRegistry(ctx context.Context) {
+	interval := w.heartbeatInterval()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		w.register(ctx, interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

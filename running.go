@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -23,8 +22,8 @@ type runningJob struct {
 // start registers a claimed job and runs its handler in a goroutine owned
 // by jobs (Run waits for it). sent is when the claim was sent: the lease
 // counts from then by the local clock.
-func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueState, job *Job, sent time.Time) {
-	ctx, cancel := context.WithCancelCause(jobsCtx)
+func (w *Worker) start(jobs *group, qs *queueState, job *Job, sent time.Time) {
+	ctx, cancel := context.WithCancelCause(jobs.ctx)
 	w.mu.Lock()
 	if old := w.running[job.ID]; old != nil {
 		// This worker claimed the job again after its own lease ran out
@@ -37,7 +36,7 @@ func (w *Worker) start(jobsCtx context.Context, jobs *sync.WaitGroup, qs *queueS
 	w.mu.Unlock()
 	// The slot is the handler's: it frees when the handler has returned
 	// and its outcome is queued, whatever became of the job.
-	jobs.Go(func() {
+	jobs.wg.Go(func() {
 		defer cancel(nil)
 		defer qs.release()
 		outputs, err := w.call(ctx, qs, job)

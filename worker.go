@@ -235,100 +235,123 @@ func (w *Worker) Run(ctx context.Context) error {
 	default:
 	}
 
-	// Contexts: fetching ends at the stop signal; jobs keep running until
-	// the grace period ends (their context keeps ctx's values, not its
-	// cancellation); the completer, heartbeat and rescue loops run until
-	// the last job is written back.
-	fetchCtx, stopFetching := context.WithCancel(ctx)
-	defer stopFetching()
-	jobsCtx, cancelJobs := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancelJobs(errShutdown)
-	backgroundCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBackground()
-	// Claims outlive the stop signal (see fetch) until the grace period
-	// ends.
+	// Three groups of goroutines, stopped in this order. intake claims and
+	// schedules work and ends at the stop signal. jobs run the handlers;
+	// their context keeps ctx's values but not its cancellation, so they
+	// can finish during the grace period. writers (the completer, the
+	// heartbeat and the registry refresh) write leases and outcomes until
+	// the last job is written back. A claim in flight has a context of its
+	// own, which outlives the stop signal until the grace period ends (see
+	// fetch).
+	intake := newGroup(ctx)
+	defer intake.cancel(nil)
+	jobs := newGroup(context.WithoutCancel(ctx))
+	defer jobs.cancel(errShutdown)
+	writers := newGroup(context.WithoutCancel(ctx))
+	defer writers.cancel(nil)
 	claimsCtx, abortClaims := context.WithCancel(context.WithoutCancel(ctx))
 	defer abortClaims()
 	defer w.cancelFinal()
 
-	var fetchers, jobs, background sync.WaitGroup
 	if !w.cfg.PollOnly {
 		l := &listener{q: w.q, log: w.log, wake: w.wakeQueue, wakeAll: w.wakeAll, cancelJob: w.cancelRunning,
 			channels: []string{channelJobs, channelCancel}, idle: 10 * time.Second, probeWait: 5 * time.Second}
-		fetchers.Go(func() { l.run(fetchCtx) })
+		intake.Go(l.run)
 	}
 	for _, qs := range w.queues {
-		fetchers.Go(func() { w.fetch(fetchCtx, claimsCtx, jobsCtx, &jobs, qs) })
+		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
 	}
-	fetchers.Go(func() { w.rescue(fetchCtx) })
+	intake.Go(w.rescue)
 	if len(w.schedules) > 0 {
-		fetchers.Go(func() { w.enqueuePeriodic(fetchCtx) })
+		intake.Go(w.enqueuePeriodic)
 	}
-	background.Go(func() { w.heartbeat(backgroundCtx) })
-	completerDone := make(chan struct{})
-	go func() { defer close(completerDone); w.complete(backgroundCtx) }()
+	writers.Go(w.heartbeat)
+	writers.Go(w.refreshRegistry)
+	writers.Go(w.complete)
 	w.log.Info("worker started", "queues", len(w.queues))
 
-	// Wait for the stop signal, then for running jobs until the grace
-	// period ends.
-	var grace context.Context
-	select {
-	case <-ctx.Done():
-		var endGrace context.CancelFunc
-		grace, endGrace = context.WithTimeout(context.Background(), w.cfg.StopTimeout)
-		// A Shutdown during this grace period brings its own deadline:
-		// whichever ends first ends the grace period.
-		var watch sync.WaitGroup
-		defer watch.Wait()
-		defer endGrace()
-		watch.Go(func() {
-			select {
-			case <-w.stop:
-				select {
-				case <-w.shutdownCtx.Done():
-					endGrace()
-				case <-grace.Done():
-				}
-			case <-grace.Done():
-			}
-		})
-	case <-w.stop:
-		grace = w.shutdownCtx
-	}
+	grace, endGrace := w.gracePeriod(ctx)
+	defer endGrace()
 	w.log.Info("worker stopping: no new jobs")
-	stopFetching()
+	intake.cancel(nil)
 	// A claim in flight is waited for (see fetch) until the grace period
 	// ends; then it is abandoned.
-	if !waitFor(&fetchers, grace.Done()) {
+	if !intake.waitUntil(grace.Done()) {
 		abortClaims()
-		fetchers.Wait()
+		intake.wg.Wait()
 	}
 	// From the grace period's end the stop has stopGiveUp, whatever the
 	// database does (see stopGiveUp).
-	graceOver := !waitFor(&jobs, grace.Done())
+	graceOver := !jobs.waitUntil(grace.Done())
 	giveUp := time.AfterFunc(stopGiveUp, w.cancelFinal)
 	defer giveUp.Stop()
 	if graceOver {
 		w.log.Warn("grace period over: cancelling running jobs and handing them back")
-		cancelJobs(errShutdown)
+		jobs.cancel(errShutdown)
 		// Handlers that honour their context return within a moment and
 		// hand their job back themselves; the rest are abandoned here and
 		// their jobs handed back for them.
 		moment, cancel := context.WithTimeout(w.final, handlerReturnWait)
-		if !waitFor(&jobs, moment.Done()) {
+		if !jobs.waitUntil(moment.Done()) {
 			w.abandonRunning()
 		}
 		cancel()
 	}
-	// Every outcome is queued now (or abandoned): let the completer drain
-	// them, then stop the heartbeats.
-	stopBackground()
-	<-completerDone
-	background.Wait()
+	// Every outcome is queued now (or abandoned): the completer drains
+	// them, and the heartbeat and registry loops stop.
+	writers.cancel(nil)
+	writers.wg.Wait()
 	w.unregister()
 	w.log.Info("worker stopped")
 	return nil
 }
+
+// gracePeriod waits for the stop signal (ctx ends, or Shutdown is called)
+// and returns the grace period that follows: StopTimeout after ctx ended,
+// or Shutdown's own context; a Shutdown during a StopTimeout grace period
+// ends it when its context ends first. Call end when the stop is done.
+func (w *Worker) gracePeriod(ctx context.Context) (grace context.Context, end func()) {
+	select {
+	case <-w.stop:
+		return w.shutdownCtx, func() {}
+	case <-ctx.Done():
+	}
+	grace, endGrace := context.WithTimeout(context.Background(), w.cfg.StopTimeout)
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		select {
+		case <-w.stop:
+			select {
+			case <-w.shutdownCtx.Done():
+				endGrace()
+			case <-grace.Done():
+			}
+		case <-grace.Done():
+		}
+	})
+	return grace, func() { endGrace(); watch.Wait() }
+}
+
+// group is goroutines that share one context and are stopped together:
+// cancel ends the context, and wg joins them.
+type group struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+}
+
+// newGroup returns a group whose context is derived from parent.
+func newGroup(parent context.Context) *group {
+	ctx, cancel := context.WithCancelCause(parent)
+	return &group{ctx: ctx, cancel: cancel}
+}
+
+// Go runs f with the group's context in a goroutine of the group.
+func (g *group) Go(f func(ctx context.Context)) { g.wg.Go(func() { f(g.ctx) }) }
+
+// waitUntil waits for the group's goroutines until stop fires; it reports
+// whether they all returned.
+func (g *group) waitUntil(stop <-chan struct{}) bool { return waitFor(&g.wg, stop) }
 
 // stopGiveUp bounds a stop after its grace period: handlers get
 // handlerReturnWait of it to return, and the hand-backs, the outcome writes
