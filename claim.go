@@ -20,7 +20,7 @@ import (
 // 3-job claim in a steady stream; and a plan cached while the table was
 // small read the whole table. So status is compared after appending an
 // empty string, which no partial index's predicate matches, and claims run
-// after pinJoins, which rules out the sequential scan. The row locks taken
+// after pinJoinsSQL, which rules out the sequential scan. The row locks taken
 // by the pick keep the ctids valid; a row whose locked version is newer
 // than the statement's snapshot is not claimed this time. The attempt is
 // incremented here, so a job that kills its worker still spends its
@@ -57,12 +57,12 @@ const pickRunnable = `picked AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )`
 
-// claimJobs is the fast claim: pickRunnable, then claimUpdate. A queue with
+// claimJobsSQL is the fast claim: pickRunnable, then claimUpdate. A queue with
 // rules in compute.queues (paused, limits, fairness) claims nothing here;
 // the statement then returns one row with gated true and NULL job columns,
 // and Claim takes the serialized path instead. The gate is one primary-key
 // probe of a tiny table.
-const claimJobs = statusChange + `
+const claimJobsSQL = statusChange + `
 WITH gate AS (
     SELECT 1 FROM compute.queues s
     WHERE s.name = $1 AND (s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
@@ -178,13 +178,13 @@ func (q *Queue) heldJobs(ctx context.Context, queue string) ([]*Job, error) {
 	return q.failUnreadable(ctx, jobs), err
 }
 
-// claimFast runs claimJobs; gated reports that the queue has rules and
+// claimFast runs claimJobsSQL; gated reports that the queue has rules and
 // nothing was claimed.
 func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
 	if n < 1 {
 		return nil, false, nil
 	}
-	jobs, err = queryPinned(ctx, q, claimJobs, []any{queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig},
+	jobs, err = queryPinned(ctx, q, claimJobsSQL, []any{queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig},
 		func(row pgx.CollectableRow) (*Job, error) {
 			if row.RawValues()[1] == nil { // the gate row: no job columns
 				gated = true

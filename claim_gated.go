@@ -12,32 +12,32 @@ import (
 // claims of a queue with rules ("comc"); the second is a hash of the name.
 const lockClassClaim = 0x636f6d63
 
-// lockGatedQueue serializes the claims of one queue with rules until the
+// lockGatedQueueSQL serializes the claims of one queue with rules until the
 // claim's transaction ends. Every statement after it takes a new snapshot
 // and so sees every claim a previous holder committed: the rules, the round
 // robin cursor, and the counts of running jobs and starts are exact. (Read
 // in the locking statement itself, they would come from a snapshot taken
 // before the wait.) Times in the gated claim are statement_timestamp(),
 // taken after the wait, not now(), the transaction's start.
-const lockGatedQueue = `SELECT pg_advisory_xact_lock($2, hashtext($1))`
+const lockGatedQueueSQL = `SELECT pg_advisory_xact_lock($2, hashtext($1))`
 
-// queueUsage counts what the queue-wide limits need: running jobs (through
+// queueUsageSQL counts what the queue-wide limits need: running jobs (through
 // the small partial index jobs_running) and starts within the rate period.
-const queueUsage = `
+const queueUsageSQL = `
 SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue = $1),
        (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > statement_timestamp() - $2 * interval '1 microsecond')`
 
-// claimPicked claims up to $2 runnable jobs of queue $1 in claim order, with
+// claimPickedSQL claims up to $2 runnable jobs of queue $1 in claim order, with
 // an empty gate: the caller holds the queue's claim lock and has applied
 // its rules. $3 to $5 are claimUpdate's.
-const claimPicked = statusChange + `
+const claimPickedSQL = statusChange + `
 WITH gate AS (SELECT WHERE false), ` + pickRunnable + claimUpdate
 
-// nextKeys steps through the distinct partition keys of a queue's queued
+// nextKeysSQL steps through the distinct partition keys of a queue's queued
 // jobs after $2 (and up to $4 when given), in key order: one probe of
 // jobs_partition per key (a skip scan), so a million jobs under one key
 // cost no more than one job.
-const nextKeys = `
+const nextKeysSQL = `
 WITH RECURSIVE k AS (
     (SELECT partition_key FROM compute.jobs
      WHERE status = 'queued' AND queue = $1 AND partition_key > $2
@@ -52,7 +52,7 @@ SELECT partition_key FROM k
 WHERE partition_key IS NOT NULL AND ($4::text IS NULL OR partition_key <= $4)
 LIMIT $3`
 
-// claimKeyed claims up to $2 jobs across the keys in $6 (in round-robin
+// claimKeyedSQL claims up to $2 jobs across the keys in $6 (in round-robin
 // order; a NULL entry stands for the jobs without a key): each key's first
 // runnable job, then each key's second, and so on. Each key gives at most
 // $7 jobs and no more than its budget: $8 running per key minus those
@@ -62,7 +62,7 @@ LIMIT $3`
 // partition_key first (a constant in each branch) makes jobs_partition the
 // only index that yields the order, so the plan keeps it even when the
 // statistics do not know the backlog yet. $3 to $5 are claimUpdate's.
-const claimKeyed = statusChange + `
+const claimKeyedSQL = statusChange + `
 WITH keys AS (
     SELECT k, ord FROM unnest($6::text[]) WITH ORDINALITY AS t(k, ord)
 ), running AS (
@@ -98,28 +98,28 @@ WITH keys AS (
     FOR UPDATE OF j SKIP LOCKED
 )` + claimUpdate
 
-// unkeyedQueued says whether the queue has queued jobs without a key. It
+// unkeyedQueuedSQL says whether the queue has queued jobs without a key. It
 // asks for the first queued row in jobs_partition's order read backwards,
 // where NULL keys come first: only that index gives the order, so the plan
 // uses it even before the table's statistics know about a fresh backlog (an
 // EXISTS could walk jobs_claim through the whole backlog instead).
-const unkeyedQueued = `
+const unkeyedQueuedSQL = `
 SELECT partition_key IS NULL FROM compute.jobs
 WHERE status = 'queued' AND queue = $1
 ORDER BY partition_key DESC NULLS FIRST
 LIMIT 1`
 
-// recordStarts logs the starts of a rate-limited queue and drops the ones
+// recordStartsSQL logs the starts of a rate-limited queue and drops the ones
 // older than the period, which no limit reads any more.
-const recordStarts = `
+const recordStartsSQL = `
 WITH gone AS (
     DELETE FROM compute.starts WHERE queue = $1 AND at <= statement_timestamp() - $3 * interval '1 microsecond'
 )
 INSERT INTO compute.starts (queue, partition_key, at)
 SELECT $1, k, statement_timestamp() FROM unnest($2::text[]) AS t(k)`
 
-// saveCursor remembers where round-robin stopped.
-const saveCursor = `UPDATE compute.queues SET fair_cursor = $2 WHERE name = $1`
+// saveCursorSQL remembers where round-robin stopped.
+const saveCursorSQL = `UPDATE compute.queues SET fair_cursor = $2 WHERE name = $1`
 
 // maxKeysPerClaim bounds the partition keys one claim visits.
 const maxKeysPerClaim = 100
@@ -153,17 +153,17 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		jobs, more = nil, false
 		// The lock and the claim's pinned plan (see claimUpdate) in one
 		// round trip.
-		if err := tx.SendBatch(ctx, pinnedBatch(lockGatedQueue, queue, lockClassClaim)).Close(); err != nil {
+		if err := tx.SendBatch(ctx, pinnedBatch(lockGatedQueueSQL, queue, lockClassClaim)).Close(); err != nil {
 			return err
 		}
 		var cursor string
-		s, err := readSettings(tx.QueryRow(ctx, getQueueSettings, queue), &cursor)
+		s, err := readSettings(tx.QueryRow(ctx, getQueueSettingsSQL, queue), &cursor)
 		if err != nil || s.Paused {
 			return err
 		}
 		periodUS := s.RatePeriod.Microseconds()
 		var running, started int
-		if err := tx.QueryRow(ctx, queueUsage, queue, periodUS).Scan(&running, &started); err != nil {
+		if err := tx.QueryRow(ctx, queueUsageSQL, queue, periodUS).Scan(&running, &started); err != nil {
 			return err
 		}
 		if s.MaxRunning > 0 {
@@ -179,7 +179,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 			jobs, more, err = q.claimByKey(ctx, tx, queue, n, share, s, cursor)
 		} else {
 			var rows pgx.Rows
-			if rows, err = tx.Query(ctx, claimPicked, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig); err == nil {
+			if rows, err = tx.Query(ctx, claimPickedSQL, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig); err == nil {
 				jobs, err = pgx.CollectRows(rows, collectJob)
 			}
 		}
@@ -192,7 +192,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 				keys[i] = &j.PartitionKey
 			}
 		}
-		_, err = tx.Exec(ctx, recordStarts, queue, keys, periodUS)
+		_, err = tx.Exec(ctx, recordStartsSQL, queue, keys, periodUS)
 		return err
 	})
 	if err != nil {
@@ -220,7 +220,7 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, shar
 		keyRate = s.KeyRateLimit
 	}
 	part := min(n, share*((n+len(keys)-1)/len(keys)))
-	rows, err := tx.Query(ctx, claimKeyed, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig,
+	rows, err := tx.Query(ctx, claimKeyedSQL, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig,
 		keys, part, keyMax, keyRate, s.RatePeriod.Microseconds())
 	if err != nil {
 		return nil, false, err
@@ -245,7 +245,7 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, shar
 		last--
 	}
 	next := deref(keys[last])
-	_, err = tx.Exec(ctx, saveCursor, queue, next)
+	_, err = tx.Exec(ctx, saveCursorSQL, queue, next)
 	return jobs, more, err
 }
 
@@ -258,7 +258,7 @@ func roundKeys(ctx context.Context, tx pgx.Tx, queue, cursor string, m int) ([]*
 		return after, err
 	}
 	var none bool
-	err = tx.QueryRow(ctx, unkeyedQueued, queue).Scan(&none)
+	err = tx.QueryRow(ctx, unkeyedQueuedSQL, queue).Scan(&none)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, err
 	}
@@ -272,12 +272,12 @@ func roundKeys(ctx context.Context, tx pgx.Tx, queue, cursor string, m int) ([]*
 	return append(after, before...), err
 }
 
-// keysAfter runs nextKeys: up to m keys after cursor, up to upTo if set.
+// keysAfter runs nextKeysSQL: up to m keys after cursor, up to upTo if set.
 func keysAfter(ctx context.Context, tx pgx.Tx, queue, cursor string, upTo *string, m int) ([]*string, error) {
 	if m <= 0 {
 		return nil, nil
 	}
-	rows, err := tx.Query(ctx, nextKeys, queue, cursor, m, upTo)
+	rows, err := tx.Query(ctx, nextKeysSQL, queue, cursor, m, upTo)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// insertJobs adds a batch of jobs in one statement: each column is an array
+// insertJobsSQL adds a batch of jobs in one statement: each column is an array
 // parameter and unnest turns them into rows, so 10,000 jobs cost one round
 // trip and the statement-level trigger sends at most one notification per
 // queue.
@@ -25,26 +25,26 @@ import (
 // keeps those jobs out of the partial index jobs_unique. $11 'on' tells the
 // insert trigger to skip its notification (see wakeups); the uncorrelated
 // sub-select runs once, before the trigger, which reads and clears it.
-const insertJobs = insertRows + `
+const insertJobsSQL = insertRows + `
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[],
             $7::bigint[], $8::integer[], $9::text[], $10::text[])
      AS ` + insertedRow + `
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
 
-// insertJob is insertJobs for one job, with the same parameters as scalars
+// insertJobSQL is insertJobsSQL for one job, with the same parameters as scalars
 // in a one-row sub-select, which the planner pulls up into the insert.
 // One-job enqueues (a web request's) are the commonest, and a one-row
 // statement needs no unnest: an autocommit enqueue took 326 µs instead of
 // 377 (medians of six alternating sets of 4,000, harness server).
-const insertJob = insertRows + `
+const insertJobSQL = insertRows + `
 FROM (SELECT $1::bytea, $2::text, $3::text, $4::text, $5::smallint, $6::timestamptz,
              $7::bigint, $8::integer, $9::text, $10::text)
      AS ` + insertedRow + `
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
 
-// insertRows is what insertJobs and insertJob insert, from the rows of
+// insertRows is what insertJobsSQL and insertJobSQL insert, from the rows of
 // insertedRow, one per job: a new column is added here, in insertedRow, in
 // both statements' parameters and in batch.columns.
 const insertRows = `
@@ -61,7 +61,7 @@ const insertedRow = `d(job_id, queue, config, input_files, priority, run_at, del
 // content ids: the rest already existed.
 const returningID = ` RETURNING job_id`
 
-// lockUniqueKeys serializes submitters of the same unique keys until their
+// lockUniqueKeysSQL serializes submitters of the same unique keys until their
 // transactions end. It locks buckets of keys, not keys: each (queue, key)
 // hashes into one of uniqueLockBuckets buckets, so any two submitters of a
 // key take the same lock, and a transaction holds at most that many
@@ -74,7 +74,7 @@ const returningID = ` RETURNING job_id`
 // every job a previous holder committed. That holds only at READ
 // COMMITTED, which the statement reports so the caller can refuse other
 // levels.
-const lockUniqueKeys = `
+const lockUniqueKeysSQL = `
 SELECT count(pg_advisory_xact_lock($1, s.b)), current_setting('transaction_isolation')
 FROM (SELECT DISTINCT hashtext(d.queue || '/' || d.key) & ($4::int - 1) AS b
       FROM unnest($2::text[], $3::text[]) AS d(queue, key) ORDER BY 1) s`
@@ -89,7 +89,7 @@ const lockClassUnique = 0x636f6d62
 // keys wait for each other with a chance of one in this many.
 const uniqueLockBuckets = 1024
 
-// findDuplicates returns, for each unique job of a batch (by its 1-based
+// findDuplicatesSQL returns, for each unique job of a batch (by its 1-based
 // position), the newest earlier job of its queue with the same key within
 // its scope. One branch per kind of scope, each gated on d.scope, so that
 // each can use its index: the active and queued scopes read only the key's
@@ -97,8 +97,8 @@ const uniqueLockBuckets = 1024
 // jobs created within the window through jobs_unique (created is in both
 // indexes, newest first). A single filter over jobs_unique read the key's
 // whole history. The window ends at this statement's start, not at the
-// transaction's, as created is the enqueue statement's (see insertJobs).
-const findDuplicates = `
+// transaction's, as created is the enqueue statement's (see insertJobsSQL).
+const findDuplicatesSQL = `
 SELECT d.i, e.job_id
 FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) WITH ORDINALITY AS d(queue, key, scope, window_us, i)
 CROSS JOIN LATERAL (
@@ -316,7 +316,7 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 	}
 	var locked int64
 	var isolation string
-	rows, err := tx.Query(ctx, lockUniqueKeys, lockClassUnique, queues, keys, uniqueLockBuckets)
+	rows, err := tx.Query(ctx, lockUniqueKeysSQL, lockClassUnique, queues, keys, uniqueLockBuckets)
 	if err != nil {
 		return err
 	}
@@ -326,7 +326,7 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 	if isolation != "read committed" {
 		return fmt.Errorf("%w: unique jobs need a READ COMMITTED transaction, this one is %s; enqueue them in a separate transaction", ErrInvalidOption, strings.ToUpper(isolation))
 	}
-	rows, err = tx.Query(ctx, findDuplicates, queues, keys, scopes, windows)
+	rows, err = tx.Query(ctx, findDuplicatesSQL, queues, keys, scopes, windows)
 	if err != nil {
 		return err
 	}
@@ -357,9 +357,9 @@ func (b *batch) insert(ctx context.Context, tx db) error {
 		if args == nil {
 			continue
 		}
-		sql := insertJobs
+		sql := insertJobsSQL
 		if one {
-			sql = insertJob
+			sql = insertJobSQL
 		}
 		if !b.content {
 			if _, err := tx.Exec(ctx, sql, args...); err != nil {
@@ -388,8 +388,8 @@ func (b *batch) insert(ctx context.Context, tx db) error {
 	return nil
 }
 
-// columns builds insertJobs' array parameters for the jobs at idx that are
-// to be created, or insertJob's scalars (one) when that is a single job;
+// columns builds insertJobsSQL' array parameters for the jobs at idx that are
+// to be created, or insertJobSQL's scalars (one) when that is a single job;
 // nil when there are none.
 func (b *batch) columns(idx []int) (args []any, one bool) {
 	var (

@@ -64,10 +64,10 @@ const workerFresh = 3 * registryRefresh
 // refreshes.
 const registryRefresh = 20 * time.Second
 
-// explainJob reads, in one statement, the job and everything that can hold
+// explainJobSQL reads, in one statement, the job and everything that can hold
 // it back. Counts of waiting jobs stop at 10,001, so a huge backlog costs a
 // bounded scan. Durations come back in microseconds.
-const explainJob = `
+const explainJobSQL = `
 SELECT
     (extract(epoch FROM j.run_at - now()) * 1e6)::bigint,
     coalesce(s.paused, false), coalesce(s.max_running, 0), coalesce(s.key_max_running, 0),
@@ -114,7 +114,7 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 	)
 	err := q.do(ctx, "compute: explain", func(ctx context.Context) error {
 		var err error
-		job, err = scanJob(q.pool.QueryRow(ctx, explainJob, id[:], workerFresh.Microseconds()),
+		job, err = scanJob(q.pool.QueryRow(ctx, explainJobSQL, id[:], workerFresh.Microseconds()),
 			&untilRun, &paused, &maxRunning, &keyMax, &rate, &keyRate, &fair,
 			&running, &keyRunning, &starts, &keyStarts, &nextRateSlot, &ahead, &keyAhead, &workers,
 			&anyWorkers, &leaseOverdue, &holderSilent)
@@ -193,7 +193,7 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 	return e, nil
 }
 
-// atMost is count for the capped counts of explainJob.
+// atMost is count for the capped counts of explainJobSQL.
 func atMost(n int, noun string) string {
 	if n > 10000 {
 		return "more than 10,000 " + noun + "s"

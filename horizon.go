@@ -30,11 +30,11 @@ type Horizon struct {
 	XIDs int64
 }
 
-// oldestHorizon finds the oldest holder of the xmin horizon that matters to
+// oldestHorizonSQL finds the oldest holder of the xmin horizon that matters to
 // this database. Autovacuum and other background processes (no usesysid)
 // are skipped: a lazy vacuum's own snapshot does not hold back the horizon.
 // A NULL datname is a walsender with hot_standby_feedback.
-const oldestHorizon = `
+const oldestHorizonSQL = `
 SELECT kind, who, coalesce(detail, ''), coalesce((extract(epoch FROM held) * 1e6)::bigint, 0), xids FROM (
     SELECT 'session' AS kind, pid::text AS who, age(backend_xmin)::bigint AS xids,
            now() - xact_start AS held,
@@ -60,7 +60,7 @@ func (q *Queue) OldestHorizon(ctx context.Context) (*Horizon, error) {
 	var h Horizon
 	var heldUS int64
 	err := q.do(ctx, "compute: oldest horizon", func(ctx context.Context) error {
-		return q.pool.QueryRow(ctx, oldestHorizon).Scan(&h.Kind, &h.Who, &h.Detail, &heldUS, &h.XIDs)
+		return q.pool.QueryRow(ctx, oldestHorizonSQL).Scan(&h.Kind, &h.Who, &h.Detail, &heldUS, &h.XIDs)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil

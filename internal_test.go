@@ -370,9 +370,9 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 		}
 		strs := func(s string) []string { return slices.Repeat([]string{s}, n) }
 		for name, p := range map[string]string{
-			"complete":  plan(completeJobs, strs("{}")),
-			"fail":      plan(failJobs, strs("x"), make([]bool, n), make([]bool, n), make([]int64, n)),
-			"heartbeat": plan(heartbeatJobs, int64(60e6)),
+			"complete":  plan(completeJobsSQL, strs("{}")),
+			"fail":      plan(failJobsSQL, strs("x"), make([]bool, n), make([]bool, n), make([]int64, n)),
+			"heartbeat": plan(heartbeatJobsSQL, int64(60e6)),
 		} {
 			if !strings.Contains(p, "Nested Loop") || !strings.Contains(p, "Index Scan using jobs_pkey") ||
 				strings.Contains(p, "jobs_running") {
@@ -384,7 +384,7 @@ func TestFencedStatementsProbeThePrimaryKey(t *testing.T) {
 }
 
 // TestClaimPlanFromAnEmptyTableKeepsTheTidScan checks the claim's generic
-// plan as the pipeline's pinJoins leaves it, made from the statistics of an
+// plan as the pipeline's pinJoinsSQL leaves it, made from the statistics of an
 // empty, freshly analyzed table: the state of a new deployment, whose
 // workers cache that plan on every pooled connection and keep it until the
 // next autoanalyze. Unpinned, that plan read the whole table for every
@@ -402,7 +402,7 @@ func TestClaimPlanFromAnEmptyTableKeepsTheTidScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(context.Background())
-	for _, sql := range []string{pinJoins, "SET LOCAL plan_cache_mode = force_generic_plan", "PREPARE claim_plan AS " + claimJobs} {
+	for _, sql := range []string{pinJoinsSQL, "SET LOCAL plan_cache_mode = force_generic_plan", "PREPARE claim_plan AS " + claimJobsSQL} {
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			t.Fatalf("%v\n%s", err, sql)
 		}

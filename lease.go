@@ -24,10 +24,10 @@ type Completion struct {
 // claim d and it is in progress.
 const fenceClause = `WHERE j.job_id = d.job_id AND j.attempt = d.attempt AND j.worker = d.worker AND j.status || '' = 'in-progress'`
 
-// completeJobs finishes many jobs in one statement. The join on (job_id,
+// completeJobsSQL finishes many jobs in one statement. The join on (job_id,
 // attempt, worker) and status fences the write: a holder whose lease ran out
 // and whose job was claimed again, or cancelled, matches no row.
-const completeJobs = statusChange + `
+const completeJobsSQL = statusChange + `
 UPDATE compute.jobs j
 SET status = 'complete', finished = now(), last_accessed = now(), lease_expires = NULL,
     output_files = d.outputs::varchar[]
@@ -53,7 +53,7 @@ func (q *Queue) Complete(ctx context.Context, done ...Completion) error {
 		}
 		jobs[i], outputs[i] = c.Job, arrayLiteral(c.OutputFiles)
 	}
-	return q.fenced(ctx, "compute: complete", jobs, completeJobs, outputs)
+	return q.fenced(ctx, "compute: complete", jobs, completeJobsSQL, outputs)
 }
 
 // Failure is one failed attempt for Fail.
@@ -70,15 +70,15 @@ type Failure struct {
 	RetryIn time.Duration
 }
 
-// failJobs records failed attempts in one statement, fenced like
-// completeJobs. A snoozed job (a Snooze, or a hand-back) goes back to queued
+// failJobsSQL records failed attempts in one statement, fenced like
+// completeJobsSQL. A snoozed job (a Snooze, or a hand-back) goes back to queued
 // with its snoozes counted and no error recorded: the attempt counter itself
 // never goes down (it is the fence), so the attempts spent are attempt -
 // snoozes. A failed attempt goes back to queued at its retry time while
 // attempts remain, else (or when permanent) ends failed, and its error is
 // appended to the job's errors. A failed job's run_at is kept unless it is
 // infinite (plain SQL can write that), so the row stays readable.
-const failJobs = statusChange + `
+const failJobsSQL = statusChange + `
 UPDATE compute.jobs j
 SET status = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts) THEN 'failed' ELSE 'queued' END,
     finished = CASE WHEN NOT d.snooze AND (d.permanent OR j.attempt - j.snoozes >= j.max_attempts) THEN now() END,
@@ -129,12 +129,12 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 		permanent[i] = errors.Is(f.Err, ErrPermanent)
 		delays[i] = delay.Microseconds()
 	}
-	return q.fenced(ctx, "compute: fail", jobs, failJobs, msgs, permanent, snooze, delays)
+	return q.fenced(ctx, "compute: fail", jobs, failJobsSQL, msgs, permanent, snooze, delays)
 }
 
-// heartbeatJobs renews the leases of many jobs in one statement, fenced like
-// completeJobs, so a holder learns in the same round trip which jobs it lost.
-const heartbeatJobs = noStatusChange + `
+// heartbeatJobsSQL renews the leases of many jobs in one statement, fenced like
+// completeJobsSQL, so a holder learns in the same round trip which jobs it lost.
+const heartbeatJobsSQL = noStatusChange + `
 UPDATE compute.jobs j
 SET lease_expires = now() + $4 * interval '1 microsecond'
 FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker)
@@ -148,7 +148,7 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
-	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobs, q.opts.lease.Microseconds())
+	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobsSQL, q.opts.lease.Microseconds())
 }
 
 // fenced runs one of the fenced batch statements: the claim of each job
@@ -167,7 +167,7 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 // which the planner cannot match to jobs_running's predicate, so that index
 // is not a way in (with fresh statistics that count no job in progress, a
 // nested loop over it compared all 1,000 jobs with each other: 240 ms). And
-// queryPinned sends each after pinJoins in one pipeline, which turns off
+// queryPinned sends each after pinJoinsSQL in one pipeline, which turns off
 // hash and merge joins, materializing and sequential scans until the
 // pipeline's implicit transaction ends. What is left is a nested loop over
 // the arrays probing the primary key. TestFencedStatementsProbeThePrimaryKey

@@ -8,14 +8,14 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// getJob reads a job and, when it is finished, touches last_accessed in the
+// getJobSQL reads a job and, when it is finished, touches last_accessed in the
 // same statement: retention counts from the last read. A queued or running
 // job is only read. Writing it would lock the row, and a claim that meets a
 // locked (or just rewritten) row skips it: a client polling Get on its
 // queued job could keep it from the worker that was woken for it, until
 // that worker's next poll. The second branch returns the row as the
 // statement's snapshot saw it when the update did not take it.
-const getJob = noStatusChange + `
+const getJobSQL = noStatusChange + `
 WITH touched AS (
     UPDATE compute.jobs j SET last_accessed = now()
     WHERE j.job_id = $1 AND j.status IN ('complete', 'failed', 'expired')
@@ -36,7 +36,7 @@ WHERE j.job_id = $1 AND NOT EXISTS (SELECT FROM touched)`
 func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
 	var job *Job
 	err := q.do(ctx, "compute: get job", func(ctx context.Context) (err error) {
-		job, err = scanJob(q.pool.QueryRow(ctx, getJob, id[:]))
+		job, err = scanJob(q.pool.QueryRow(ctx, getJobSQL, id[:]))
 		return err
 	})
 	if err != nil {
@@ -148,11 +148,11 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 	return jobs, err
 }
 
-// cancelJob fails a live job with a reason. The sub-select locks the row and
+// cancelJobSQL fails a live job with a reason. The sub-select locks the row and
 // keeps its old status, so the caller learns whether a worker was running it;
 // a running job's holder finds at its next heartbeat that the job is no
 // longer its own, and pg_notify tells it at once.
-const cancelJob = statusChange + `
+const cancelJobSQL = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id, status FROM compute.jobs WHERE job_id = $1 FOR UPDATE
 ), cancelled AS (
@@ -180,7 +180,7 @@ func (q *Queue) Cancel(ctx context.Context, id JobID, reason string) error {
 	var old *string
 	err := q.do(ctx, "compute: cancel job", func(ctx context.Context) error {
 		var notified int64
-		return q.pool.QueryRow(ctx, cancelJob, id[:], cleanError(reason)).Scan(&old, &notified)
+		return q.pool.QueryRow(ctx, cancelJobSQL, id[:], cleanError(reason)).Scan(&old, &notified)
 	})
 	switch {
 	case err != nil:
@@ -193,10 +193,10 @@ func (q *Queue) Cancel(ctx context.Context, id JobID, reason string) error {
 	return nil
 }
 
-// retryJob queues a failed job again now. The attempt counter is never
+// retryJobSQL queues a failed job again now. The attempt counter is never
 // lowered (it fences stale holders), so the job gets one more attempt by
 // raising max_attempts when it was spent.
-const retryJob = statusChange + `
+const retryJobSQL = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id, status, queue FROM compute.jobs WHERE job_id = $1 FOR UPDATE
 ), retried AS (
@@ -217,7 +217,7 @@ func (q *Queue) Retry(ctx context.Context, id JobID) error {
 	var old *string
 	err := q.do(ctx, "compute: retry job", func(ctx context.Context) error {
 		var notified int64
-		return q.pool.QueryRow(ctx, retryJob, id[:]).Scan(&old, &notified)
+		return q.pool.QueryRow(ctx, retryJobSQL, id[:]).Scan(&old, &notified)
 	})
 	switch {
 	case err != nil:
@@ -230,8 +230,8 @@ func (q *Queue) Retry(ctx context.Context, id JobID) error {
 	return nil
 }
 
-// countJobs counts jobs per queue and status in one pass over the table.
-const countJobs = `SELECT queue, status, count(*) FROM compute.jobs GROUP BY queue, status`
+// countJobsSQL counts jobs per queue and status in one pass over the table.
+const countJobsSQL = `SELECT queue, status, count(*) FROM compute.jobs GROUP BY queue, status`
 
 // Counts returns how many jobs each queue holds in each status. It reads
 // the whole table: call it for dashboards, not on a hot path.
@@ -239,7 +239,7 @@ func (q *Queue) Counts(ctx context.Context) (map[string]map[Status]int64, error)
 	counts := make(map[string]map[Status]int64)
 	err := q.do(ctx, "compute: count jobs", func(ctx context.Context) error {
 		clear(counts)
-		rows, err := q.pool.Query(ctx, countJobs)
+		rows, err := q.pool.Query(ctx, countJobsSQL)
 		if err != nil {
 			return err
 		}

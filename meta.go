@@ -33,8 +33,8 @@ func (q *Queue) GetMeta(ctx context.Context, key string) (string, error) {
 	return value, nil
 }
 
-// setMeta is an upsert, so concurrent writers of one key never fail.
-const setMeta = `INSERT INTO compute.meta (key, value) VALUES ($1, $2)
+// setMetaSQL is an upsert, so concurrent writers of one key never fail.
+const setMetaSQL = `INSERT INTO compute.meta (key, value) VALUES ($1, $2)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value`
 
 // SetMeta stores value under key in compute.meta, replacing any value. Keys
@@ -45,7 +45,7 @@ func (q *Queue) SetMeta(ctx context.Context, key, value string) error {
 		return err
 	}
 	return q.do(ctx, "compute: set meta", func(ctx context.Context) error {
-		_, err := q.pool.Exec(ctx, setMeta, key, value)
+		_, err := q.pool.Exec(ctx, setMetaSQL, key, value)
 		return err
 	})
 }

@@ -242,11 +242,11 @@ func periodicJobID(name string, tick time.Time) JobID {
 	return id
 }
 
-// lastTicks reads the last tick the cluster enqueued per schedule.
-const lastTicks = `SELECT name, last_tick FROM compute.periodic WHERE name = ANY($1)`
+// lastTicksSQL reads the last tick the cluster enqueued per schedule.
+const lastTicksSQL = `SELECT name, last_tick FROM compute.periodic WHERE name = ANY($1)`
 
-// saveTicks records the latest enqueued tick per schedule, never moving back.
-const saveTicks = `
+// saveTicksSQL records the latest enqueued tick per schedule, never moving back.
+const saveTicksSQL = `
 INSERT INTO compute.periodic AS p (name, last_tick)
 SELECT * FROM unnest($1::text[], $2::timestamptz[])
 ON CONFLICT (name) DO UPDATE SET last_tick = greatest(p.last_tick, excluded.last_tick)`
@@ -356,7 +356,7 @@ func (w *Worker) missedTicks(ctx context.Context, now time.Time) ([]tick, error)
 	}
 	last := make(map[string]time.Time)
 	err := w.q.do(ctx, "compute: periodic catch-up", func(ctx context.Context) error {
-		rows, err := w.q.pool.Query(ctx, lastTicks, names)
+		rows, err := w.q.pool.Query(ctx, lastTicksSQL, names)
 		if err != nil {
 			return err
 		}
@@ -475,7 +475,7 @@ func (w *Worker) enqueueTicks(ctx context.Context, due []tick) error {
 				return err
 			}
 			made = b.results
-			_, err := tx.Exec(ctx, saveTicks, names, ticks)
+			_, err := tx.Exec(ctx, saveTicksSQL, names, ticks)
 			return err
 		})
 	})

@@ -102,7 +102,7 @@ ANALYZE compute.jobs;`
 	if _, err := conn.Exec(ctx, load); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, "PREPARE find_duplicates AS "+findDuplicates); err != nil {
+	if _, err := conn.Exec(ctx, "PREPARE find_duplicates AS "+findDuplicatesSQL); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

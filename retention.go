@@ -6,13 +6,13 @@ import (
 	"time"
 )
 
-// requeueStale hands back jobs whose lease expired by the database clock, in
+// requeueStaleSQL hands back jobs whose lease expired by the database clock, in
 // batches: back to queued while attempts remain, else failed. SKIP LOCKED
 // lets many processes run it at once without waiting on each other, and the
 // partial index jobs_running (in-progress rows only) makes it cheap. Jobs that a
 // v1 program marked in-progress without a lease (lease_expires NULL) are left
 // to that program.
-const requeueStale = statusChange + `
+const requeueStaleSQL = statusChange + `
 WITH stale AS MATERIALIZED (
     SELECT job_id FROM compute.jobs
     WHERE status = 'in-progress' AND lease_expires < now()
@@ -45,12 +45,12 @@ const staleBatch = 1000
 // how many jobs it handed back. Safe to run from many processes at once; a
 // Worker runs it periodically.
 func (q *Queue) RequeueStale(ctx context.Context) (int, error) {
-	return q.batches(ctx, "compute: requeue stale", requeueStale)
+	return q.batches(ctx, "compute: requeue stale", requeueStaleSQL)
 }
 
-// expireJobs marks finished jobs that nobody read within the retention
+// expireJobsSQL marks finished jobs that nobody read within the retention
 // period as expired, oldest first, in batches (see staleBatch).
-const expireJobs = statusChange + `
+const expireJobsSQL = statusChange + `
 WITH old AS MATERIALIZED (
     SELECT job_id FROM compute.jobs
     WHERE status IN ('complete', 'failed') AND last_accessed < now() - $2 * interval '1 microsecond'
@@ -72,7 +72,7 @@ func (q *Queue) Expire(ctx context.Context, retention time.Duration) (int, error
 	if retention <= 0 {
 		return 0, fmt.Errorf("%w: retention %s must be positive", ErrInvalidOption, retention)
 	}
-	return q.batches(ctx, "compute: expire", expireJobs, retention.Microseconds())
+	return q.batches(ctx, "compute: expire", expireJobsSQL, retention.Microseconds())
 }
 
 // batches runs a batched maintenance statement until a batch comes back

@@ -55,9 +55,9 @@ func (s QueueSettings) check() error {
 	return nil
 }
 
-// setQueueSettings stores every setting but paused. The notification wakes
+// setQueueSettingsSQL stores every setting but paused. The notification wakes
 // workers so a loosened limit takes effect at once.
-const setQueueSettings = `
+const setQueueSettingsSQL = `
 WITH s AS (
     INSERT INTO compute.queues AS q (name, max_running, key_max_running, rate_limit, key_rate_limit,
                                      rate_period, fair, age_after)
@@ -82,16 +82,16 @@ func (q *Queue) SetQueueSettings(ctx context.Context, queue string, s QueueSetti
 		return err
 	}
 	return q.do(ctx, "compute: set queue settings", func(ctx context.Context) error {
-		_, err := q.pool.Exec(ctx, setQueueSettings, queue, nullInt(s.MaxRunning), nullInt(s.KeyMaxRunning),
+		_, err := q.pool.Exec(ctx, setQueueSettingsSQL, queue, nullInt(s.MaxRunning), nullInt(s.KeyMaxRunning),
 			nullInt(s.RateLimit), nullInt(s.KeyRateLimit), nullInt64(s.RatePeriod.Microseconds()), s.Fair,
 			nullInt64(s.AgeAfter.Microseconds()))
 		return err
 	})
 }
 
-// getQueueSettings reads a queue's row, and the round-robin cursor last;
+// getQueueSettingsSQL reads a queue's row, and the round-robin cursor last;
 // durations come back in microseconds.
-const getQueueSettings = `
+const getQueueSettingsSQL = `
 SELECT paused, coalesce(max_running, 0), coalesce(key_max_running, 0), coalesce(rate_limit, 0),
        coalesce(key_rate_limit, 0), coalesce(extract(epoch FROM rate_period) * 1e6, 0)::bigint, fair,
        coalesce(extract(epoch FROM age_after) * 1e6, 0)::bigint, coalesce(fair_cursor, '')
@@ -106,13 +106,13 @@ func (q *Queue) GetQueueSettings(ctx context.Context, queue string) (QueueSettin
 	var s QueueSettings
 	err := q.do(ctx, "compute: get queue settings", func(ctx context.Context) error {
 		var err error
-		s, err = readSettings(q.pool.QueryRow(ctx, getQueueSettings, queue), new(string))
+		s, err = readSettings(q.pool.QueryRow(ctx, getQueueSettingsSQL, queue), new(string))
 		return err
 	})
 	return s, err
 }
 
-// readSettings scans one row of getQueueSettings into the settings and
+// readSettings scans one row of getQueueSettingsSQL into the settings and
 // cursor; no row is the zero value.
 func readSettings(row pgx.Row, cursor *string) (QueueSettings, error) {
 	var s QueueSettings
@@ -126,9 +126,9 @@ func readSettings(row pgx.Row, cursor *string) (QueueSettings, error) {
 	return s, err
 }
 
-// setPaused pauses or resumes a queue for the whole cluster. The
+// setPausedSQL pauses or resumes a queue for the whole cluster. The
 // notification wakes workers at once on resume.
-const setPaused = `
+const setPausedSQL = `
 WITH s AS (
     INSERT INTO compute.queues AS q (name, paused) VALUES ($1, $2)
     ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated = now()
@@ -152,7 +152,7 @@ func (q *Queue) setPaused(ctx context.Context, queue string, paused bool) error 
 		return err
 	}
 	return q.do(ctx, "compute: pause", func(ctx context.Context) error {
-		_, err := q.pool.Exec(ctx, setPaused, queue, paused)
+		_, err := q.pool.Exec(ctx, setPausedSQL, queue, paused)
 		return err
 	})
 }

@@ -26,9 +26,9 @@ const DefaultNotifyCooldown = 2 * time.Millisecond
 // transaction commits.
 const lateWakeup = 100 * time.Millisecond
 
-// sendWakeups is the trailing notification of queues whose enqueues were
+// sendWakeupsSQL is the trailing notification of queues whose enqueues were
 // silent. It obeys the notify switch as the trigger does.
-const sendWakeups = `
+const sendWakeupsSQL = `
 SELECT count(pg_notify('compute_jobs', q)) FROM unnest($1::text[]) AS q
 WHERE NOT EXISTS (SELECT FROM compute.meta WHERE key = 'notify' AND value = 'off')`
 
@@ -182,7 +182,7 @@ func (w *wakeups) flush(kick <-chan struct{}, done chan<- struct{}) {
 func (w *wakeups) send(queues []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), wakeupTimeout)
 	defer cancel()
-	_, err := w.q.pool.Exec(ctx, sendWakeups, queues)
+	_, err := w.q.pool.Exec(ctx, sendWakeupsSQL, queues)
 	if err != nil {
 		w.q.opts.logger.Warn("could not notify workers of new jobs; they find them by polling",
 			"queues", len(queues), "error", redactError(translate("compute: notify", err), w.q.password))
