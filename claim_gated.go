@@ -153,7 +153,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		jobs, more = nil, false
 		// The lock and the claim's pinned plan (see claimUpdate) in one
 		// round trip.
-		if err := tx.SendBatch(ctx, pinnedBatch(lockGatedQueueSQL, queue, lockClassClaim)).Close(); err != nil {
+		if err := tx.SendBatch(ctx, pinnedPipeline(lockGatedQueueSQL, queue, lockClassClaim)).Close(); err != nil {
 			return err
 		}
 		var cursor string

@@ -31,18 +31,18 @@ const maxWrite = 5000
 // of new jobs is not delayed.
 const writeGap = 5 * time.Millisecond
 
-// complete is the completer loop: it writes queued outcomes in batches,
+// writeOutcomes is the completer loop: it writes queued outcomes in batches,
 // one Complete and one Fail statement per round, rounds at least writeGap
 // apart (outcomes that arrive meanwhile go into the next one).
 // Failed writes are retried with backoff; after ctx ends it drains what is
 // queued, until w.final ends (stopGiveUp after the grace period): then it
 // logs the jobs it could not write (their leases expire and they run
 // again elsewhere) and returns.
-func (w *Worker) complete(ctx context.Context) {
+func (w *Worker) writeOutcomes(ctx context.Context) {
 	var last time.Time // when the last round started
 	for {
 		select {
-		case <-w.flush:
+		case <-w.outcomesAdded:
 		case <-ctx.Done():
 		}
 		w.gather(ctx, w.writeGap-time.Since(last))
@@ -56,7 +56,7 @@ func (w *Worker) complete(ctx context.Context) {
 		more := len(w.outcomes) > 0
 		w.mu.Unlock()
 		if more {
-			signal(w.flush)
+			signal(w.outcomesAdded)
 		}
 		for failures := 0; len(batch) > 0; failures++ {
 			err := w.write(batch)
@@ -112,7 +112,7 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 			return
 		case <-t.C:
 			return
-		case <-w.flush: // another outcome: look again
+		case <-w.outcomesAdded: // another outcome: look again
 		}
 	}
 }

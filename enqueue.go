@@ -170,7 +170,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		return []Enqueued{}, nil
 	}
 	queues := b.queues()
-	b.silent = q.wake.silence(queues)
+	b.silent = q.wakeups.silence(queues)
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
 		b.reset()
 		if len(b.batches) == 1 && !b.unique {
@@ -179,7 +179,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		return q.readCommitted(ctx, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
 	if b.silent {
-		q.wake.owe(queues, false)
+		q.wakeups.owe(queues, false)
 	}
 	if err != nil {
 		return nil, redactError(err, q.password)
@@ -231,10 +231,10 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	// Serialization failures are not retried here: they abort the caller's
 	// transaction, which only the caller can retry.
 	queues := b.queues()
-	b.silent = q.wake.silence(queues)
+	b.silent = q.wakeups.silence(queues)
 	err = b.write(ctx, tx)
 	if b.silent {
-		q.wake.owe(queues, true)
+		q.wakeups.owe(queues, true)
 	}
 	if err != nil {
 		return nil, redactError(translate("compute: enqueue", err), q.password)
@@ -253,9 +253,9 @@ func ids(res []Enqueued, err error) ([]JobID, error) {
 	return out, nil
 }
 
-// batch is a validated submission: the jobs with their ids, and what the
+// submission is a validated batch of jobs to enqueue: the jobs with their ids, and what the
 // statements need.
-type batch struct {
+type submission struct {
 	jobs    []Job
 	ids     []JobID // the ids the jobs get if they are created
 	chosen  []bool  // the id is not new (content id, periodic tick): it may exist
@@ -270,7 +270,7 @@ type batch struct {
 }
 
 // queues returns the batch's queue names, each once.
-func (b *batch) queues() []string {
+func (b *submission) queues() []string {
 	var names []string
 	seen := make(map[string]bool)
 	for _, j := range b.jobs {
@@ -283,7 +283,7 @@ func (b *batch) queues() []string {
 }
 
 // reset clears what a failed attempt may have filled in, before a retry.
-func (b *batch) reset() {
+func (b *submission) reset() {
 	for i := range b.results {
 		b.results[i] = Enqueued{ID: b.ids[b.firstOf[i]], Duplicate: b.firstOf[i] != i}
 	}
@@ -291,7 +291,7 @@ func (b *batch) reset() {
 
 // write runs the whole submission on tx: lock and look up unique keys,
 // then insert what is new.
-func (b *batch) write(ctx context.Context, tx db) error {
+func (b *submission) write(ctx context.Context, tx db) error {
 	if b.unique {
 		if err := b.skipDuplicates(ctx, tx); err != nil {
 			return err
@@ -302,7 +302,7 @@ func (b *batch) write(ctx context.Context, tx db) error {
 
 // skipDuplicates locks the batch's unique keys and marks the jobs whose key
 // an existing job holds within their scope.
-func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
+func (b *submission) skipDuplicates(ctx context.Context, tx db) error {
 	var queues, keys []string
 	var scopes []int16
 	var windows []int64
@@ -351,7 +351,7 @@ func (b *batch) skipDuplicates(ctx context.Context, tx db) error {
 
 // insert writes the jobs not known to be duplicates, one statement per
 // batch, and marks content-id jobs that already existed.
-func (b *batch) insert(ctx context.Context, tx db) error {
+func (b *submission) insert(ctx context.Context, tx db) error {
 	for _, idx := range b.batches {
 		args, one := b.columns(idx)
 		if args == nil {
@@ -391,7 +391,7 @@ func (b *batch) insert(ctx context.Context, tx db) error {
 // columns builds insertJobsSQL' array parameters for the jobs at idx that are
 // to be created, or insertJobSQL's scalars (one) when that is a single job;
 // nil when there are none.
-func (b *batch) columns(idx []int) (args []any, one bool) {
+func (b *submission) columns(idx []int) (args []any, one bool) {
 	var (
 		jobIDs                                []([]byte)
 		queues, configs, files, uniques, keys []string
@@ -436,9 +436,9 @@ func (b *batch) columns(idx []int) (args []any, one bool) {
 // prepare validates every job, assigns ids, finds duplicates within the
 // batch, and splits it so no statement carries more than maxBatchBytes of
 // config.
-func (q *Queue) prepare(jobs []Job) (*batch, error) {
+func (q *Queue) prepare(jobs []Job) (*submission, error) {
 	n := len(jobs)
-	b := &batch{jobs: jobs, ids: make([]JobID, n), chosen: make([]bool, n), results: make([]Enqueued, n), firstOf: make([]int, n)}
+	b := &submission{jobs: jobs, ids: make([]JobID, n), chosen: make([]bool, n), results: make([]Enqueued, n), firstOf: make([]int, n)}
 	type uniqueKey struct{ queue, key string }
 	firstUnique := make(map[uniqueKey]int)
 	firstContent := make(map[JobID]int)

@@ -9,14 +9,14 @@ import (
 	"time"
 )
 
-// queueState is one queue's serving state. wake and freed have capacity 1:
+// queueState is one queue's serving state. notified and freed have capacity 1:
 // a send that finds them full is already pending.
 type queueState struct {
 	name    string
 	cfg     QueueConfig
 	handler Handler
 	slots   chan struct{} // one entry per job whose handler has not returned
-	wake    chan struct{} // a notification or reconnect
+	notified    chan struct{} // a notification or reconnect
 	freed   chan struct{} // a slot was released or outcomes were written
 	// unwritten counts the queue's finished jobs whose outcome waits for
 	// the completer. The fetcher claims nothing while it reaches
@@ -64,7 +64,7 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			}
 			for _, job := range claimed {
 				qs.slots <- struct{}{}
-				w.start(jobs, qs, job, sent)
+				w.launch(jobs, qs, job, sent)
 			}
 			if err != nil {
 				failures++
@@ -87,7 +87,7 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 		case <-ctx.Done():
 			poll.Stop()
 			return
-		case <-qs.wake:
+		case <-qs.notified:
 			more = true
 		case <-qs.freed:
 			// Under a cluster-wide cap a short batch means "at the
@@ -129,7 +129,7 @@ func (w *Worker) adopt(ctx context.Context, jobs *group, qs *queueState, sent ti
 			return fmt.Errorf("compute: %d jobs of an interrupted claim wait for free slots", len(unknown)-free)
 		}
 		qs.slots <- struct{}{}
-		w.start(jobs, qs, job, sent)
+		w.launch(jobs, qs, job, sent)
 	}
 	return nil
 }
@@ -156,7 +156,7 @@ func (qs *queueState) heldBack() bool {
 // wakeQueue is the listener's hook for a notification about queue.
 func (w *Worker) wakeQueue(queue string) {
 	if qs := w.queues[queue]; qs != nil {
-		signal(qs.wake)
+		signal(qs.notified)
 	}
 }
 

@@ -485,8 +485,8 @@ func TestListenerRepeatsItsAnnouncementAndWakesTwice(t *testing.T) {
 	q := openMigrated(t)
 	announced := make(chan struct{}, 100)
 	woken := make(chan struct{}, 100)
-	l := &listener{q: q, log: q.opts.logger, wake: func(string) {}, cancelJob: func(JobID) {},
-		wakeAll: func() {
+	l := &listener{q: q, log: q.opts.logger, onJobs: func(string) {}, onCancel: func(JobID) {},
+		onReconnect: func() {
 			select {
 			case woken <- struct{}{}:
 			default:

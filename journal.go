@@ -259,8 +259,8 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
 	// compute_jobs too: new jobs are journaled without a notification of
 	// their own, since the insert trigger already sends this one.
-	l := &listener{q: q, log: q.opts.logger, wake: func(string) { h.broadcast() }, wakeAll: h.broadcast,
-		cancelJob: func(JobID) {}, channels: []string{channelEvents, channelJobs},
+	l := &listener{q: q, log: q.opts.logger, onJobs: func(string) { h.broadcast() }, onReconnect: h.broadcast,
+		onCancel: func(JobID) {}, channels: []string{channelEvents, channelJobs},
 		idle: 10 * time.Second, probeWait: 5 * time.Second,
 		announce: announceJournalListener, announceEvery: 20 * time.Second}
 	go func() {

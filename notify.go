@@ -31,9 +31,9 @@ const (
 type listener struct {
 	q         *Queue
 	log       *slog.Logger
-	wake      func(queue string) // a job became runnable in queue
-	wakeAll   func()             // notifications may have been missed
-	cancelJob func(id JobID)     // Cancel was called on a running job
+	onJobs      func(queue string) // a job became runnable in queue
+	onReconnect   func()             // notifications may have been missed
+	onCancel func(id JobID)     // Cancel was called on a running job
 	// channels are the channels to LISTEN on besides channelProbe.
 	channels []string
 	// idle is how long the connection may be silent before a probe checks
@@ -123,7 +123,7 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 		return false, err
 	}
 	l.log.Debug("listening for notifications")
-	l.wakeAll()
+	l.onReconnect()
 	rewake := time.Now().Add(rewakeAfter) // zero once done
 	for {
 		wait := l.idle
@@ -154,7 +154,7 @@ func (l *listener) session(ctx context.Context) (delivered bool, err error) {
 			l.deliver(n.Channel, n.Payload)
 		}
 		if !rewake.IsZero() && !time.Now().Before(rewake) {
-			l.wakeAll()
+			l.onReconnect()
 			rewake = time.Time{}
 		}
 		if l.announce != nil && time.Since(announced) >= l.announceEvery {
@@ -218,14 +218,14 @@ func (l *listener) probe(ctx context.Context, conn *pgx.Conn) error {
 func (l *listener) deliver(channel, payload string) {
 	switch channel {
 	case channelJobs:
-		l.wake(payload)
+		l.onJobs(payload)
 	case channelEvents:
-		l.wakeAll()
+		l.onReconnect()
 	case channelCancel:
 		var id JobID
 		if b, err := hex.DecodeString(payload); err == nil && len(b) == len(id) {
 			copy(id[:], b)
-			l.cancelJob(id)
+			l.onCancel(id)
 		}
 	}
 }

@@ -16,9 +16,9 @@ import (
 // compiling itself (seen with a rate-limit window of 100,000 starts).
 const pinJoinsSQL = `SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true), set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)`
 
-// pinnedBatch is the pipeline queryPinned and the gated claim's lock send:
+// pinnedPipeline is the pipeline queryPinned and the gated claim's lock send:
 // pinJoinsSQL, then the statement.
-func pinnedBatch(sql string, args ...any) *pgx.Batch {
+func pinnedPipeline(sql string, args ...any) *pgx.Batch {
 	batch := &pgx.Batch{}
 	batch.Queue(pinJoinsSQL)
 	batch.Queue(sql, args...)
@@ -28,7 +28,7 @@ func pinnedBatch(sql string, args ...any) *pgx.Batch {
 // queryPinned runs sql after pinJoinsSQL in one pipeline (one round trip) and
 // collects its rows with scan.
 func queryPinned[T any](ctx context.Context, q *Queue, sql string, args []any, scan pgx.RowToFunc[T]) ([]T, error) {
-	results := q.pool.SendBatch(ctx, pinnedBatch(sql, args...))
+	results := q.pool.SendBatch(ctx, pinnedPipeline(sql, args...))
 	_, err := results.Exec()
 	var out []T
 	if err == nil {

@@ -26,7 +26,7 @@ type Queue struct {
 	password string // redacted from the errors Open returns
 	opts     options
 	closed   atomic.Bool
-	wake     *wakeups // the notification cooldown of enqueues
+	wakeups     *wakeups // the notification cooldown of enqueues
 
 	// hub is the journal listener of Wait and Follow, started by the
 	// first of them (under hubMu) and stopped by Close.
@@ -179,8 +179,8 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 		return nil, redactError(translate("compute: open", err), cfg.ConnConfig.Password)
 	}
 	q := &Queue{pool: pool, ownsPool: true, password: cfg.ConnConfig.Password, opts: o}
-	q.wake = newWakeups(q, o.cooldown)
-	if err := q.start(ctx); err != nil {
+	q.wakeups = newWakeups(q, o.cooldown)
+	if err := q.connect(ctx); err != nil {
 		pool.Close()
 		return nil, redactError(err, q.password)
 	}
@@ -198,15 +198,15 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 		return nil, err
 	}
 	q := &Queue{pool: pool, password: pool.Config().ConnConfig.Password, opts: o}
-	q.wake = newWakeups(q, o.cooldown)
-	if err := q.start(ctx); err != nil {
+	q.wakeups = newWakeups(q, o.cooldown)
+	if err := q.connect(ctx); err != nil {
 		return nil, redactError(err, q.password)
 	}
 	return q, nil
 }
 
-// start checks the connection and migrates when asked to.
-func (q *Queue) start(ctx context.Context) error {
+// connect checks the connection and migrates when asked to.
+func (q *Queue) connect(ctx context.Context) error {
 	if err := q.pool.Ping(ctx); err != nil {
 		return translate("compute: connect", err)
 	}
@@ -239,7 +239,7 @@ func (q *Queue) Close() {
 	if hub != nil {
 		hub.close()
 	}
-	q.wake.close()
+	q.wakeups.close()
 	if q.ownsPool {
 		q.pool.Close()
 	}

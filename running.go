@@ -19,10 +19,10 @@ type runningJob struct {
 	finished bool      // the handler returned and its outcome is queued
 }
 
-// start registers a claimed job and runs its handler in a goroutine owned
+// launch registers a claimed job and runs its handler in a goroutine owned
 // by jobs (Run waits for it). sent is when the claim was sent: the lease
 // counts from then by the local clock.
-func (w *Worker) start(jobs *group, qs *queueState, job *Job, sent time.Time) {
+func (w *Worker) launch(jobs *group, qs *queueState, job *Job, sent time.Time) {
 	ctx, cancel := context.WithCancelCause(jobs.ctx)
 	w.mu.Lock()
 	if old := w.running[job.ID]; old != nil {
@@ -104,7 +104,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	qs.unwritten.Add(1)
 	w.outcomes = append(w.outcomes, o)
 	w.mu.Unlock()
-	signal(w.flush)
+	signal(w.outcomesAdded)
 }
 
 // signal makes a non-blocking send on a capacity-1 channel: a full channel

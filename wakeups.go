@@ -36,7 +36,7 @@ WHERE NOT EXISTS (SELECT FROM compute.meta WHERE key = 'notify' AND value = 'off
 const wakeupTimeout = 10 * time.Second
 
 // wakeups is a Queue's per-queue notification cooldown. Its goroutine
-// (flush) runs only while a trailing notification is owed.
+// (sendOwed) runs only while a trailing notification is owed.
 type wakeups struct {
 	q        *Queue
 	cooldown time.Duration
@@ -47,14 +47,14 @@ type wakeups struct {
 	lateAt map[string]time.Time // when to notify for silent enqueues in callers' transactions
 	// lateAfter is lateWakeup, or longer in a test.
 	lateAfter time.Duration
-	running   bool // flush runs
+	running   bool // sendOwed runs
 	// pending counts silent enqueues between silence and owe; Close
 	// waits for them (idle) before it sends the last notifications.
 	pending int
 	idle    sync.Cond
-	closed  bool          // Close began: no more silent enqueues; flush sends all at once
+	closed  bool          // Close began: no more silent enqueues; sendOwed sends all at once
 	kick    chan struct{} // a new debt, or Close
-	done    chan struct{} // closed when flush returns
+	done    chan struct{} // closed when sendOwed returns
 }
 
 func newWakeups(q *Queue, cooldown time.Duration) *wakeups {
@@ -117,7 +117,7 @@ func (w *wakeups) owe(queues []string, inTx bool) {
 		w.running = true
 		w.kick = make(chan struct{}, 1)
 		w.done = make(chan struct{})
-		go w.flush(w.kick, w.done)
+		go w.sendOwed(w.kick, w.done)
 		return
 	}
 	select {
@@ -126,9 +126,9 @@ func (w *wakeups) owe(queues []string, inTx bool) {
 	}
 }
 
-// flush sends the owed notifications as their times come, and returns when
+// sendOwed sends the owed notifications as their times come, and returns when
 // nothing is owed or the queue closes (then at once, for all).
-func (w *wakeups) flush(kick <-chan struct{}, done chan<- struct{}) {
+func (w *wakeups) sendOwed(kick <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()

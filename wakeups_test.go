@@ -21,9 +21,9 @@ func openHourlyWakeups(t *testing.T) (*Queue, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(q.Close)
-	q.wake.mu.Lock()
-	q.wake.cooldown, q.wake.lateAfter = time.Hour, time.Hour
-	q.wake.mu.Unlock()
+	q.wakeups.mu.Lock()
+	q.wakeups.cooldown, q.wakeups.lateAfter = time.Hour, time.Hour
+	q.wakeups.mu.Unlock()
 	return q, connString
 }
 
@@ -66,7 +66,7 @@ func notifiedSince(t *testing.T, listen *pgx.Conn, step, mark string, want ...st
 func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 	ctx := t.Context()
 	q, connString := openHourlyWakeups(t)
-	w := q.wake
+	w := q.wakeups
 	listen, err := pgx.Connect(ctx, connString)
 	if err != nil {
 		t.Fatal(err)
@@ -267,7 +267,7 @@ func TestSilentEnqueuesGetOneTrailingNotification(t *testing.T) {
 func TestCloseWaitsForASilentEnqueueInFlight(t *testing.T) {
 	ctx := t.Context()
 	q, connString := openHourlyWakeups(t)
-	w := q.wake
+	w := q.wakeups
 	connect := func() *pgx.Conn {
 		conn, err := pgx.Connect(ctx, connString)
 		if err != nil {

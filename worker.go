@@ -128,7 +128,7 @@ type Worker struct {
 	started  bool
 	running  map[JobID]*runningJob // claimed and not yet written back
 	outcomes []outcome             // waiting for the completer
-	flush    chan struct{}         // cap 1: outcomes were added
+	outcomesAdded    chan struct{}         // cap 1: outcomes were added
 }
 
 // Causes of a job context's cancellation.
@@ -165,7 +165,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		running:  make(map[JobID]*runningJob),
-		flush:    make(chan struct{}, 1),
+		outcomesAdded:    make(chan struct{}, 1),
 		recheck:  make(chan struct{}, 1),
 		writeGap: writeGap,
 	}
@@ -195,7 +195,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		w.queues[name] = &queueState{
 			name: name, cfg: qc, handler: h,
 			slots: make(chan struct{}, qc.Concurrency),
-			wake:  make(chan struct{}, 1),
+			notified:  make(chan struct{}, 1),
 			freed: make(chan struct{}, 1),
 		}
 	}
@@ -254,7 +254,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.cancelFinal()
 
 	if !w.cfg.PollOnly {
-		l := &listener{q: w.q, log: w.log, wake: w.wakeQueue, wakeAll: w.wakeAll, cancelJob: w.cancelRunning,
+		l := &listener{q: w.q, log: w.log, onJobs: w.wakeQueue, onReconnect: w.wakeAll, onCancel: w.cancelRunning,
 			channels: []string{channelJobs, channelCancel}, idle: 10 * time.Second, probeWait: 5 * time.Second}
 		intake.Go(l.run)
 	}
@@ -267,7 +267,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	writers.Go(w.heartbeat)
 	writers.Go(w.refreshRegistry)
-	writers.Go(w.complete)
+	writers.Go(w.writeOutcomes)
 	w.log.Info("worker started", "queues", len(w.queues))
 
 	grace, endGrace := w.gracePeriod(ctx)
