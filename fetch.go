@@ -12,12 +12,12 @@ import (
 // queueState is one queue's serving state. notified and freed have capacity 1:
 // a send that finds them full is already pending.
 type queueState struct {
-	name    string
-	cfg     QueueConfig
-	handler Handler
-	slots   chan struct{} // one entry per job whose handler has not returned
-	notified    chan struct{} // a notification or reconnect
-	freed   chan struct{} // a slot was released or outcomes were written
+	name     string
+	cfg      QueueConfig
+	handler  Handler
+	slots    chan struct{} // one entry per job whose handler has not returned
+	notified chan struct{} // a notification or reconnect
+	freed    chan struct{} // a slot was released or outcomes were written
 	// unwritten counts the queue's finished jobs whose outcome waits for
 	// the completer. The fetcher claims nothing while it reaches
 	// Concurrency, so the jobs a worker holds (running or unwritten) stay

@@ -29,11 +29,11 @@ const (
 // (re)connect everyone is woken because notifications sent meanwhile are
 // lost, and woken again rewakeAfter later (see rewakeAfter).
 type listener struct {
-	q         *Queue
-	log       *slog.Logger
+	q           *Queue
+	log         *slog.Logger
 	onJobs      func(queue string) // a job became runnable in queue
-	onReconnect   func()             // notifications may have been missed
-	onCancel func(id JobID)     // Cancel was called on a running job
+	onReconnect func()             // notifications may have been missed
+	onCancel    func(id JobID)     // Cancel was called on a running job
 	// channels are the channels to LISTEN on besides channelProbe.
 	channels []string
 	// idle is how long the connection may be silent before a probe checks

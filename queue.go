@@ -26,7 +26,7 @@ type Queue struct {
 	password string // redacted from the errors Open returns
 	opts     options
 	closed   atomic.Bool
-	wakeups     *wakeups // the notification cooldown of enqueues
+	wakeups  *wakeups // the notification cooldown of enqueues
 
 	// hub is the journal listener of Wait and Follow, started by the
 	// first of them (under hubMu) and stopped by Close.

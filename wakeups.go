@@ -190,7 +190,7 @@ func (w *wakeups) send(queues []string) {
 }
 
 // close waits for silent enqueues in flight to record their debt, sends
-// what is owed and waits for flush to return.
+// what is owed and waits for sendOwed to return.
 func (w *wakeups) close() {
 	w.mu.Lock()
 	w.closed = true

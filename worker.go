@@ -124,11 +124,11 @@ type Worker struct {
 
 	// mu guards the fields below. Written by Run, the job goroutines, the
 	// completer, the heartbeat loop and the listener; read by all of them.
-	mu       sync.Mutex
-	started  bool
-	running  map[JobID]*runningJob // claimed and not yet written back
-	outcomes []outcome             // waiting for the completer
-	outcomesAdded    chan struct{}         // cap 1: outcomes were added
+	mu            sync.Mutex
+	started       bool
+	running       map[JobID]*runningJob // claimed and not yet written back
+	outcomes      []outcome             // waiting for the completer
+	outcomesAdded chan struct{}         // cap 1: outcomes were added
 }
 
 // Causes of a job context's cancellation.
@@ -161,13 +161,13 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	cfg.LongTransactionWarning = cmpOr(cfg.LongTransactionWarning, time.Minute)
 	w := &Worker{
 		q: q, cfg: cfg, log: q.opts.logger.With(slog.String("worker", q.opts.workerID)),
-		queues:   make(map[string]*queueState, len(cfg.Queues)),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		running:  make(map[JobID]*runningJob),
-		outcomesAdded:    make(chan struct{}, 1),
-		recheck:  make(chan struct{}, 1),
-		writeGap: writeGap,
+		queues:        make(map[string]*queueState, len(cfg.Queues)),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		running:       make(map[JobID]*runningJob),
+		outcomesAdded: make(chan struct{}, 1),
+		recheck:       make(chan struct{}, 1),
+		writeGap:      writeGap,
 	}
 	w.final, w.cancelFinal = context.WithCancel(context.Background())
 	for name, qc := range cfg.Queues {
@@ -194,9 +194,9 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		}
 		w.queues[name] = &queueState{
 			name: name, cfg: qc, handler: h,
-			slots: make(chan struct{}, qc.Concurrency),
-			notified:  make(chan struct{}, 1),
-			freed: make(chan struct{}, 1),
+			slots:    make(chan struct{}, qc.Concurrency),
+			notified: make(chan struct{}, 1),
+			freed:    make(chan struct{}, 1),
 		}
 	}
 	var err error
