@@ -309,12 +309,57 @@ func (h *eventHub) close() {
 	h.broadcast()
 }
 
-// purgeEvents deletes journal events older than $2 microseconds, a batch at
-// a time; the BRIN index on at finds them.
+// purgeEvents walks the primary key from just after ($3, $4): up to $1 rows
+// in (xid, seq) order, up to the first one written within the retention ($2
+// microseconds), and deletes the older ones among them (see purgeJournal).
+// The running count has a run condition, so the scan stops at that first
+// recent row: the purge reads what it deletes and one row more, where an
+// index on at matched every cutoff once freed pages were reused. It returns
+// the rows deleted, the rows walked and the last of them.
 const purgeEvents = `
-WITH old AS MATERIALIZED (
-    SELECT ctid FROM compute.events WHERE at < now() - $2 * interval '1 microsecond' LIMIT $1
+WITH walk AS MATERIALIZED (
+    SELECT ctid, xid, seq, at FROM (
+        SELECT ctid, xid, seq, at,
+               count(*) FILTER (WHERE at BETWEEN now() - $2 * interval '1 microsecond' AND now())
+                   OVER (ORDER BY xid, seq ROWS UNBOUNDED PRECEDING) AS recent
+        FROM (SELECT ctid, xid, seq, at FROM compute.events
+              WHERE (xid, seq) > ($3::text::xid8, $4) ORDER BY xid, seq LIMIT $1) front
+    ) w
+    WHERE recent = 0
 ), gone AS (
-    DELETE FROM compute.events e USING old WHERE e.ctid = old.ctid RETURNING 1
+    DELETE FROM compute.events
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM walk WHERE at < now() - $2 * interval '1 microsecond'))
+    RETURNING 1
 )
-SELECT count(*), 0 FROM gone`
+SELECT (SELECT count(*) FROM gone), count(*) OVER (), xid::text, seq
+FROM walk ORDER BY xid DESC, seq DESC LIMIT 1`
+
+// purgeJournal deletes journal events older than age, in batches of
+// staleBatch rows read from the front of the primary key, and returns how
+// many. Each batch goes on where the last one stopped, so a round never
+// reads its own deleted rows again. It stops at the first event written
+// within age: xid8 grows with time, so what is older comes first, except
+// that a transaction's at is its start and its xid its first write. An
+// event can therefore wait behind a newer one of a lower xid, but never
+// for longer than age after its own transaction's first write (every event
+// before it has a lower xid, so an at before that write). Events of
+// transactions still open are not seen and do not stop the walk; the next
+// round finds them. Safe to run from many processes at once.
+func (q *Queue) purgeJournal(ctx context.Context, age time.Duration) (int, error) {
+	total, fromXid, fromSeq := 0, "0", int64(0)
+	for {
+		var deleted, walked int64
+		err := q.do(ctx, "compute: purge journal", func(ctx context.Context) error {
+			err := q.pool.QueryRow(ctx, purgeEvents, staleBatch, age.Microseconds(), fromXid, fromSeq).
+				Scan(&deleted, &walked, &fromXid, &fromSeq)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // nothing old at the front
+			}
+			return err
+		})
+		total += int(deleted)
+		if err != nil || walked < staleBatch {
+			return total, err
+		}
+	}
+}

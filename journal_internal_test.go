@@ -1,0 +1,173 @@
+package compute
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/computeplatform/compute/internal/testdb"
+)
+
+// hoursAgo dates test events: an event of hour h is dated 100-h hours ago,
+// so later hours are newer and each purge cutoff falls between two hours.
+func hoursAgo(h int) time.Duration { return time.Duration(100-h) * time.Hour }
+
+// insertEventHour writes 20,000 events dated hour h with plain SQL, in 20
+// statements (20 transactions, so 20 xids).
+func insertEventHour(t *testing.T, q *Queue, h int) {
+	t.Helper()
+	for range 20 {
+		if _, err := q.pool.Exec(t.Context(), `
+			INSERT INTO compute.events (queue, status, job_ids, attempts, at)
+			SELECT 'q', 'complete', ARRAY[uuid_send(gen_random_uuid())], ARRAY[1], now() - $1 * interval '1 microsecond'
+			FROM generate_series(1, 1000)`, hoursAgo(h).Microseconds()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// eventBlocks is the number of blocks of compute.events and its indexes
+// that the one backend of conn's pool has read, from the cumulative
+// statistics, after making that backend flush its own.
+func eventBlocks(t *testing.T, pool *pgxpool.Pool) (heap, index int64) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `
+		SELECT coalesce(heap_blks_hit + heap_blks_read, 0), coalesce(idx_blks_hit + idx_blks_read, 0)
+		FROM pg_statio_user_tables WHERE schemaname = 'compute' AND relname = 'events'`).Scan(&heap, &index); err != nil {
+		t.Fatal(err)
+	}
+	return heap, index
+}
+
+// TestJournalPurgeStaysSmallOverRetentionCycles runs retention cycles over
+// the journal: each cycle writes a new hour of events into the space that
+// the purge and VACUUM of an older hour freed, then purges with nothing to
+// delete, then deletes the hour before and vacuums. The empty purge must
+// read a few blocks, the same in every cycle, while the table holds
+// hundreds of pages: with the BRIN index on at, the freed ranges kept their
+// old minimum and every range matched any cutoff, so it read the table.
+func TestJournalPurgeStaysSmallOverRetentionCycles(t *testing.T) {
+	ctx := t.Context()
+	cfg, err := pgxpool.ParseConfig(testdb.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // one backend, whose statistics are the purge's
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	one, err := New(ctx, pool, WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	// Autovacuum's reads would count in the statistics; the test vacuums.
+	if _, err := pool.Exec(ctx, `ALTER TABLE compute.events SET (autovacuum_enabled = false)`); err != nil {
+		t.Fatal(err)
+	}
+	purge := func(keepFromHour int) (deleted int, heap, index int64) {
+		t.Helper()
+		h0, i0 := eventBlocks(t, pool)
+		n, err := one.purgeJournal(ctx, hoursAgo(keepFromHour)+30*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h1, i1 := eventBlocks(t, pool)
+		return n, h1 - h0, i1 - i0
+	}
+	vacuum := func() {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `VACUUM ANALYZE compute.events`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insertEventHour(t, one, 0)
+	vacuum()
+	for c := 1; c <= 5; c++ {
+		insertEventHour(t, one, c)
+		n, heap, index := purge(c - 1) // hour c-2 is gone already
+		pages := queryInt(t, pool, `SELECT pg_relation_size('compute.events') / 8192`)
+		t.Logf("cycle %d: the empty purge read %d heap and %d index blocks of a %d-page table", c, heap, index, pages)
+		if n != 0 || heap > 8 || heap+index > 16 || pages < 400 {
+			t.Errorf("cycle %d: the purge with nothing to delete deleted %d events and read %d heap and %d index blocks of a %d-page table; want 0, at most 8 heap and 16 in all",
+				c, n, heap, index, pages)
+		}
+		n, heap, index = purge(c)
+		t.Logf("cycle %d: the purge of hour %d deleted %d events, reading %d heap and %d index blocks", c, c-1, n, heap, index)
+		if n != 20000 {
+			t.Fatalf("cycle %d: the purge of hour %d deleted %d events, want 20000", c, c-1, n)
+		}
+		vacuum()
+	}
+}
+
+// queryInt runs a query that returns one integer.
+func queryInt(t *testing.T, pool *pgxpool.Pool, sql string) int64 {
+	t.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// TestJournalPurgeStopsAtTheFirstRecentEvent pins what the purge deletes:
+// the old events at the front of the primary key, up to the first one
+// written within the retention. An old event behind that one waits until
+// it is old too; an event dated in the future neither stops the walk nor
+// goes; an event of a transaction still open is passed over, and deleted
+// by a later purge once it has committed.
+func TestJournalPurgeStopsAtTheFirstRecentEvent(t *testing.T) {
+	ctx := t.Context()
+	q := openMigrated(t)
+	const insert = `INSERT INTO compute.events (queue, status, job_ids, attempts, at)
+		VALUES ($1, 'queued', '{}', '{}', now() - $2 * interval '1 hour')`
+	open, err := q.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Rollback(context.Background())
+	if _, err := open.Exec(ctx, insert, "open", 100); err != nil { // the lowest xid
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		label string
+		hours float64
+	}{{"a", 100}, {"future", -24}, {"b", 100}, {"recent", 1}, {"behind", 100}} {
+		if _, err := q.pool.Exec(ctx, insert, e.label, e.hours); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func(purged int, want ...string) {
+		t.Helper()
+		n, err := q.purgeJournal(ctx, 50*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		if err := q.pool.QueryRow(ctx, `SELECT coalesce(array_agg(queue ORDER BY xid, seq), '{}') FROM compute.events`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if n != purged || !slices.Equal(got, want) {
+			t.Fatalf("the purge deleted %d events and left %v; want %d deleted and %v left", n, got, purged, want)
+		}
+	}
+	left(2, "future", "recent", "behind")
+	if err := open.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	left(1, "future", "recent", "behind")
+	if _, err := q.pool.Exec(ctx, `UPDATE compute.events SET at = at - interval '60 hours' WHERE queue = 'recent'`); err != nil {
+		t.Fatal(err)
+	}
+	left(2, "future")
+}
