@@ -90,6 +90,59 @@ SELECT EXISTS (SELECT FROM compute.events
 // maxEvents caps one Events call.
 const maxEvents = 10000
 
+// journalOrigin compares the journal's newest transaction id, and the
+// cursor's ($1), with the next id this server will assign (the snapshot's
+// xmax): an id at or above it was written by another cluster, whose copy
+// this database is. max(xid) reads the primary key's last entry.
+const journalOrigin = `
+SELECT n.next::text, coalesce(e.newest::text, ''), coalesce(e.newest >= n.next, false), $1::text::xid8 >= n.next
+FROM (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS next) n,
+     (SELECT max(xid) AS newest FROM compute.events) e`
+
+// origin is journalOrigin's answer.
+type origin struct {
+	next, newest          string
+	copied, foreignCursor bool
+}
+
+// err says what comes from another cluster, if anything: the journal, or
+// the cursor c.
+func (o origin) err(c Cursor) error {
+	switch {
+	case o.copied:
+		return fmt.Errorf("%w: it holds events of transaction %s, which this server (next transaction %s) has not reached; "+
+			"the database was copied (pg_dump, or a logical replica): call Queue.RebaseJournal once, then start readers "+
+			"again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, o.newest, o.next)
+	case o.foreignCursor:
+		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached; "+
+			"start again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, c, c.xid, o.next)
+	}
+	return nil
+}
+
+// readJournal runs journalOrigin for the cursor c and then sql, in one
+// round trip, and hands sql's result to read. It returns an error matching
+// ErrJournalFromAnotherCluster when the journal or c was written by
+// another cluster.
+func (q *Queue) readJournal(ctx context.Context, what string, c Cursor, read func(pgx.BatchResults) error, sql string, args ...any) error {
+	var o origin
+	err := q.do(ctx, what, func(ctx context.Context) error {
+		b := &pgx.Batch{}
+		b.Queue(journalOrigin, strconv.FormatUint(c.xid, 10))
+		b.Queue(sql, args...)
+		br := q.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if err := br.QueryRow().Scan(&o.next, &o.newest, &o.copied, &o.foreignCursor); err != nil {
+			return err
+		}
+		return read(br)
+	})
+	if err != nil {
+		return err
+	}
+	return o.err(c)
+}
+
 // Events returns up to limit journal events after the cursor, in
 // commit-safe order (see Cursor). Every status change of every job is
 // journaled, including those made by plain SQL. An event of a transaction
@@ -100,14 +153,16 @@ const maxEvents = 10000
 // statement per transaction) that is commit order; but a transaction that
 // wrote something, then changed a job after another transaction had
 // committed a change to it, is read first. When the order of one job's
-// events matters, compare Attempt and Status, or read the job.
+// events matters, compare Attempt and Status, or read the job. It returns
+// an error matching ErrJournalFromAnotherCluster when the journal or the
+// cursor was written by another cluster (see Queue.RebaseJournal).
 func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, error) {
 	if limit < 1 || limit > maxEvents {
 		return nil, fmt.Errorf("%w: events limit %d is outside 1..%d", ErrInvalidOption, limit, maxEvents)
 	}
 	var events []Event
-	err := q.do(ctx, "compute: read events", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
+	err := q.readJournal(ctx, "compute: read events", after, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -119,8 +174,11 @@ func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, e
 			return e, err
 		})
 		return err
-	})
-	return events, err
+	}, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
+	if err != nil {
+		return nil, err
+	}
+	return events, nil
 }
 
 // journalHead is the newest readable event: the primary key read backwards
@@ -131,22 +189,68 @@ WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
 // Head returns the cursor of the newest event readable now, so a new
-// follower can start from the present instead of the journal's start.
+// follower can start from the present instead of the journal's start. It
+// returns an error matching ErrJournalFromAnotherCluster when the journal
+// holds events written by another cluster (see Queue.RebaseJournal).
 func (q *Queue) Head(ctx context.Context) (Cursor, error) {
 	var c Cursor
-	err := q.do(ctx, "compute: journal head", func(ctx context.Context) error {
-		err := q.pool.QueryRow(ctx, journalHead).Scan(&c.xid, &c.seq, &c.pos)
+	err := q.readJournal(ctx, "compute: journal head", Cursor{}, func(br pgx.BatchResults) error {
+		err := br.QueryRow().Scan(&c.xid, &c.seq, &c.pos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		return err
+	}, journalHead)
+	if err != nil {
+		return Cursor{}, err
+	}
+	return c, nil
+}
+
+// rebaseEvents moves the events of transactions this server has not
+// reached (written by another cluster) to this statement's own
+// transaction, keeping their (xid, seq) order: the identity numbers the
+// re-inserted rows in the order of the ORDER BY. Like any new events they
+// become readable once this transaction and every older one have ended.
+const rebaseEvents = `
+WITH moved AS (
+    DELETE FROM compute.events WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())
+    RETURNING xid, seq, queue, status, job_ids, attempts, at
+), rebased AS (
+    INSERT INTO compute.events (queue, status, job_ids, attempts, at)
+    SELECT queue, status, job_ids, attempts, at FROM moved ORDER BY xid, seq
+    RETURNING cardinality(job_ids) AS events
+)
+SELECT coalesce(sum(events), 0) FROM rebased`
+
+// RebaseJournal makes a journal copied from another cluster readable, and
+// returns how many events it moved. Journal cursors are transaction ids,
+// which mean something only in the cluster that assigned them. pg_upgrade
+// and physical replicas keep the cluster's counter, so the journal and
+// saved cursors survive them; a copy made with pg_dump and pg_restore, or
+// a switchover to a logical replica, starts a new counter, and when that
+// counter is behind the copied events' ids, Events, Head and Follow fail
+// with ErrJournalFromAnotherCluster. RebaseJournal moves those events, in
+// one transaction and in their order, to its own transaction id: they then
+// read after the events this server wrote before the call, so call it
+// right after the copy, before workers start. Cursors saved on the other
+// cluster cannot be mapped to the moved events: start readers again from
+// the zero Cursor (and skip what they have seen) or from Head. It needs
+// DELETE and INSERT on compute.events, and returns 0 when there is nothing
+// to move. Safe for concurrent use; ctx covers the statement.
+func (q *Queue) RebaseJournal(ctx context.Context) (int, error) {
+	var n int64
+	err := q.do(ctx, "compute: rebase journal", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, rebaseEvents).Scan(&n)
 	})
-	return c, err
+	return int(n), err
 }
 
 // Follow calls fn with every batch of journal events after the cursor, as
 // they become readable, until ctx ends (it then returns ctx's error) or fn
-// returns an error (which Follow returns). It is woken by a notification
+// returns an error (which Follow returns), or the journal or the cursor
+// turns out to be written by another cluster (an error matching
+// ErrJournalFromAnotherCluster). It is woken by a notification
 // when events are written, re-reads quickly while an open transaction holds
 // events back, and otherwise checks every 5 s in case a notification was
 // lost. Store the last event's Cursor to resume after a restart.
@@ -159,7 +263,7 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	for {
 		changed := hub.changed()
 		events, err := q.Events(ctx, after, 1000)
-		if errors.Is(err, ErrClosed) {
+		if errors.Is(err, ErrClosed) || errors.Is(err, ErrJournalFromAnotherCluster) {
 			return err
 		}
 		if err != nil && ctx.Err() == nil {

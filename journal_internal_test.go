@@ -120,6 +120,23 @@ func queryInt(t *testing.T, pool *pgxpool.Pool, sql string) int64 {
 	return n
 }
 
+// purgeLeaves purges events older than 50 hours and checks how many went
+// and which are left, by their queue names in primary-key order.
+func purgeLeaves(t *testing.T, q *Queue, purged int, want ...string) {
+	t.Helper()
+	n, err := q.purgeJournal(t.Context(), 50*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := q.pool.QueryRow(t.Context(), `SELECT coalesce(array_agg(queue ORDER BY xid, seq), '{}') FROM compute.events`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if n != purged || !slices.Equal(got, want) {
+		t.Fatalf("the purge deleted %d events and left %v; want %d deleted and %v left", n, got, purged, want)
+	}
+}
+
 // TestJournalPurgeStopsAtTheFirstRecentEvent pins what the purge deletes:
 // the old events at the front of the primary key, up to the first one
 // written within the retention. An old event behind that one waits until
@@ -147,27 +164,48 @@ func TestJournalPurgeStopsAtTheFirstRecentEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	left := func(purged int, want ...string) {
-		t.Helper()
-		n, err := q.purgeJournal(ctx, 50*time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		if err := q.pool.QueryRow(ctx, `SELECT coalesce(array_agg(queue ORDER BY xid, seq), '{}') FROM compute.events`).Scan(&got); err != nil {
-			t.Fatal(err)
-		}
-		if n != purged || !slices.Equal(got, want) {
-			t.Fatalf("the purge deleted %d events and left %v; want %d deleted and %v left", n, got, purged, want)
-		}
-	}
-	left(2, "future", "recent", "behind")
+	purgeLeaves(t, q, 2, "future", "recent", "behind")
 	if err := open.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	left(1, "future", "recent", "behind")
+	purgeLeaves(t, q, 1, "future", "recent", "behind")
 	if _, err := q.pool.Exec(ctx, `UPDATE compute.events SET at = at - interval '60 hours' WHERE queue = 'recent'`); err != nil {
 		t.Fatal(err)
 	}
-	left(2, "future")
+	purgeLeaves(t, q, 2, "future")
+}
+
+// TestJournalPurgeIsNotFooledByCopiedEvents: events copied from another
+// cluster (transaction ids this server has not reached) sort after every
+// event it writes. The purge must go on deleting this server's old events
+// and keep its recent ones; the copied ones wait for RebaseJournal, after
+// which they are purged by age like the others.
+func TestJournalPurgeIsNotFooledByCopiedEvents(t *testing.T) {
+	ctx := t.Context()
+	q := openMigrated(t)
+	const insert = `INSERT INTO compute.events (queue, status, job_ids, attempts, at)
+		VALUES ($1, 'queued', '{}', '{}', now() - $2 * interval '1 hour')`
+	for _, e := range []struct {
+		label string
+		hours int
+	}{{"old", 100}, {"recent", 1}} {
+		if _, err := q.pool.Exec(ctx, insert, e.label, e.hours); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.pool.Exec(ctx, `
+		INSERT INTO compute.events (xid, queue, status, job_ids, attempts, at)
+		VALUES ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 3000000000)::text::xid8, 'copied', 'complete', '{}', '{}',
+		        now() - interval '100 hours')`); err != nil {
+		t.Fatal(err)
+	}
+	purgeLeaves(t, q, 1, "recent", "copied")
+	if n, err := q.RebaseJournal(ctx); err != nil || n != 0 { // the row holds no job ids
+		t.Fatalf("RebaseJournal = %d, %v", n, err)
+	}
+	purgeLeaves(t, q, 0, "recent", "copied")
+	if _, err := q.pool.Exec(ctx, `UPDATE compute.events SET at = at - interval '60 hours' WHERE queue = 'recent'`); err != nil {
+		t.Fatal(err)
+	}
+	purgeLeaves(t, q, 2)
 }

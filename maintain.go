@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -173,6 +174,11 @@ func (w *Worker) maintain(ctx context.Context) {
 	if r.JournalAfter > 0 {
 		n, err := w.q.purgeJournal(callCtx, r.JournalAfter)
 		w.logRound(ctx, "deleted old journal events", n, err)
+		// Copied events sort after every event this server writes, so
+		// the purge never reaches them.
+		if _, err := w.q.Head(callCtx); errors.Is(err, ErrJournalFromAnotherCluster) {
+			w.log.Warn("the journal purge keeps events copied from another cluster until Queue.RebaseJournal runs", "err", err)
+		}
 	}
 	n, err := w.q.ageQueues(callCtx)
 	w.logRound(ctx, "raised the priority of waiting jobs", n, err)
