@@ -298,33 +298,59 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	}
 }
 
-// waitStatus reads a job's status without touching last_accessed.
-const waitStatus = `SELECT status FROM compute.jobs WHERE job_id = $1`
+// waitStatus reads a job's status without touching last_accessed, and the
+// snapshot's xmin: whatever changes the job after this read is written by
+// a transaction whose xid is at least that (see finishedEvent).
+const waitStatus = `SELECT status, pg_snapshot_xmin(pg_current_snapshot())::text FROM compute.jobs WHERE job_id = $1`
+
+// finishedEvent is the last complete, failed or expired event of job $1
+// written by a transaction that had not ended at Wait's last read of it
+// ($2, that read's xmin): the primary key read backwards down to $2, so it
+// costs the events written since.
+const finishedEvent = `
+SELECT e.status FROM compute.events e
+WHERE e.xid >= $2::text::xid8 AND e.status IN ('complete', 'failed', 'expired') AND $1 = ANY (e.job_ids)
+ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
 // Wait blocks until the job is complete, failed or expired, and returns it
 // (as Get does). It is woken by the journal's notifications, not by busy
-// polling (a slow 5 s check covers lost notifications). It returns
-// ErrNotFound for an unknown id and ctx's error when ctx ends first.
+// polling (a slow 5 s check covers lost notifications). It returns ctx's
+// error when ctx ends first, and an error matching ErrNotFound when the job
+// does not exist: an unknown id, or one already deleted, or a job deleted
+// while Wait waited. In the last case the error says so, and how the job
+// finished when the journal holds it (retention or Purge deleted it before
+// Wait could read its outcome: keep finished jobs longer than callers
+// wait). Finishing wakes Wait, so it sees such a deletion at once; a job
+// deleted by plain SQL before it finished sends nothing, and Wait sees that
+// at its 5 s check.
 func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 	hub, err := q.journalHub()
 	if err != nil {
 		return nil, err
 	}
+	seen := "" // the xmin of the last read that found the job unfinished
 	for {
 		changed := hub.changed()
 		var status Status
+		var xmin string
 		err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
-			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status)
+			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status, &xmin)
 		})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			return nil, fmt.Errorf("compute: wait for job %s: %w", id, ErrNotFound)
+			return nil, q.waitedForDeleted(ctx, id, seen)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.Is(err, ErrClosed):
 			return nil, err
 		case err == nil && (status == StatusComplete || status == StatusFailed || status == StatusExpired):
-			return q.Get(ctx, id)
+			job, err := q.Get(ctx, id)
+			if errors.Is(err, ErrNotFound) {
+				return nil, deletedAfterFinish(id, status)
+			}
+			return job, err
+		case err == nil:
+			seen = xmin
 		}
 		t := time.NewTimer(5 * time.Second)
 		select {
@@ -336,6 +362,31 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 		}
 		t.Stop()
 	}
+}
+
+// deletedAfterFinish is Wait's error for a job that finished with status
+// and was deleted before Wait could read it.
+func deletedAfterFinish(id JobID, status Status) error {
+	return fmt.Errorf("compute: wait for job %s: it finished (%s), then retention or Purge deleted it before Wait read it; keep finished jobs longer: %w",
+		id, status, ErrNotFound)
+}
+
+// waitedForDeleted is Wait's error for a job it did not find. seen is the
+// xmin of its last read that found the job unfinished ("" if none did):
+// the journal since then tells whether the job finished before it went.
+func (q *Queue) waitedForDeleted(ctx context.Context, id JobID, seen string) error {
+	if seen == "" {
+		return fmt.Errorf("compute: wait for job %s: there is no job with this id (never enqueued, or deleted): %w", id, ErrNotFound)
+	}
+	var status Status
+	err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, finishedEvent, id[:], seen).Scan(&status)
+	})
+	if err == nil {
+		return deletedAfterFinish(id, status)
+	}
+	return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited, before it finished as far as the journal shows (a DELETE by plain SQL, or the journal is off): %w",
+		id, ErrNotFound)
 }
 
 // eventHub is a Queue's one LISTEN connection for journal notifications,

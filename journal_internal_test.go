@@ -2,10 +2,13 @@ package compute
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/computeplatform/compute/internal/testdb"
@@ -208,4 +211,82 @@ func TestJournalPurgeIsNotFooledByCopiedEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	purgeLeaves(t, q, 2)
+}
+
+// TestWaitSaysWhenItsJobWasDeleted: a job deleted while Wait waits is not
+// an unknown id. Deleted after it finished (retention, Purge, or here one
+// plain-SQL transaction), Wait must say how it finished, from the journal;
+// deleted before it finished, it must say that. Both still match
+// ErrNotFound. The deletion comes only after Wait's first read (seen in
+// pg_stat_activity from another pool), and a plain DELETE sends no
+// notification, so the test sends one to wake Wait.
+func TestWaitSaysWhenItsJobWasDeleted(t *testing.T) {
+	ctx := t.Context()
+	conn := testdb.New(t)
+	q, err := Open(ctx, conn, WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	other, err := pgxpool.New(ctx, conn) // the test's own statements
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	waitFor := func(del ...string) error {
+		t.Helper()
+		id, err := q.Enqueue(ctx, Job{Queue: "w"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := q.Wait(ctx, id)
+			done <- err
+		}()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var read bool
+			if err := other.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
+				WHERE datname = current_database() AND query = $1 AND state = 'idle')`, waitStatus).Scan(&read); err != nil {
+				t.Fatal(err)
+			}
+			if read {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("Wait did not read the job within 20 s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := pgx.BeginFunc(ctx, other, func(tx pgx.Tx) error {
+			for _, sql := range del {
+				if _, err := tx.Exec(ctx, sql, id[:]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatal("Wait did not return within 20 s of the deletion")
+			return nil
+		}
+	}
+	err = waitFor(`UPDATE compute.jobs SET status = 'complete', finished = now() WHERE job_id = $1`,
+		`DELETE FROM compute.jobs WHERE job_id = $1`)
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "finished (complete)") {
+		t.Errorf("Wait for a job completed and deleted: %v; want ErrNotFound saying it finished (complete)", err)
+	}
+	err = waitFor(`DELETE FROM compute.jobs WHERE job_id = $1`, `SELECT pg_notify('compute_events', encode($1, 'hex'))`)
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "before it finished") {
+		t.Errorf("Wait for a job deleted while queued: %v; want ErrNotFound saying it was deleted before it finished", err)
+	}
+	if _, err := q.Wait(ctx, JobID{9}); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "no job") {
+		t.Errorf("Wait for an unknown id: %v; want ErrNotFound saying there is no job", err)
+	}
 }
