@@ -257,6 +257,7 @@
 // ErrInvalidOption), after which nothing was written; ErrNotFound;
 // ErrWrongStatus (cancelling a finished job, retrying one that did not
 // fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
-// retry later); ErrNotMigrated; ErrClosed; ErrJournalFromAnotherCluster;
-// ErrPermanent, for errors made with Permanent. No error or log line holds the connection's password.
+// retry later); ErrNotMigrated; ErrClosed; ErrJournalFromAnotherCluster
+// (the journal was copied from another cluster); ErrPermanent, for errors
+// made with Permanent. No error or log line holds the connection's password.
 package compute

@@ -382,11 +382,14 @@ func (q *Queue) waitedForDeleted(ctx context.Context, id JobID, seen string) err
 	err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
 		return q.pool.QueryRow(ctx, finishedEvent, id[:], seen).Scan(&status)
 	})
-	if err == nil {
+	switch {
+	case err == nil:
 		return deletedAfterFinish(id, status)
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited, before it finished as far as the journal shows (a DELETE by plain SQL, or the journal is off): %w",
+			id, ErrNotFound)
 	}
-	return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited, before it finished as far as the journal shows (a DELETE by plain SQL, or the journal is off): %w",
-		id, ErrNotFound)
+	return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited (how it finished is unknown: %v): %w", id, err, ErrNotFound)
 }
 
 // eventHub is a Queue's one LISTEN connection for journal notifications,
