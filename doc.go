@@ -245,6 +245,14 @@
 // which is commit order for the library's own one-statement changes (see
 // Events for the exception). Store the last Cursor to resume.
 //
+// Cursors are transaction ids, meaningful in the cluster that assigned
+// them. pg_upgrade and physical replicas keep the cluster's counter: the
+// journal and saved cursors survive them. A copy made with pg_dump and
+// pg_restore, or a switchover to a logical replica, starts a new counter;
+// when it is behind the copied events, Events, Head and Follow fail with
+// ErrJournalFromAnotherCluster. Call RebaseJournal once, right after the
+// copy, and start readers again from the zero Cursor or from Head.
+//
 // # Why isn't my job running?
 //
 // Explain answers in words, with a ReasonKind per cause: the job is
@@ -261,7 +269,10 @@
 // ErrInvalidOption), after which nothing was written; ErrNotFound;
 // ErrWrongStatus (cancelling a finished job, retrying one that did not
 // fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
-// retry later); ErrNotMigrated; ErrClosed; ErrPermanent, for errors made
-// with Permanent. Any other error (a row the library cannot read, a server
-// error it does not expect) matches none of them and keeps its cause. No error or log line holds the connection's password.
+// retry later); ErrNotMigrated; ErrClosed; ErrJournalFromAnotherCluster
+// (the journal was copied from another cluster); ErrBadRow, for a row
+// written outside the library that it cannot read; ErrPermanent, for
+// errors made with Permanent. Any other error (a server error the library
+// does not expect) matches none of them and keeps its cause. No error or
+// log line holds the connection's password.
 package compute

@@ -101,6 +101,14 @@ var ErrUnavailable = errors.New("compute: database unavailable")
 // ErrClosed is returned by every method called after Close.
 var ErrClosed = errors.New("compute: queue closed")
 
+// ErrJournalFromAnotherCluster is matched by the error Events, Head and
+// Follow return when the journal, or the cursor given, holds transaction
+// ids this server has not assigned yet: they were written by another
+// cluster, and the database was copied (pg_dump and pg_restore, or a
+// switchover to a logical replica). Call Queue.RebaseJournal once, then
+// start readers again from the zero Cursor or from Head.
+var ErrJournalFromAnotherCluster = errors.New("compute: journal written by another cluster")
+
 // ErrNotMigrated is returned when a table or column a call needs is missing:
 // the compute schema was never migrated, or is older than the call needs
 // (calls that use only the version-1 columns, such as Counts, work on a

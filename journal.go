@@ -90,6 +90,59 @@ SELECT EXISTS (SELECT FROM compute.events
 // maxEvents caps one Events call.
 const maxEvents = 10000
 
+// journalOrigin compares the journal's newest transaction id, and the
+// cursor's ($1), with the next id this server will assign (the snapshot's
+// xmax): an id at or above it was written by another cluster, whose copy
+// this database is. max(xid) reads the primary key's last entry.
+const journalOrigin = `
+SELECT n.next::text, coalesce(e.newest::text, ''), coalesce(e.newest >= n.next, false), $1::text::xid8 >= n.next
+FROM (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS next) n,
+     (SELECT max(xid) AS newest FROM compute.events) e`
+
+// origin is journalOrigin's answer.
+type origin struct {
+	next, newest          string
+	copied, foreignCursor bool
+}
+
+// err says what comes from another cluster, if anything: the journal, or
+// the cursor c.
+func (o origin) err(c Cursor) error {
+	switch {
+	case o.copied:
+		return fmt.Errorf("%w: it holds events of transaction %s, which this server (next transaction %s) has not reached; "+
+			"the database was copied (pg_dump, or a logical replica): call Queue.RebaseJournal once, then start readers "+
+			"again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, o.newest, o.next)
+	case o.foreignCursor:
+		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached; "+
+			"start again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, c, c.xid, o.next)
+	}
+	return nil
+}
+
+// readJournal runs journalOrigin for the cursor c and then sql, in one
+// round trip, and hands sql's result to read. It returns an error matching
+// ErrJournalFromAnotherCluster when the journal or c was written by
+// another cluster.
+func (q *Queue) readJournal(ctx context.Context, what string, c Cursor, read func(pgx.BatchResults) error, sql string, args ...any) error {
+	var o origin
+	err := q.do(ctx, what, func(ctx context.Context) error {
+		b := &pgx.Batch{}
+		b.Queue(journalOrigin, strconv.FormatUint(c.xid, 10))
+		b.Queue(sql, args...)
+		br := q.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if err := br.QueryRow().Scan(&o.next, &o.newest, &o.copied, &o.foreignCursor); err != nil {
+			return err
+		}
+		return read(br)
+	})
+	if err != nil {
+		return err
+	}
+	return o.err(c)
+}
+
 // Events returns up to limit journal events after the cursor, in
 // commit-safe order (see Cursor). Every status change of every job is
 // journaled, including those made by plain SQL. An event of a transaction
@@ -100,14 +153,16 @@ const maxEvents = 10000
 // statement per transaction) that is commit order; but a transaction that
 // wrote something, then changed a job after another transaction had
 // committed a change to it, is read first. When the order of one job's
-// events matters, compare Attempt and Status, or read the job.
+// events matters, compare Attempt and Status, or read the job. It returns
+// an error matching ErrJournalFromAnotherCluster when the journal or the
+// cursor was written by another cluster (see Queue.RebaseJournal).
 func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, error) {
 	if limit < 1 || limit > maxEvents {
 		return nil, fmt.Errorf("%w: events limit %d is outside 1..%d", ErrInvalidOption, limit, maxEvents)
 	}
 	var events []Event
-	err := q.do(ctx, "compute: read events", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
+	err := q.readJournal(ctx, "compute: read events", after, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -119,8 +174,11 @@ func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, e
 			return e, err
 		})
 		return err
-	})
-	return events, err
+	}, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
+	if err != nil {
+		return nil, err
+	}
+	return events, nil
 }
 
 // journalHead is the newest readable event: the primary key read backwards
@@ -131,22 +189,68 @@ WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
 // Head returns the cursor of the newest event readable now, so a new
-// follower can start from the present instead of the journal's start.
+// follower can start from the present instead of the journal's start. It
+// returns an error matching ErrJournalFromAnotherCluster when the journal
+// holds events written by another cluster (see Queue.RebaseJournal).
 func (q *Queue) Head(ctx context.Context) (Cursor, error) {
 	var c Cursor
-	err := q.do(ctx, "compute: journal head", func(ctx context.Context) error {
-		err := q.pool.QueryRow(ctx, journalHead).Scan(&c.xid, &c.seq, &c.pos)
+	err := q.readJournal(ctx, "compute: journal head", Cursor{}, func(br pgx.BatchResults) error {
+		err := br.QueryRow().Scan(&c.xid, &c.seq, &c.pos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		return err
+	}, journalHead)
+	if err != nil {
+		return Cursor{}, err
+	}
+	return c, nil
+}
+
+// rebaseEvents moves the events of transactions this server has not
+// reached (written by another cluster) to this statement's own
+// transaction, keeping their (xid, seq) order: the identity numbers the
+// re-inserted rows in the order of the ORDER BY. Like any new events they
+// become readable once this transaction and every older one have ended.
+const rebaseEvents = `
+WITH moved AS (
+    DELETE FROM compute.events WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())
+    RETURNING xid, seq, queue, status, job_ids, attempts, at
+), rebased AS (
+    INSERT INTO compute.events (queue, status, job_ids, attempts, at)
+    SELECT queue, status, job_ids, attempts, at FROM moved ORDER BY xid, seq
+    RETURNING cardinality(job_ids) AS events
+)
+SELECT coalesce(sum(events), 0) FROM rebased`
+
+// RebaseJournal makes a journal copied from another cluster readable, and
+// returns how many events it moved. Journal cursors are transaction ids,
+// which mean something only in the cluster that assigned them. pg_upgrade
+// and physical replicas keep the cluster's counter, so the journal and
+// saved cursors survive them; a copy made with pg_dump and pg_restore, or
+// a switchover to a logical replica, starts a new counter, and when that
+// counter is behind the copied events' ids, Events, Head and Follow fail
+// with ErrJournalFromAnotherCluster. RebaseJournal moves those events, in
+// one transaction and in their order, to its own transaction id: they then
+// read after the events this server wrote before the call, so call it
+// right after the copy, before workers start. Cursors saved on the other
+// cluster cannot be mapped to the moved events: start readers again from
+// the zero Cursor (and skip what they have seen) or from Head. It needs
+// DELETE and INSERT on compute.events, and returns 0 when there is nothing
+// to move. Safe for concurrent use; ctx covers the statement.
+func (q *Queue) RebaseJournal(ctx context.Context) (int, error) {
+	var n int64
+	err := q.do(ctx, "compute: rebase journal", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, rebaseEvents).Scan(&n)
 	})
-	return c, err
+	return int(n), err
 }
 
 // Follow calls fn with every batch of journal events after the cursor, as
 // they become readable, until ctx ends (it then returns ctx's error) or fn
-// returns an error (which Follow returns). It is woken by a notification
+// returns an error (which Follow returns), or the journal or the cursor
+// turns out to be written by another cluster (an error matching
+// ErrJournalFromAnotherCluster). It is woken by a notification
 // when events are written, re-reads quickly while an open transaction holds
 // events back, and otherwise checks every 5 s in case a notification was
 // lost. Store the last event's Cursor to resume after a restart.
@@ -159,7 +263,7 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	for {
 		changed := hub.changed()
 		events, err := q.Events(ctx, after, 1000)
-		if errors.Is(err, ErrClosed) {
+		if errors.Is(err, ErrClosed) || errors.Is(err, ErrJournalFromAnotherCluster) {
 			return err
 		}
 		if err != nil && ctx.Err() == nil {
@@ -194,33 +298,59 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	}
 }
 
-// waitStatus reads a job's status without touching last_accessed.
-const waitStatus = `SELECT status FROM compute.jobs WHERE job_id = $1`
+// waitStatus reads a job's status without touching last_accessed, and the
+// snapshot's xmin: whatever changes the job after this read is written by
+// a transaction whose xid is at least that (see finishedEvent).
+const waitStatus = `SELECT status, pg_snapshot_xmin(pg_current_snapshot())::text FROM compute.jobs WHERE job_id = $1`
+
+// finishedEvent is the last complete, failed or expired event of job $1
+// written by a transaction that had not ended at Wait's last read of it
+// ($2, that read's xmin): the primary key read backwards down to $2, so it
+// costs the events written since.
+const finishedEvent = `
+SELECT e.status FROM compute.events e
+WHERE e.xid >= $2::text::xid8 AND e.status IN ('complete', 'failed', 'expired') AND $1 = ANY (e.job_ids)
+ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
 // Wait blocks until the job is complete, failed or expired, and returns it
 // (as Get does). It is woken by the journal's notifications, not by busy
-// polling (a slow 5 s check covers lost notifications). It returns
-// ErrNotFound for an unknown id and ctx's error when ctx ends first.
+// polling (a slow 5 s check covers lost notifications). It returns ctx's
+// error when ctx ends first, and an error matching ErrNotFound when the job
+// does not exist: an unknown id, or one already deleted, or a job deleted
+// while Wait waited. In the last case the error says so, and how the job
+// finished when the journal holds it (retention or Purge deleted it before
+// Wait could read its outcome: keep finished jobs longer than callers
+// wait). Finishing wakes Wait, so it sees such a deletion at once; a job
+// deleted by plain SQL before it finished sends nothing, and Wait sees that
+// at its 5 s check.
 func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 	hub, err := q.journalHub()
 	if err != nil {
 		return nil, err
 	}
+	seen := "" // the xmin of the last read that found the job unfinished
 	for {
 		changed := hub.changed()
 		var status Status
+		var xmin string
 		err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
-			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status)
+			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status, &xmin)
 		})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			return nil, notFound(err, "compute: wait for job %s", id)
+			return nil, q.waitedForDeleted(ctx, id, seen)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.Is(err, ErrClosed):
 			return nil, err
 		case err == nil && (status == StatusComplete || status == StatusFailed || status == StatusExpired):
-			return q.Get(ctx, id)
+			job, err := q.Get(ctx, id)
+			if errors.Is(err, ErrNotFound) {
+				return nil, deletedAfterFinish(id, status)
+			}
+			return job, err
+		case err == nil:
+			seen = xmin
 		}
 		t := time.NewTimer(5 * time.Second)
 		select {
@@ -232,6 +362,34 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 		}
 		t.Stop()
 	}
+}
+
+// deletedAfterFinish is Wait's error for a job that finished with status
+// and was deleted before Wait could read it.
+func deletedAfterFinish(id JobID, status Status) error {
+	return fmt.Errorf("compute: wait for job %s: it finished (%s), then retention or Purge deleted it before Wait read it; keep finished jobs longer: %w",
+		id, status, ErrNotFound)
+}
+
+// waitedForDeleted is Wait's error for a job it did not find. seen is the
+// xmin of its last read that found the job unfinished ("" if none did):
+// the journal since then tells whether the job finished before it went.
+func (q *Queue) waitedForDeleted(ctx context.Context, id JobID, seen string) error {
+	if seen == "" {
+		return fmt.Errorf("compute: wait for job %s: there is no job with this id (never enqueued, or deleted): %w", id, ErrNotFound)
+	}
+	var status Status
+	err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, finishedEvent, id[:], seen).Scan(&status)
+	})
+	switch {
+	case err == nil:
+		return deletedAfterFinish(id, status)
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited, before it finished as far as the journal shows (a DELETE by plain SQL, or the journal is off): %w",
+			id, ErrNotFound)
+	}
+	return fmt.Errorf("compute: wait for job %s: it was deleted while Wait waited (how it finished is unknown: %v): %w", id, err, ErrNotFound)
 }
 
 // eventHub is a Queue's one LISTEN connection for journal notifications,
@@ -309,12 +467,57 @@ func (h *eventHub) close() {
 	h.broadcast()
 }
 
-// purgeEvents deletes journal events older than $2 microseconds, a batch at
-// a time; the BRIN index on at finds them.
+// purgeEvents walks the primary key from just after ($3, $4): up to $1 rows
+// in (xid, seq) order, up to the first one written within the retention ($2
+// microseconds), and deletes the older ones among them (see purgeJournal).
+// The running count has a run condition, so the scan stops at that first
+// recent row: the purge reads what it deletes and one row more, where an
+// index on at matched every cutoff once freed pages were reused. It returns
+// the rows deleted, the rows walked and the last of them.
 const purgeEvents = `
-WITH old AS MATERIALIZED (
-    SELECT ctid FROM compute.events WHERE at < now() - $2 * interval '1 microsecond' LIMIT $1
+WITH walk AS MATERIALIZED (
+    SELECT ctid, xid, seq, at FROM (
+        SELECT ctid, xid, seq, at,
+               count(*) FILTER (WHERE at BETWEEN now() - $2 * interval '1 microsecond' AND now())
+                   OVER (ORDER BY xid, seq ROWS UNBOUNDED PRECEDING) AS recent
+        FROM (SELECT ctid, xid, seq, at FROM compute.events
+              WHERE (xid, seq) > ($3::text::xid8, $4) ORDER BY xid, seq LIMIT $1) front
+    ) w
+    WHERE recent = 0
 ), gone AS (
-    DELETE FROM compute.events e USING old WHERE e.ctid = old.ctid RETURNING 1
+    DELETE FROM compute.events
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM walk WHERE at < now() - $2 * interval '1 microsecond'))
+    RETURNING 1
 )
-SELECT count(*), 0 FROM gone`
+SELECT (SELECT count(*) FROM gone), count(*) OVER (), xid::text, seq
+FROM walk ORDER BY xid DESC, seq DESC LIMIT 1`
+
+// purgeJournal deletes journal events older than age, in batches of
+// staleBatch rows read from the front of the primary key, and returns how
+// many. Each batch goes on where the last one stopped, so a round never
+// reads its own deleted rows again. It stops at the first event written
+// within age: xid8 grows with time, so what is older comes first, except
+// that a transaction's at is its start and its xid its first write. An
+// event can therefore wait behind a newer one of a lower xid, but never
+// for longer than age after its own transaction's first write (every event
+// before it has a lower xid, so an at before that write). Events of
+// transactions still open are not seen and do not stop the walk; the next
+// round finds them. Safe to run from many processes at once.
+func (q *Queue) purgeJournal(ctx context.Context, age time.Duration) (int, error) {
+	total, fromXid, fromSeq := 0, "0", int64(0)
+	for {
+		var deleted, walked int64
+		err := q.do(ctx, "compute: purge journal", func(ctx context.Context) error {
+			err := q.pool.QueryRow(ctx, purgeEvents, staleBatch, age.Microseconds(), fromXid, fromSeq).
+				Scan(&deleted, &walked, &fromXid, &fromSeq)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // nothing old at the front
+			}
+			return err
+		})
+		total += int(deleted)
+		if err != nil || walked < staleBatch {
+			return total, err
+		}
+	}
+}

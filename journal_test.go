@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -464,4 +467,107 @@ func TestJournalNotifiesOnlyWhileSomeoneListens(t *testing.T) {
 	if err := receive(t, waited, liveness, "Wait to end"); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait ended with %v", err)
 	}
+}
+
+// copyEvents writes journal rows as a copy of another cluster's journal
+// would hold them (pg_dump and pg_restore, or a logical replica promoted):
+// with transaction ids far above this server's counter. ahead[i] is the
+// distance above it of row i's xid; rows are written in the order given,
+// so their seq numbers rise in that order. It returns each row's job id.
+func copyEvents(t *testing.T, q *compute.Queue, ahead ...int64) []compute.JobID {
+	t.Helper()
+	ids := make([]compute.JobID, len(ahead))
+	next := queryOne[int64](t, q.Pool(), `SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint`)
+	for i, d := range ahead {
+		ids[i] = compute.JobID(uuid.New())
+		mustExec(t, q.Pool(), `
+			INSERT INTO compute.events (xid, queue, status, job_ids, attempts, at)
+			VALUES ($1::text::xid8, 'copied', 'complete', ARRAY[$2::bytea], '{1}', now() - interval '1 hour')`,
+			strconv.FormatInt(next+d, 10), ids[i][:])
+	}
+	return ids
+}
+
+// TestJournalCopiedFromAnotherClusterIsReportedAndRebased: after a logical
+// copy of the database, the journal holds events whose transaction ids this
+// server has not reached. Head, Events and Follow must say so with
+// ErrJournalFromAnotherCluster instead of reading on as if nothing was
+// there, and so must Events for a cursor of the other cluster. After
+// RebaseJournal the copied events are readable, after the events this
+// server wrote before it and in their old order, and nothing is reported.
+func TestJournalCopiedFromAnotherClusterIsReportedAndRebased(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	mine := enqueue(t, q, compute.Job{Queue: "mine"})
+	readUntil(t, q, 1)
+	// Old order (xid, seq): copied[1], copied[2], copied[0]; seq order differs.
+	copied := copyEvents(t, q, 3_000_000_002, 3_000_000_001, 3_000_000_001)
+
+	if head, err := q.Head(ctx); !errors.Is(err, compute.ErrJournalFromAnotherCluster) {
+		t.Errorf("Head = %v, %v; want ErrJournalFromAnotherCluster", head, err)
+	}
+	if events, err := q.Events(ctx, compute.Cursor{}, 100); !errors.Is(err, compute.ErrJournalFromAnotherCluster) {
+		t.Errorf("Events = %d events, %v; want ErrJournalFromAnotherCluster", len(events), err)
+	}
+	followed := 0
+	followCtx, stop := context.WithTimeout(ctx, liveness)
+	defer stop()
+	err := q.Follow(followCtx, compute.Cursor{}, func(events []compute.Event) error {
+		followed += len(events)
+		if followed > 1 {
+			return errors.New("read on past the copied events")
+		}
+		return nil
+	})
+	if !errors.Is(err, compute.ErrJournalFromAnotherCluster) || followed != 0 {
+		t.Errorf("Follow got %d events and returned %v; want none and ErrJournalFromAnotherCluster", followed, err)
+	}
+
+	n, err := q.RebaseJournal(ctx)
+	if err != nil || n != 3 {
+		t.Fatalf("RebaseJournal = %d, %v; want 3 events", n, err)
+	}
+	after := enqueue(t, q, compute.Job{Queue: "after"})
+	events := readUntil(t, q, 5)
+	var got []compute.JobID
+	for _, e := range events {
+		got = append(got, e.JobID)
+	}
+	if want := []compute.JobID{mine, copied[1], copied[2], copied[0], after}; !slices.Equal(got, want) {
+		t.Errorf("journal after the rebase: %v, want %v (this server's event, the copied ones in their order, the next one)", got, want)
+	}
+	if _, err := q.Head(ctx); err != nil {
+		t.Errorf("Head after the rebase: %v", err)
+	}
+	if n, err := q.RebaseJournal(ctx); err != nil || n != 0 {
+		t.Errorf("a second RebaseJournal = %d, %v; want 0, nil", n, err)
+	}
+
+	// A cursor saved on the other cluster stays meaningless.
+	old, err := compute.ParseCursor("9000000000000.12.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Events(ctx, old, 100); !errors.Is(err, compute.ErrJournalFromAnotherCluster) {
+		t.Errorf("Events after a cursor of another cluster: %v, want ErrJournalFromAnotherCluster", err)
+	}
+}
+
+// TestWorkerWarnsAboutCopiedJournal: the journal purge cannot reach events
+// copied from another cluster (they sort after every event this server
+// writes), so a worker's maintenance round says so, and what to do.
+func TestWorkerWarnsAboutCopiedJournal(t *testing.T) {
+	t.Parallel()
+	logs := &syncBuffer{warned: make(chan struct{})}
+	q := newQueue(t, compute.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	copyEvents(t, q, 3_000_000_000)
+	r := startWorker(t, q, compute.WorkerConfig{
+		Queues:         map[string]compute.QueueConfig{"x": {Handler: idle}},
+		RescueInterval: 20 * time.Millisecond,
+	})
+	defer r.stop(t)
+	waitUntil(t, liveness, "a warning that names RebaseJournal", func() bool {
+		return strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "RebaseJournal")
+	})
 }

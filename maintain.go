@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -21,8 +22,10 @@ type Retention struct {
 	// jobs this long after their last read, without expiring them first.
 	// Default 0: they are not deleted before they expire.
 	DeleteCompleteAfter, DeleteFailedAfter time.Duration
-	// JournalAfter: journal events older than this are deleted. Default
-	// 7 days; negative keeps them.
+	// JournalAfter: journal events older than this are deleted, oldest
+	// transaction first; an event behind a newer one of an older
+	// transaction waits for it, at most JournalAfter after its own
+	// transaction's first write. Default 7 days; negative keeps them.
 	JournalAfter time.Duration
 }
 
@@ -169,8 +172,13 @@ func (w *Worker) maintain(ctx context.Context) {
 		}
 	}
 	if r.JournalAfter > 0 {
-		n, err := w.q.batches(callCtx, "compute: purge journal", purgeEvents, r.JournalAfter.Microseconds())
+		n, err := w.q.purgeJournal(callCtx, r.JournalAfter)
 		w.logRound(ctx, "deleted old journal events", n, err)
+		// Copied events sort after every event this server writes, so
+		// the purge never reaches them.
+		if _, err := w.q.Head(callCtx); errors.Is(err, ErrJournalFromAnotherCluster) {
+			w.log.Warn("the journal purge keeps events copied from another cluster until Queue.RebaseJournal runs", "err", err)
+		}
 	}
 	n, err := w.q.ageQueues(callCtx)
 	w.logRound(ctx, "raised the priority of waiting jobs", n, err)

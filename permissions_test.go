@@ -66,6 +66,9 @@ func TestRuntimeRoleWithDocumentedGrantsCanUseEveryFeature(t *testing.T) {
 	if _, err := q.Events(ctx, compute.Cursor{}, 10); err != nil {
 		t.Fatalf("Events as the runtime role: %v", err)
 	}
+	if _, err := q.RebaseJournal(ctx); err != nil {
+		t.Fatalf("RebaseJournal as the runtime role: %v", err)
+	}
 	waitUntil(t, liveness, "a periodic job", func() bool {
 		return queryOne[int64](t, owner.Pool(), `SELECT count(*) FROM compute.periodic WHERE name = 'rt-tick'`) == 1
 	})
