@@ -169,7 +169,7 @@ func TestLookupsOfMissingRowsAreNotFound(t *testing.T) {
 	}{
 		{getErr, "compute: get job " + id.String() + ": "},
 		{explainErr, "compute: explain job " + id.String() + ": "},
-		{waitErr, "compute: wait for job " + id.String() + ": "},
+		{waitErr, "compute: wait for job " + id.String() + ": there is no job with this id (never enqueued, or deleted): "},
 		{metaErr, `compute: get meta "nokey": `},
 	} {
 		if !errors.Is(tc.err, ErrNotFound) || errors.Is(tc.err, ErrUnavailable) || tc.err.Error() != tc.want+ErrNotFound.Error() {
