@@ -115,7 +115,7 @@ func (w *Worker) register(ctx context.Context, timeout time.Duration) {
 	}
 	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := w.q.pool.Exec(callCtx, registerWorker, w.q.opts.workerID, names); err != nil {
+	if _, err := w.q.pool.Exec(callCtx, registerWorkerSQL, w.q.opts.workerID, names); err != nil {
 		w.logFailure(ctx, "worker registry update failed", err)
 	}
 }
@@ -124,7 +124,7 @@ func (w *Worker) register(ctx context.Context, timeout time.Duration) {
 func (w *Worker) unregister() {
 	ctx, cancel := context.WithTimeout(w.final, 5*time.Second)
 	defer cancel()
-	if _, err := w.q.pool.Exec(ctx, unregisterWorker, w.q.opts.workerID); err != nil {
+	if _, err := w.q.pool.Exec(ctx, unregisterWorkerSQL, w.q.opts.workerID); err != nil {
 		w.log.Warn("could not remove this worker from the registry; it ages out in an hour", "err", err)
 	}
 }

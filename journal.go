@@ -66,13 +66,13 @@ type Event struct {
 	At      time.Time
 }
 
-// readEvents returns up to $4 events after the cursor ($1, $2, $3) whose
+// readEventsSQL returns up to $4 events after the cursor ($1, $2, $3) whose
 // transactions are older than every running one (pg_snapshot_xmin), in
 // cursor order: such a transaction has committed or aborted, so no event can
 // appear before the last one returned. The primary key (xid, seq) serves the
 // range; each row's arrays unnest into its events. xid8 has no binary
 // transfer in pgx, so it travels as text.
-const readEvents = `
+const readEventsSQL = `
 SELECT e.xid::text::bigint, e.seq, u.pos, u.job_id, e.queue, e.status, u.attempt, e.at
 FROM compute.events e
 CROSS JOIN LATERAL unnest(e.job_ids, e.attempts) WITH ORDINALITY AS u(job_id, attempt, pos)
@@ -81,25 +81,25 @@ WHERE (e.xid, e.seq) >= ($1::text::xid8, $2) AND e.xid < pg_snapshot_xmin(pg_cur
 ORDER BY e.xid, e.seq, u.pos
 LIMIT $4`
 
-// heldBack says whether committed events after the cursor's row wait
+// heldBackSQL says whether committed events after the cursor's row wait
 // behind an older running transaction.
-const heldBack = `
+const heldBackSQL = `
 SELECT EXISTS (SELECT FROM compute.events
                WHERE (xid, seq) > ($1::text::xid8, $2) AND xid >= pg_snapshot_xmin(pg_current_snapshot()))`
 
 // maxEvents caps one Events call.
 const maxEvents = 10000
 
-// journalOrigin compares the journal's newest transaction id, and the
+// journalOriginSQL compares the journal's newest transaction id, and the
 // cursor's ($1), with the next id this server will assign (the snapshot's
 // xmax): an id at or above it was written by another cluster, whose copy
 // this database is. max(xid) reads the primary key's last entry.
-const journalOrigin = `
+const journalOriginSQL = `
 SELECT n.next::text, coalesce(e.newest::text, ''), coalesce(e.newest >= n.next, false), $1::text::xid8 >= n.next
 FROM (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS next) n,
      (SELECT max(xid) AS newest FROM compute.events) e`
 
-// origin is journalOrigin's answer.
+// origin is journalOriginSQL's answer.
 type origin struct {
 	next, newest          string
 	copied, foreignCursor bool
@@ -120,7 +120,7 @@ func (o origin) err(c Cursor) error {
 	return nil
 }
 
-// readJournal runs journalOrigin for the cursor c and then sql, in one
+// readJournal runs journalOriginSQL for the cursor c and then sql, in one
 // round trip, and hands sql's result to read. It returns an error matching
 // ErrJournalFromAnotherCluster when the journal or c was written by
 // another cluster.
@@ -128,7 +128,7 @@ func (q *Queue) readJournal(ctx context.Context, what string, c Cursor, read fun
 	var o origin
 	err := q.do(ctx, what, func(ctx context.Context) error {
 		b := &pgx.Batch{}
-		b.Queue(journalOrigin, strconv.FormatUint(c.xid, 10))
+		b.Queue(journalOriginSQL, strconv.FormatUint(c.xid, 10))
 		b.Queue(sql, args...)
 		br := q.pool.SendBatch(ctx, b)
 		defer br.Close()
@@ -174,16 +174,16 @@ func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, e
 			return e, err
 		})
 		return err
-	}, readEvents, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
+	}, readEventsSQL, strconv.FormatUint(after.xid, 10), after.seq, after.pos, limit)
 	if err != nil {
 		return nil, err
 	}
 	return events, nil
 }
 
-// journalHead is the newest readable event: the primary key read backwards
+// journalHeadSQL is the newest readable event: the primary key read backwards
 // from the horizon, and the last position of that row.
-const journalHead = `
+const journalHeadSQL = `
 SELECT e.xid::text::bigint, e.seq, cardinality(e.job_ids) FROM compute.events e
 WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
@@ -200,19 +200,19 @@ func (q *Queue) Head(ctx context.Context) (Cursor, error) {
 			return nil
 		}
 		return err
-	}, journalHead)
+	}, journalHeadSQL)
 	if err != nil {
 		return Cursor{}, err
 	}
 	return c, nil
 }
 
-// rebaseEvents moves the events of transactions this server has not
+// rebaseEventsSQL moves the events of transactions this server has not
 // reached (written by another cluster) to this statement's own
 // transaction, keeping their (xid, seq) order: the identity numbers the
 // re-inserted rows in the order of the ORDER BY. Like any new events they
 // become readable once this transaction and every older one have ended.
-const rebaseEvents = `
+const rebaseEventsSQL = `
 WITH moved AS (
     DELETE FROM compute.events WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())
     RETURNING xid, seq, queue, status, job_ids, attempts, at
@@ -241,7 +241,7 @@ SELECT coalesce(sum(events), 0) FROM rebased`
 func (q *Queue) RebaseJournal(ctx context.Context) (int, error) {
 	var n int64
 	err := q.do(ctx, "compute: rebase journal", func(ctx context.Context) error {
-		return q.pool.QueryRow(ctx, rebaseEvents).Scan(&n)
+		return q.pool.QueryRow(ctx, rebaseEventsSQL).Scan(&n)
 	})
 	return int(n), err
 }
@@ -279,7 +279,7 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 		wait := 5 * time.Second
 		if err == nil {
 			var pending bool
-			if e := q.pool.QueryRow(ctx, heldBack, strconv.FormatUint(after.xid, 10), after.seq).Scan(&pending); e == nil && pending {
+			if e := q.pool.QueryRow(ctx, heldBackSQL, strconv.FormatUint(after.xid, 10), after.seq).Scan(&pending); e == nil && pending {
 				held++
 				wait = min(wait, time.Duration(10<<min(held, 8))*time.Millisecond)
 			}
@@ -298,16 +298,16 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 	}
 }
 
-// waitStatus reads a job's status without touching last_accessed, and the
+// waitStatusSQL reads a job's status without touching last_accessed, and the
 // snapshot's xmin: whatever changes the job after this read is written by
-// a transaction whose xid is at least that (see finishedEvent).
-const waitStatus = `SELECT status, pg_snapshot_xmin(pg_current_snapshot())::text FROM compute.jobs WHERE job_id = $1`
+// a transaction whose xid is at least that (see finishedEventSQL).
+const waitStatusSQL = `SELECT status, pg_snapshot_xmin(pg_current_snapshot())::text FROM compute.jobs WHERE job_id = $1`
 
-// finishedEvent is the last complete, failed or expired event of job $1
+// finishedEventSQL is the last complete, failed or expired event of job $1
 // written by a transaction that had not ended at Wait's last read of it
 // ($2, that read's xmin): the primary key read backwards down to $2, so it
 // costs the events written since.
-const finishedEvent = `
+const finishedEventSQL = `
 SELECT e.status FROM compute.events e
 WHERE e.xid >= $2::text::xid8 AND e.status IN ('complete', 'failed', 'expired') AND $1 = ANY (e.job_ids)
 ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
@@ -334,7 +334,7 @@ func (q *Queue) Wait(ctx context.Context, id JobID) (*Job, error) {
 		var status Status
 		var xmin string
 		err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
-			return q.pool.QueryRow(ctx, waitStatus, id[:]).Scan(&status, &xmin)
+			return q.pool.QueryRow(ctx, waitStatusSQL, id[:]).Scan(&status, &xmin)
 		})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -380,7 +380,7 @@ func (q *Queue) waitedForDeleted(ctx context.Context, id JobID, seen string) err
 	}
 	var status Status
 	err := q.do(ctx, "compute: wait", func(ctx context.Context) error {
-		return q.pool.QueryRow(ctx, finishedEvent, id[:], seen).Scan(&status)
+		return q.pool.QueryRow(ctx, finishedEventSQL, id[:], seen).Scan(&status)
 	})
 	switch {
 	case err == nil:
@@ -429,17 +429,17 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	return h, nil
 }
 
-// listenJournal tells the journal trigger (migration 7) to send compute_events
+// listenJournalSQL tells the journal trigger (migration 7) to send compute_events
 // notifications for the next minute; the hub repeats it every 20 s, so the
 // notifications stop within a minute of the last listener's end. The time
 // is the database's, as the trigger compares it with now().
-const listenJournal = `INSERT INTO compute.meta (key, value)
+const listenJournalSQL = `INSERT INTO compute.meta (key, value)
 VALUES ('journal_listened_until', (extract(epoch FROM now())::bigint + 60)::text)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value`
 
-// announceJournalListener runs listenJournal on the hub's connection.
+// announceJournalListener runs listenJournalSQL on the hub's connection.
 func announceJournalListener(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, listenJournal)
+	_, err := conn.Exec(ctx, listenJournalSQL)
 	return err
 }
 
@@ -467,14 +467,14 @@ func (h *eventHub) close() {
 	h.broadcast()
 }
 
-// purgeEvents walks the primary key from just after ($3, $4): up to $1 rows
+// purgeEventsSQL walks the primary key from just after ($3, $4): up to $1 rows
 // in (xid, seq) order, up to the first one written within the retention ($2
 // microseconds), and deletes the older ones among them (see purgeJournal).
 // The running count has a run condition, so the scan stops at that first
 // recent row: the purge reads what it deletes and one row more, where an
 // index on at matched every cutoff once freed pages were reused. It returns
 // the rows deleted, the rows walked and the last of them.
-const purgeEvents = `
+const purgeEventsSQL = `
 WITH walk AS MATERIALIZED (
     SELECT ctid, xid, seq, at FROM (
         SELECT ctid, xid, seq, at,
@@ -508,7 +508,7 @@ func (q *Queue) purgeJournal(ctx context.Context, age time.Duration) (int, error
 	for {
 		var deleted, walked int64
 		err := q.do(ctx, "compute: purge journal", func(ctx context.Context) error {
-			err := q.pool.QueryRow(ctx, purgeEvents, staleBatch, age.Microseconds(), fromXid, fromSeq).
+			err := q.pool.QueryRow(ctx, purgeEventsSQL, staleBatch, age.Microseconds(), fromXid, fromSeq).
 				Scan(&deleted, &walked, &fromXid, &fromSeq)
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil // nothing old at the front

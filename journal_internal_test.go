@@ -248,7 +248,7 @@ func TestWaitSaysWhenItsJobWasDeleted(t *testing.T) {
 		for {
 			var read bool
 			if err := other.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
-				WHERE datname = current_database() AND query = $1 AND state = 'idle')`, waitStatus).Scan(&read); err != nil {
+				WHERE datname = current_database() AND query = $1 AND state = 'idle')`, waitStatusSQL).Scan(&read); err != nil {
 				t.Fatal(err)
 			}
 			if read {

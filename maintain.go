@@ -75,17 +75,17 @@ func (q *Queue) Purge(ctx context.Context, status Status, age time.Duration) (in
 	return q.batches(ctx, "compute: purge", sql, age.Microseconds())
 }
 
-// dueForAging takes this period's aging turn for every queue that is due, so
+// dueForAgingSQL takes this period's aging turn for every queue that is due, so
 // one process in the cluster ages each queue once per AgeAfter.
-const dueForAging = `
+const dueForAgingSQL = `
 UPDATE compute.queues SET aged_at = now()
 WHERE age_after IS NOT NULL AND aged_at <= now() - age_after
 RETURNING name, (extract(epoch FROM age_after) * 1e6)::bigint`
 
-// ageJobs moves queued jobs of queue $1 that have been runnable for longer
+// ageJobsSQL moves queued jobs of queue $1 that have been runnable for longer
 // than $2 microseconds one priority step towards 0: the oldest 10,000 per
 // turn, so one statement never locks a whole backlog.
-const ageJobs = noStatusChange + `
+const ageJobsSQL = noStatusChange + `
 WITH old AS MATERIALIZED (
     SELECT ctid FROM compute.jobs
     WHERE status = 'queued' AND queue = $1 AND priority > 0 AND run_at <= now() - $2 * interval '1 microsecond'
@@ -105,7 +105,7 @@ func (q *Queue) ageQueues(ctx context.Context) (int, error) {
 	var queues []due
 	err := q.do(ctx, "compute: priority aging", func(ctx context.Context) error {
 		queues = queues[:0]
-		rows, err := q.pool.Query(ctx, dueForAging)
+		rows, err := q.pool.Query(ctx, dueForAgingSQL)
 		if err != nil {
 			return err
 		}
@@ -125,7 +125,7 @@ func (q *Queue) ageQueues(ctx context.Context) (int, error) {
 			break
 		}
 		err = q.do(ctx, "compute: priority aging", func(ctx context.Context) error {
-			tag, err := q.pool.Exec(ctx, ageJobs, d.name, d.us)
+			tag, err := q.pool.Exec(ctx, ageJobsSQL, d.name, d.us)
 			total += int(tag.RowsAffected())
 			return err
 		})
@@ -133,18 +133,18 @@ func (q *Queue) ageQueues(ctx context.Context) (int, error) {
 	return total, err
 }
 
-// registerWorker records (or refreshes) a running worker and the queues it
+// registerWorkerSQL records (or refreshes) a running worker and the queues it
 // serves.
-const registerWorker = `
+const registerWorkerSQL = `
 INSERT INTO compute.workers (worker, queues) VALUES ($1, $2)
 ON CONFLICT (worker) DO UPDATE SET queues = excluded.queues, seen = now()`
 
-// unregisterWorker removes a worker that stopped cleanly.
-const unregisterWorker = `DELETE FROM compute.workers WHERE worker = $1`
+// unregisterWorkerSQL removes a worker that stopped cleanly.
+const unregisterWorkerSQL = `DELETE FROM compute.workers WHERE worker = $1`
 
-// forgetWorkers drops registry rows of workers that vanished without
+// forgetWorkersSQL drops registry rows of workers that vanished without
 // unregistering (killed processes) an hour ago.
-const forgetWorkers = `DELETE FROM compute.workers WHERE seen < now() - interval '1 hour'`
+const forgetWorkersSQL = `DELETE FROM compute.workers WHERE seen < now() - interval '1 hour'`
 
 // maintain runs one round of the worker's cluster-wide housekeeping:
 // stale leases, retention, priority aging, the worker registry, and a
@@ -182,7 +182,7 @@ func (w *Worker) maintain(ctx context.Context) {
 	}
 	n, err := w.q.ageQueues(callCtx)
 	w.logRound(ctx, "raised the priority of waiting jobs", n, err)
-	_, err = w.q.pool.Exec(callCtx, forgetWorkers)
+	_, err = w.q.pool.Exec(callCtx, forgetWorkersSQL)
 	w.logRound(ctx, "", 0, err)
 	w.checkHorizon(callCtx)
 }
