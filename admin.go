@@ -318,11 +318,12 @@ WHERE $2 AND schemaname = 'compute' AND tablename = 'jobs' AND attname = 'queue'
 // statistics ANALYZE keeps.
 const estimateRows = `EXPLAIN (FORMAT JSON) SELECT 1 FROM compute.jobs WHERE queue = $1 AND status = $2`
 
-// commonStatuses reads the statuses ANALYZE found in its sample: with only
-// five possible values, every status with more than a handful of rows is
-// among them.
+// commonStatuses reads the statuses ANALYZE found in its sample (the
+// common values and the histogram's bounds hold every value it saw when
+// there are as few as five): a status it did not see is estimated at 0,
+// which the planner never says.
 const commonStatuses = `
-SELECT most_common_vals::text::text[] FROM pg_stats
+SELECT coalesce(most_common_vals::text::text[], '{}') || coalesce(histogram_bounds::text::text[], '{}') FROM pg_stats
 WHERE schemaname = 'compute' AND tablename = 'jobs' AND attname = 'status'`
 
 // queueExtras reads the rules and the live workers of the given queues.
