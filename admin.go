@@ -36,7 +36,7 @@ func (f Filter) check() error {
 			return err
 		}
 	}
-	if f.Status != "" && !slices.Contains(allStatuses, f.Status) {
+	if f.Status != "" && !f.Status.valid() {
 		return fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, f.Status)
 	}
 	if f.PartitionKey != "" {
@@ -55,8 +55,6 @@ func (f Filter) args() []any {
 	}
 	return []any{null(f.Queue), null(string(f.Status)), null(f.PartitionKey)}
 }
-
-var allStatuses = []Status{StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired}
 
 // filterClause is the WHERE clause of a Filter, $1 queue, $2 status, $3
 // partition key, each NULL for any. A generic plan cannot use the partial

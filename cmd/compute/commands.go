@@ -39,7 +39,6 @@ func runMigrate(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	before, latest, err := q.SchemaVersion(e.ctx)
 	if err != nil {
 		return err
@@ -157,7 +156,6 @@ func runEnqueue(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	res, err := q.Submit(e.ctx, job)
 	if err != nil {
 		return err
@@ -178,20 +176,11 @@ func runEnqueue(e *env, path string, args []string) error {
 func runExplain(e *env, path string, args []string) error {
 	l := newLeaf(e, path, "ID", "Says why a job is or is not running: finished, running, a stale lease, scheduled later, its\n"+
 		"queue paused, a cap or rate limit, jobs ahead of it, or no worker serving its queue.", true)
-	pos, err := l.parse(args, 1, 1)
+	id, q, err := l.jobArg(args)
 	if err != nil {
 		return err
 	}
-	ids, err := parseIDs(l, pos)
-	if err != nil {
-		return err
-	}
-	q, err := l.open()
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	ex, err := q.Explain(e.ctx, ids[0])
+	ex, err := q.Explain(e.ctx, id)
 	if err != nil {
 		return err
 	}
@@ -228,7 +217,6 @@ func runWorkersList(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	workers, err := q.Workers(e.ctx)
 	if err != nil {
 		return err
@@ -268,7 +256,6 @@ func runPeriodicList(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	ticks, err := q.PeriodicTicks(e.ctx)
 	if err != nil {
 		return err
@@ -318,7 +305,6 @@ func runEventsFollow(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	if *from == "now" {
 		if cursor, err = q.Head(e.ctx); err != nil {
 			return err

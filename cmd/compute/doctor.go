@@ -55,7 +55,6 @@ func runDoctor(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	checks := diagnose(e.ctx, q)
 	if e.ctx.Err() != nil {
 		return e.ctx.Err()

@@ -88,7 +88,6 @@ func runJobsList(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	jobs, err := q.Find(e.ctx, f, afterID, *limit)
 	if err != nil {
 		return err
@@ -111,24 +110,15 @@ func runJobsList(e *env, path string, args []string) error {
 func runJobsGet(e *env, path string, args []string) error {
 	l := newLeaf(e, path, "ID", "Shows a job: its fields, config, files, every attempt's error and its journal timeline.\n"+
 		"Reading a finished job counts as a read for retention (last_accessed).", true)
-	pos, err := l.parse(args, 1, 1)
+	id, q, err := l.jobArg(args)
 	if err != nil {
 		return err
 	}
-	ids, err := parseIDs(l, pos)
+	job, err := q.Get(e.ctx, id)
 	if err != nil {
 		return err
 	}
-	q, err := l.open()
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	job, err := q.Get(e.ctx, ids[0])
-	if err != nil {
-		return err
-	}
-	events, err := q.History(e.ctx, ids[0])
+	events, err := q.History(e.ctx, id)
 	if err != nil {
 		return err
 	}
@@ -262,7 +252,6 @@ func runAction(e *env, path string, args []string, a action, extra func(*leaf)) 
 		if err != nil {
 			return err
 		}
-		defer q.Close()
 		results := make([]actionResult, len(ids))
 		failed := 0
 		for i, id := range ids {
@@ -308,7 +297,6 @@ func runAction(e *env, path string, args []string, a action, extra func(*leaf)) 
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	n, err := a.many(q, e, f)
 	if err != nil {
 		if n > 0 {

@@ -53,6 +53,8 @@ type env struct {
 	// secrets are the passwords found in the connection settings, removed
 	// from every message written to stderr.
 	secrets []string
+	// queues are the Queues the command opened; run closes them.
+	queues []*compute.Queue
 }
 
 // usageError is a wrong flag or argument: run prints it with the
@@ -118,6 +120,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
 	e.secrets = secretsIn(args)
 	err := dispatch(e, "", commands, moveGlobalFlags(args))
+	for _, q := range e.queues {
+		q.Close()
+	}
 	var usage *usageError
 	var exit *exitError
 	switch {
@@ -277,14 +282,33 @@ func (l *leaf) usageErr(format string, args ...any) error {
 func (l *leaf) json() bool { return l.output == "json" }
 
 // open connects to the database: --database-url, else DATABASE_URL, else
-// the PG* variables. It does not migrate.
+// the PG* variables. It does not migrate. run closes the Queue when the
+// command returns.
 func (l *leaf) open() (*compute.Queue, error) {
 	conn := l.dbURL
 	if conn == "" {
 		conn = os.Getenv("DATABASE_URL")
 	}
 	l.e.secrets = append(l.e.secrets, secretsIn([]string{conn})...)
-	return compute.Open(l.e.ctx, conn, compute.WithWorkerID("compute-cli"))
+	q, err := compute.Open(l.e.ctx, conn, compute.WithWorkerID("compute-cli"))
+	if err == nil {
+		l.e.queues = append(l.e.queues, q)
+	}
+	return q, err
+}
+
+// jobArg reads the command's one argument, a job id, and connects.
+func (l *leaf) jobArg(args []string) (compute.JobID, *compute.Queue, error) {
+	pos, err := l.parse(args, 1, 1)
+	if err != nil {
+		return compute.JobID{}, nil, err
+	}
+	ids, err := parseIDs(l, pos)
+	if err != nil {
+		return compute.JobID{}, nil, err
+	}
+	q, err := l.open()
+	return ids[0], q, err
 }
 
 // passwordInKV finds a password in a key=value connection string.

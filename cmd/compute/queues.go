@@ -80,7 +80,6 @@ func runQueuesList(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	queues, err := q.Queues(e.ctx, !*estimate)
 	if err != nil {
 		return err
@@ -140,7 +139,6 @@ func pauseOrResume(e *env, path string, args []string, pause bool) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	if pause {
 		err = q.Pause(e.ctx, pos[0])
 	} else {
@@ -179,7 +177,6 @@ func runQueuesSet(e *env, path string, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer q.Close()
 	s, err := q.GetQueueSettings(e.ctx, pos[0])
 	if err != nil {
 		return err
