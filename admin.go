@@ -341,12 +341,13 @@ FROM unnest($1::text[]) AS n(name) LEFT JOIN compute.queues s ON s.name = n.name
 // pass over all finished rows (seconds at tens of millions); otherwise they
 // are the planner's estimates (QueueInfo.Estimated), and a queue that
 // holds only finished jobs appears only when it has settings, a live
-// worker, or is common enough for the planner's statistics.
+// worker, or is common enough for the planner's statistics. A table that
+// was never analyzed has no statistics: its finished rows are counted.
 func (q *Queue) Queues(ctx context.Context, exact bool) ([]QueueInfo, error) {
 	byName := map[string]*QueueInfo{}
 	get := func(name string) *QueueInfo {
 		if byName[name] == nil {
-			byName[name] = &QueueInfo{Name: name, Counts: map[Status]int64{}, Estimated: !exact}
+			byName[name] = &QueueInfo{Name: name, Counts: map[Status]int64{}}
 		}
 		return byName[name]
 	}
@@ -371,7 +372,18 @@ func (q *Queue) Queues(ctx context.Context, exact bool) ([]QueueInfo, error) {
 		}); err != nil {
 			return err
 		}
-		if exact {
+		// Estimates need statistics: the statuses ANALYZE saw, or nil
+		// when it never ran, and then the table is young or small
+		// (autovacuum analyzes it once 50 rows and 2% of the table have
+		// changed, migration 5), so the finished rows are counted.
+		var common []string
+		if !exact {
+			if err := q.pool.QueryRow(ctx, commonStatuses).Scan(&common); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+		count := exact || common == nil
+		if count {
 			rows, err := q.pool.Query(ctx, queueFinished)
 			if err != nil {
 				return err
@@ -383,7 +395,7 @@ func (q *Queue) Queues(ctx context.Context, exact bool) ([]QueueInfo, error) {
 				return err
 			}
 		}
-		rows, err = q.pool.Query(ctx, queueNames, workerFresh.Microseconds(), !exact)
+		rows, err = q.pool.Query(ctx, queueNames, workerFresh.Microseconds(), !count)
 		if err != nil {
 			return err
 		}
@@ -395,14 +407,13 @@ func (q *Queue) Queues(ctx context.Context, exact bool) ([]QueueInfo, error) {
 		}); err != nil {
 			return err
 		}
-		if !exact {
-			var common []string // the statuses ANALYZE saw; nil without statistics
-			if err := q.pool.QueryRow(ctx, commonStatuses).Scan(&common); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				return err
-			}
+		for _, qi := range byName {
+			qi.Estimated = !count
+		}
+		if !count {
 			for _, qi := range byName {
 				for _, s := range []Status{StatusComplete, StatusExpired} {
-					if common != nil && !slices.Contains(common, string(s)) {
+					if !slices.Contains(common, string(s)) {
 						qi.Counts[s] = 0 // the planner never says 0; the statistics can
 						continue
 					}

@@ -451,6 +451,9 @@ func TestQueues(t *testing.T) {
 		q1.Rules.MaxRunning != 5 || !q1.Rules.Fair {
 		t.Errorf("q1: %+v", q1)
 	}
+	if _, err := q.Pool().Exec(context.Background(), `ANALYZE compute.jobs`); err != nil { // estimates need statistics
+		t.Fatal(err)
+	}
 	est := mustJSON[[]queueDoc](t, "queues", "list", "--estimate", "--database-url", db)
 	if len(est) != 2 || !est[1].CountsEstimated || est[1].Counts["queued"] != 2 {
 		t.Errorf("queues list --estimate: %+v", est)
