@@ -114,13 +114,15 @@ func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*
 const bulkBatch = 1000
 
 // retryMatching queues a batch of failed jobs again, as retryJob does for
-// one (the same SET). SKIP LOCKED passes over rows a worker or another
-// operator holds; the loop in bulk stops at a short batch. One notification
-// per queue touched wakes its workers.
+// one (the same SET). Only jobs that failed before the call began ($5)
+// match, so a retried job that fails again meanwhile is not retried twice.
+// SKIP LOCKED passes over rows a worker or another operator holds; the loop
+// in bulk stops at a short batch. One notification per queue touched wakes
+// its workers.
 const retryMatching = statusChange + `
 WITH batch AS (
     SELECT j.job_id FROM compute.jobs j
-    WHERE ` + filterClause + ` AND j.status = 'failed'
+    WHERE ` + filterClause + ` AND j.status = 'failed' AND (j.finished IS NULL OR j.finished <= $5)
     LIMIT $4 FOR UPDATE SKIP LOCKED
 ), retried AS (
     UPDATE compute.jobs j
@@ -134,29 +136,30 @@ FROM retried`
 
 // cancelMatching fails a batch of queued or running jobs with a reason, as
 // cancelJob does for one; running ones are named on compute_cancel so their
-// holders stop at once.
+// holders stop at once. Jobs created after the call began ($5) are left.
 const cancelMatching = statusChange + `
 WITH batch AS (
     SELECT j.job_id, j.status FROM compute.jobs j
-    WHERE ` + filterClause + ` AND j.status IN ('queued', 'in-progress')
+    WHERE ` + filterClause + ` AND j.status IN ('queued', 'in-progress') AND j.created <= $5
     LIMIT $4 FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE compute.jobs j
     SET status = 'failed', finished = now(), last_accessed = now(), lease_expires = NULL,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempt, 'at', now(), 'error', 'cancelled: ' || $5::text))
+            'attempt', j.attempt, 'at', now(), 'error', 'cancelled: ' || $6::text))
     FROM batch WHERE j.job_id = batch.job_id
     RETURNING j.job_id, batch.status AS old
 )
 SELECT count(*), count(pg_notify('compute_cancel', encode(job_id, 'hex'))) FILTER (WHERE old = 'in-progress')
 FROM cancelled`
 
-// deleteMatching deletes a batch of jobs that are not running: a running
-// job's holder would find its row gone, so it must be cancelled first.
+// deleteMatching deletes a batch of jobs that are not running (a running
+// job's holder would find its row gone, so it must be cancelled first) and
+// were created before the call began ($5).
 const deleteMatching = `
 WITH batch AS (
     SELECT j.job_id FROM compute.jobs j
-    WHERE ` + filterClause + ` AND j.status <> 'in-progress'
+    WHERE ` + filterClause + ` AND j.status <> 'in-progress' AND j.created <= $5
     LIMIT $4 FOR UPDATE SKIP LOCKED
 ), deleted AS (
     DELETE FROM compute.jobs j USING batch WHERE j.job_id = batch.job_id RETURNING 1
@@ -167,9 +170,10 @@ SELECT count(*), 0 FROM deleted`
 // does for one, and returns how many. f must set at least one field, and
 // its Status, if set, must be failed. It runs on the server in statements
 // of 1,000 rows that skip rows locked at that moment, so it never blocks a
-// worker; it stops at the first short batch, so jobs that fail again while
-// it runs are not retried twice. ctx bounds the whole run; when it ends
-// early, the jobs retried so far stay retried and are counted.
+// worker, until a batch comes back short. Only jobs that failed before the
+// call began count (by the database clock), so a job that fails again
+// while it runs is not retried twice. ctx bounds the whole run; when it
+// ends early, the jobs retried so far stay retried and are counted.
 func (q *Queue) RetryMatching(ctx context.Context, f Filter) (int, error) {
 	if f.Status != "" && f.Status != StatusFailed {
 		return 0, fmt.Errorf("%w: only failed jobs can be retried, not %s; leave the status empty or use failed", ErrInvalidOption, f.Status)
@@ -180,7 +184,8 @@ func (q *Queue) RetryMatching(ctx context.Context, f Filter) (int, error) {
 // CancelMatching cancels every queued or running job that f matches, as
 // Cancel does for one, with reason ("" means "cancelled by request"), and
 // returns how many. f must set at least one field, and its Status, if set,
-// must be queued or in-progress. It runs in batches as RetryMatching does.
+// must be queued or in-progress. It runs in batches as RetryMatching does,
+// and leaves jobs created after the call began.
 func (q *Queue) CancelMatching(ctx context.Context, f Filter, reason string) (int, error) {
 	if f.Status != "" && f.Status != StatusQueued && f.Status != StatusInProgress {
 		return 0, fmt.Errorf("%w: only queued or in-progress jobs can be cancelled, not %s", ErrInvalidOption, f.Status)
@@ -194,8 +199,9 @@ func (q *Queue) CancelMatching(ctx context.Context, f Filter, reason string) (in
 // DeleteMatching deletes every job that f matches except running ones
 // (cancel those first), and returns how many. f must set at least one
 // field, and its Status, if set, must not be in-progress. It runs in
-// batches as RetryMatching does. Deleted jobs are gone: their journal
-// events stay until the journal's retention removes them.
+// batches as RetryMatching does, and leaves jobs created after the call
+// began. Deleted jobs are gone: their journal events stay until the
+// journal's retention removes them.
 func (q *Queue) DeleteMatching(ctx context.Context, f Filter) (int, error) {
 	if f.Status == StatusInProgress {
 		return 0, fmt.Errorf("%w: running jobs cannot be deleted; cancel them first", ErrInvalidOption)
@@ -211,11 +217,18 @@ func (q *Queue) bulk(ctx context.Context, what, sql string, f Filter, extra ...a
 	if f == (Filter{}) {
 		return 0, fmt.Errorf("%w: the filter is empty and would match every job; set a queue, status or partition key", ErrInvalidOption)
 	}
+	// The call's start, by the database clock, bounds what it matches.
+	var began time.Time
+	if err := q.do(ctx, what, func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, `SELECT now()`).Scan(&began)
+	}); err != nil {
+		return 0, err
+	}
 	total := 0
 	for {
 		var n, notified int64
 		err := q.do(ctx, what, func(ctx context.Context) error {
-			return q.pool.QueryRow(ctx, sql, append(append(f.args(), bulkBatch), extra...)...).Scan(&n, &notified)
+			return q.pool.QueryRow(ctx, sql, append(append(f.args(), bulkBatch, began), extra...)...).Scan(&n, &notified)
 		})
 		if err != nil {
 			return total, err

@@ -59,6 +59,25 @@ func TestBulkCallsChangeEveryMatchInBatches(t *testing.T) {
 	if err != nil || n != 2105 || perStatus("a", compute.StatusQueued) != 2105 {
 		t.Fatalf("retry queue a: %d, %v", n, err)
 	}
+	// A job that failed after the call began (here: a finish time in the
+	// future) is not retried, nor is a job created after it cancelled.
+	late := enqueue(t, q, compute.Job{Queue: "late"})
+	if err := q.Cancel(ctx, late, ""); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET finished = now() + interval '1 hour' WHERE job_id = $1`, late[:])
+	if n, err := q.RetryMatching(ctx, compute.Filter{Queue: "late"}); n != 0 || err != nil {
+		t.Errorf("retry of a job that failed after the call began: %d, %v", n, err)
+	}
+	young := enqueue(t, q, compute.Job{Queue: "late"})
+	mustExec(t, q.Pool(), `UPDATE compute.jobs SET created = now() + interval '1 hour' WHERE job_id = $1`, young[:])
+	if n, err := q.CancelMatching(ctx, compute.Filter{Queue: "late"}, ""); n != 0 || err != nil {
+		t.Errorf("cancel of a job created after the call began: %d, %v", n, err)
+	}
+	if n, err := q.DeleteMatching(ctx, compute.Filter{Queue: "late", Status: compute.StatusQueued}); n != 0 || err != nil {
+		t.Errorf("delete of a job created after the call began: %d, %v", n, err)
+	}
+
 	running := claimOne(t, q, "a")
 	n, err = q.DeleteMatching(ctx, compute.Filter{Queue: "a"})
 	if err != nil || n != 2104 {

@@ -331,9 +331,9 @@ func secretsIn(args []string) []string {
 		for _, m := range passwordInKV.FindAllStringSubmatch(v, -1) {
 			out = append(out, m[1], strings.Trim(m[1], "'"))
 		}
-		if p := os.Getenv("PGPASSWORD"); p != "" {
-			out = append(out, p)
-		}
+	}
+	if p := os.Getenv("PGPASSWORD"); p != "" {
+		out = append(out, p)
 	}
 	return out
 }

@@ -198,7 +198,17 @@ func TestEnqueueListGet(t *testing.T) {
 	if fromFile.Duplicate || !again.Duplicate || again.ID != fromFile.ID {
 		t.Fatalf("unique key: first %+v, second %+v; want the second to be a duplicate of the first", fromFile, again)
 	}
-	must(t, "enqueue", "--database-url", db, "--queue", "other", "--run-at", "2030-01-02T15:04:05Z")
+	r := cli(t, `{"from": "stdin"}`, "enqueue", "--database-url", db, "--queue", "other", "--config", "@-", "--run-at", "2030-01-02T15:04:05Z")
+	if r.code != 0 {
+		t.Fatalf("enqueue --config @-: exit %d: %s", r.code, r.stderr)
+	}
+	stdinJob, err := q.Get(context.Background(), mustID(t, strings.TrimSpace(r.stdout)))
+	if err != nil || stdinJob.Config != `{"from": "stdin"}` || !stdinJob.RunAt.Equal(time.Date(2030, 1, 2, 15, 4, 5, 0, time.UTC)) {
+		t.Errorf("job enqueued from stdin: %+v, %v", stdinJob, err)
+	}
+	if got, err := q.Get(context.Background(), mustID(t, fromFile.ID)); err != nil || got.Config != `{"from": "file"}` {
+		t.Errorf("job enqueued with --config @file: %+v, %v", got, err)
+	}
 
 	jobs := mustJSON[[]jobDoc](t, "jobs", "list", "--database-url", db, "--queue", "thumbs")
 	if len(jobs) != 2 || jobs[0].ID != id || jobs[1].ID != fromFile.ID {
@@ -458,7 +468,12 @@ func TestQueues(t *testing.T) {
 	if len(est) != 2 || !est[1].CountsEstimated || est[1].Counts["queued"] != 2 {
 		t.Errorf("queues list --estimate: %+v", est)
 	}
-	must(t, "queues", "resume", "q1", "--database-url", db)
+	if r := mustJSON[struct {
+		Name   string `json:"name"`
+		Paused bool   `json:"paused"`
+	}](t, "queues", "resume", "q1", "--database-url", db); r.Name != "q1" || r.Paused {
+		t.Errorf("queues resume: %+v", r)
+	}
 	if s, _ := q.GetQueueSettings(context.Background(), "q1"); s.Paused {
 		t.Error("resume left q1 paused")
 	}

@@ -130,7 +130,7 @@ func pauseOrResume(e *env, path string, args []string, pause bool) error {
 	if !pause {
 		about = "Resumes a paused queue; workers serving it are woken at once."
 	}
-	l := newLeaf(e, path, "QUEUE", about, false)
+	l := newLeaf(e, path, "QUEUE", about, true)
 	pos, err := l.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -146,6 +146,12 @@ func pauseOrResume(e *env, path string, args []string, pause bool) error {
 	}
 	if err != nil {
 		return err
+	}
+	if l.json() {
+		return writeJSON(e.stdout, struct {
+			Name   string `json:"name"`
+			Paused bool   `json:"paused"`
+		}{pos[0], pause})
 	}
 	if pause {
 		fmt.Fprintf(e.stdout, "paused %s\n", pos[0])
