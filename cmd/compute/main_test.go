@@ -808,24 +808,29 @@ func TestPasswordNeverShown(t *testing.T) {
 	t.Parallel()
 	db, q := migrated(t)
 	const secret = "Sup3r-s3cret-pw"
-	if _, err := q.Pool().Exec(context.Background(), `DO $$ BEGIN
-		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cli_secret') THEN
-			CREATE ROLE cli_secret LOGIN SUPERUSER PASSWORD 'Sup3r-s3cret-pw';
-		END IF; END $$`); err != nil {
+	// A role of its own (trust authentication accepts any password, but
+	// the point is that the command never repeats it), dropped at the end.
+	role := fmt.Sprintf("cli_secret_%d", time.Now().UnixNano())
+	if _, err := q.Pool().Exec(context.Background(), `CREATE ROLE `+role+` LOGIN SUPERUSER PASSWORD '`+secret+`'`); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if _, err := q.Pool().Exec(context.Background(), `DROP ROLE `+role); err != nil {
+			t.Errorf("drop role: %v", err)
+		}
+	})
 	u, err := url.Parse(db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.User = url.UserPassword("cli_secret", secret)
+	u.User = url.UserPassword(role, secret)
 	withPW := u.String()
 	bad := *u
 	bad.Host = "127.0.0.1:1"
 	unreachable := bad.String()
 	missing := *u
 	missing.Path = "/no_such_database_here"
-	kv := "host=127.0.0.1 port=1 user=cli_secret password=" + secret + " dbname=x"
+	kv := "host=127.0.0.1 port=1 user=" + role + " password=" + secret + " dbname=x"
 
 	id := strings.TrimSpace(must(t, "enqueue", "--queue", "pw", "--database-url", withPW))
 	runs := []result{}
@@ -839,7 +844,7 @@ func TestPasswordNeverShown(t *testing.T) {
 		{"jobs", "list", "--database-url", missing.String()},
 		{"doctor", "--database-url", kv},
 		{"--database-url", unreachable, "queues", "list"},
-		{"jobs", "list", "--database-url", "postgres://cli_secret:" + secret + "@127.0.0.1:badport/x"},
+		{"jobs", "list", "--database-url", "postgres://" + role + ":" + secret + "@127.0.0.1:badport/x"},
 		{"jobs", "list", "--bogus", "--database-url", withPW},
 	} {
 		r := cli(t, "", args...)
