@@ -456,7 +456,7 @@ func TestQueues(t *testing.T) {
 		t.Fatalf("queues list: %+v", queues)
 	}
 	q1 := queues[1]
-	if !q1.Paused || q1.Counts["queued"] != 2 || q1.Counts["in-progress"] != 1 || q1.Counts["complete"] != 1 ||
+	if !q1.Paused || q1.Counts["queued"] != 2 || q1.Counts["in_progress"] != 1 || q1.Counts["complete"] != 1 ||
 		q1.Counts["failed"] != 0 || q1.CountsEstimated || q1.Runnable != 2 || q1.OldestRunnableSeconds <= 0 ||
 		q1.Rules.MaxRunning != 5 || !q1.Rules.Fair {
 		t.Errorf("q1: %+v", q1)

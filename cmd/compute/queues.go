@@ -53,16 +53,25 @@ func rulesText(s compute.QueueSettings) string {
 	return strings.Join(r, ", ")
 }
 
+// countsJSON is a queue's jobs per status in --output json.
+type countsJSON struct {
+	Queued     int64 `json:"queued"`
+	InProgress int64 `json:"in_progress"`
+	Complete   int64 `json:"complete"`
+	Failed     int64 `json:"failed"`
+	Expired    int64 `json:"expired"`
+}
+
 // queueJSON is one queue in --output json.
 type queueJSON struct {
-	Name                  string                   `json:"name"`
-	Paused                bool                     `json:"paused"`
-	Counts                map[compute.Status]int64 `json:"counts"`
-	CountsEstimated       bool                     `json:"counts_estimated"`
-	Runnable              int64                    `json:"runnable"`
-	OldestRunnableSeconds float64                  `json:"oldest_runnable_seconds"`
-	Workers               int                      `json:"workers"`
-	Rules                 rulesJSON                `json:"rules"`
+	Name                  string     `json:"name"`
+	Paused                bool       `json:"paused"`
+	Counts                countsJSON `json:"counts"`
+	CountsEstimated       bool       `json:"counts_estimated"`
+	Runnable              int64      `json:"runnable"`
+	OldestRunnableSeconds float64    `json:"oldest_runnable_seconds"`
+	Workers               int        `json:"workers"`
+	Rules                 rulesJSON  `json:"rules"`
 }
 
 func runQueuesList(e *env, path string, args []string) error {
@@ -87,10 +96,9 @@ func runQueuesList(e *env, path string, args []string) error {
 	if l.json() {
 		out := make([]queueJSON, len(queues))
 		for i, qi := range queues {
-			counts := map[compute.Status]int64{}
-			for _, s := range []compute.Status{compute.StatusQueued, compute.StatusInProgress, compute.StatusComplete, compute.StatusFailed, compute.StatusExpired} {
-				counts[s] = qi.Counts[s]
-			}
+			c := qi.Counts
+			counts := countsJSON{Queued: c[compute.StatusQueued], InProgress: c[compute.StatusInProgress],
+				Complete: c[compute.StatusComplete], Failed: c[compute.StatusFailed], Expired: c[compute.StatusExpired]}
 			out[i] = queueJSON{Name: qi.Name, Paused: qi.Settings.Paused, Counts: counts, CountsEstimated: qi.Estimated,
 				Runnable: qi.Runnable, OldestRunnableSeconds: qi.OldestRunnable.Seconds(), Workers: qi.Workers,
 				Rules: toRulesJSON(qi.Settings)}
