@@ -76,8 +76,10 @@ LIMIT $5`
 // job id order, after the job id after (the zero id starts at the
 // beginning). Unlike List it needs no queue. An empty page means the listing
 // is done. A row the library cannot read ends the page early with a
-// *BadRowError, as List does. Bad arguments match ErrInvalid. Without a
-// queue or a status, a filter on complete jobs walks the whole table.
+// *BadRowError, as List does. Bad arguments match ErrInvalid. Queued,
+// in-progress and failed jobs are found through their partial indexes;
+// other filters walk the primary key until the page is full, so a rare
+// match in a large table costs a scan of it.
 func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*Job, error) {
 	if err := f.check(); err != nil {
 		return nil, err
