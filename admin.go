@@ -36,7 +36,7 @@ func (f Filter) check() error {
 			return err
 		}
 	}
-	if f.Status != "" && !f.Status.valid() {
+	if f.Status != "" && !slices.Contains(statuses, f.Status) {
 		return fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, f.Status)
 	}
 	if f.PartitionKey != "" {
@@ -44,6 +44,9 @@ func (f Filter) check() error {
 	}
 	return nil
 }
+
+// statuses are the five statuses of the schema contract.
+var statuses = []Status{StatusQueued, StatusInProgress, StatusComplete, StatusFailed, StatusExpired}
 
 // args returns the filter as statement parameters, NULL for "any".
 func (f Filter) args() []any {
