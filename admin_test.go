@@ -93,14 +93,17 @@ func TestBulkCallsChangeEveryMatchInBatches(t *testing.T) {
 	}
 
 	for name, call := range map[string]func() (int, error){
-		"empty filter":      func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{}) },
-		"retry complete":    func() (int, error) { return q.RetryMatching(ctx, compute.Filter{Status: compute.StatusComplete}) },
-		"cancel failed":     func() (int, error) { return q.CancelMatching(ctx, compute.Filter{Status: compute.StatusFailed}, "") },
-		"delete running":    func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Status: compute.StatusInProgress}) },
-		"bad queue":         func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Queue: "no spaces"}) },
-		"bad status":        func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Status: "sleeping"}) },
-		"find bad limit":    func() (int, error) { _, err := q.Find(ctx, compute.Filter{}, compute.JobID{}, -1); return 0, err },
-		"find bad key text": func() (int, error) { _, err := q.Find(ctx, compute.Filter{PartitionKey: "a\x00"}, compute.JobID{}, 1); return 0, err },
+		"empty filter":   func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{}) },
+		"retry complete": func() (int, error) { return q.RetryMatching(ctx, compute.Filter{Status: compute.StatusComplete}) },
+		"cancel failed":  func() (int, error) { return q.CancelMatching(ctx, compute.Filter{Status: compute.StatusFailed}, "") },
+		"delete running": func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Status: compute.StatusInProgress}) },
+		"bad queue":      func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Queue: "no spaces"}) },
+		"bad status":     func() (int, error) { return q.DeleteMatching(ctx, compute.Filter{Status: "sleeping"}) },
+		"find bad limit": func() (int, error) { _, err := q.Find(ctx, compute.Filter{}, compute.JobID{}, -1); return 0, err },
+		"find bad key text": func() (int, error) {
+			_, err := q.Find(ctx, compute.Filter{PartitionKey: "a\x00"}, compute.JobID{}, 1)
+			return 0, err
+		},
 	} {
 		if n, err := call(); n != 0 || !errors.Is(err, compute.ErrInvalid) {
 			t.Errorf("%s: %d, %v; want ErrInvalid", name, n, err)

@@ -588,7 +588,9 @@ func follow(t *testing.T, args ...string) (*syncBuffer, func() int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	out, errOut := &syncBuffer{}, &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, append([]string{"events", "follow"}, args...), strings.NewReader(""), out, errOut) }()
+	go func() {
+		done <- run(ctx, append([]string{"events", "follow"}, args...), strings.NewReader(""), out, errOut)
+	}()
 	stop := func() int {
 		cancel()
 		select {
