@@ -734,8 +734,19 @@ func TestDoctor(t *testing.T) {
 		t.Errorf("doctor table:\n%s", out)
 	}
 
+	// Notifications turned off are a warning: workers poll.
+	if err := q.SetMeta(context.Background(), compute.MetaNotify, "off"); err != nil {
+		t.Fatal(err)
+	}
+	if d := doctor(t, db, 0); !d.OK || d.status("notifications") != "warn" {
+		t.Errorf("notify off: %+v", d)
+	}
+	if err := q.DeleteMeta(context.Background(), compute.MetaNotify); err != nil {
+		t.Fatal(err)
+	}
+
 	// A backlog nobody serves is a warning: exit 0.
-	ids := enqueueMany(t, q, "orphan", 2)
+	enqueueMany(t, q, "orphan", 2)
 	d = doctor(t, db, 0)
 	if !d.OK || d.status("queues served") != "warn" {
 		t.Errorf("backlog without workers: %+v", d)
@@ -751,7 +762,6 @@ func TestDoctor(t *testing.T) {
 	if d.OK || d.status("expired leases") != "fail" {
 		t.Errorf("expired lease: %+v", d)
 	}
-	_ = ids
 	// A schema behind the latest fails.
 	must(t, "migrate", "--to", "9", "--yes", "--database-url", db)
 	if d := doctor(t, db, 1); d.status("schema version") != "fail" {
