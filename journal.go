@@ -396,11 +396,10 @@ func (q *Queue) waitedForDeleted(ctx context.Context, id JobID, seen string) err
 // shared by every Wait and Follow of the queue. It starts with the first of
 // them and stops when the Queue closes.
 type eventHub struct {
-	mu     sync.Mutex
-	ch     chan struct{} // closed at the next notification
-	stop   context.CancelFunc
-	done   chan struct{}
-	closed bool
+	mu   sync.Mutex
+	ch   chan struct{} // closed at the next notification
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // journalHub returns the queue's hub, starting it on first use.
