@@ -300,3 +300,73 @@ func TestWorkerPauseLetsRunningJobsFinishAndResumeWakesAtOnce(t *testing.T) {
 		awaitStatus(t, q, id, compute.StatusComplete)
 	}
 }
+
+// claimBehindLock starts a Claim that must wait for the held claim lock, and
+// returns once it waits.
+func claimBehindLock(t *testing.T, q *compute.Queue, queue string) <-chan []*compute.Job {
+	t.Helper()
+	done := make(chan []*compute.Job, 1)
+	go func() {
+		jobs, err := q.Claim(t.Context(), queue, 1)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- jobs
+	}()
+	waitUntil(t, liveness, "the claim to wait for the lock", func() bool {
+		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`) > 0
+	})
+	return done
+}
+
+// TestGatedClaimReadsCursorAfterLockWait: a claim that waited for another
+// claimer must see the round-robin cursor that claimer committed.
+func TestGatedClaimReadsCursorAfterLockWait(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "f", compute.QueueSettings{Fair: true})
+	enqueueAll(t, q, keyed("f", map[string]int{"a": 3, "b": 3, "c": 3}))
+	other := holdClaimLock(t, q, "f")
+	mustExec(t, other.(db), `UPDATE compute.queues SET fair_cursor = 'a' WHERE name = 'f'`)
+	done := claimBehindLock(t, q, "f")
+	if err := other.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := byKey(receive(t, done, liveness, "the claim")); got["b"] != 1 {
+		t.Fatalf("after the other claim served key a, this one took %v, want key b", got)
+	}
+}
+
+// TestRateLimitCountsStartsFromAfterLockWait: a start is stamped when the
+// claim ran, not when its transaction began waiting for the lock, so it
+// stays in the window for the whole period.
+func TestRateLimitCountsStartsFromAfterLockWait(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "r", compute.QueueSettings{RateLimit: 1, RatePeriod: time.Second})
+	enqueueAll(t, q, []compute.Job{{Queue: "r"}, {Queue: "r"}})
+	other := holdClaimLock(t, q, "r")
+	done := claimBehindLock(t, q, "r")
+	time.Sleep(1500 * time.Millisecond) // the other claimer is slow: longer than the period
+	if err := other.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first := receive(t, done, liveness, "the claim")
+	second := claimN(t, q, "r", 1)
+	if len(first)+len(second) != 1 {
+		t.Fatalf("%d and %d starts back to back under RateLimit 1 per second", len(first), len(second))
+	}
+}
+
+// TestFairWorkerRunsRunnableKeyPastScheduledOne: a worker with one slot
+// serves key b although key a's only job is due in an hour.
+func TestFairWorkerRunsRunnableKeyPastScheduledOne(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	setSettings(t, q, "f", compute.QueueSettings{Fair: true})
+	enqueue(t, q, compute.Job{Queue: "f", PartitionKey: "a", Delay: time.Hour})
+	id := enqueue(t, q, compute.Job{Queue: "f", PartitionKey: "b"})
+	r := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"f": {Concurrency: 1, Handler: idle}}})
+	defer r.stop(t)
+	awaitStatus(t, q, id, compute.StatusComplete)
+}

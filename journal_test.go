@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
-	"github.com/google/uuid"
 )
 
 // readAll reads every readable event after c. Events of a committed
@@ -571,3 +572,74 @@ func TestWorkerWarnsAboutCopiedJournal(t *testing.T) {
 		return strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "RebaseJournal")
 	})
 }
+
+// TestWaitAndFollowEndWhenQueueCloses: both return ErrClosed promptly.
+func TestWaitAndFollowEndWhenQueueCloses(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	id := enqueue(t, q, compute.Job{Queue: "nobody"})
+	waitErr, followErr := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := q.Wait(t.Context(), id); waitErr <- err }()
+	go func() {
+		followErr <- q.Follow(t.Context(), compute.Cursor{}, func([]compute.Event) error { return nil })
+	}()
+	time.Sleep(200 * time.Millisecond) // let both start waiting
+	q.Close()
+	for _, ch := range []chan error{waitErr, followErr} {
+		if err := receive(t, ch, 3*time.Second, "a return after Close"); !errors.Is(err, compute.ErrClosed) {
+			t.Errorf("after Close: %v, want ErrClosed", err)
+		}
+	}
+}
+
+// TestNotifyOffSilencesJournalNotifications: with MetaNotify off, status
+// changes send no compute_events notification, even while a listener is
+// announced (migration 7), and new jobs no compute_jobs one.
+func TestNotifyOffSilencesJournalNotifications(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	for key, value := range map[string]string{compute.MetaNotify: "off", "journal_listened_until": farFuture} {
+		if err := q.SetMeta(ctx, key, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := q.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	mustExec(t, conn, `LISTEN compute_events; LISTEN compute_jobs`)
+	enqueue(t, q, compute.Job{Queue: "quiet"})
+	complete(t, q, claimOne(t, q, "quiet"))
+	if got := notifiedBeforeProbe(t, q, conn); len(got) > 0 {
+		t.Fatalf("notifications on %v with notify off", got)
+	}
+}
+
+// TestJournalOffWritesNoEvents: MetaJournal off stops the journal, and
+// turning it on again resumes it.
+func TestJournalOffWritesNoEvents(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := t.Context()
+	if err := q.SetMeta(ctx, compute.MetaJournal, "off"); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "off"})
+	complete(t, q, claimOne(t, q, "off"))
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events`); n != 0 {
+		t.Fatalf("%d journal rows with the journal off", n)
+	}
+	if err := q.DeleteMeta(ctx, compute.MetaJournal); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, compute.Job{Queue: "on"})
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.events`); n != 1 {
+		t.Fatalf("%d journal rows after turning it back on, want 1", n)
+	}
+}
+
+// farFuture is a journal_listened_until value (Unix seconds) that keeps the
+// journal's notifications on for the whole test.
+const farFuture = "99999999999"

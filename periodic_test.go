@@ -142,3 +142,21 @@ func TestPeriodicRejectsBadSchedules(t *testing.T) {
 		t.Errorf("two schedules named a: %v", err)
 	}
 }
+
+// TestCatchUpAfterLongStopTakesLatestTicks: after 13 days at one tick a
+// second (over a million missed ticks), CatchUp 2 enqueues the two latest.
+func TestCatchUpAfterLongStopTakesLatestTicks(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	mustExec(t, q.Pool(), `INSERT INTO compute.periodic VALUES ('p', date_trunc('second', now()) - interval '13 days')`)
+	r := startWorker(t, q, compute.WorkerConfig{
+		Queues:   map[string]compute.QueueConfig{"other": {Handler: idle}},
+		Periodic: []compute.PeriodicJob{{Name: "p", Every: time.Second, CatchUp: 2, Job: compute.Job{Queue: "per"}}},
+	})
+	waitUntil(t, liveness, "the catch-up", func() bool { return len(ticks(t, q, "per")) >= 2 })
+	r.stop(t)
+	oldest := queryOne[float64](t, q.Pool(), `SELECT extract(epoch FROM now() - min(run_at)) FROM compute.jobs WHERE queue = 'per'`)
+	if oldest > 60 {
+		t.Fatalf("the oldest caught-up tick is %.0f s old; want the latest ticks", oldest)
+	}
+}
