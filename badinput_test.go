@@ -437,8 +437,8 @@ func TestLogsHideThePassword(t *testing.T) {
 		Queues: map[string]compute.QueueConfig{"logs": {Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
 			return nil, errors.New("handler failed")
 		}}},
-		PollInterval:   50 * time.Millisecond,
-		RescueInterval: 100 * time.Millisecond,
+		PollInterval:        50 * time.Millisecond,
+		MaintenanceInterval: 100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -82,7 +82,7 @@ func TestWorkerRunsJobsOfAGatedClaimThatFailedLater(t *testing.T) {
 	q := newQueue(t, withTestLog(t), compute.WithLease(time.Second))
 	ids := fairQueueWithFuse(t, q, "XX000")
 	runs := &runCounter{runs: make(map[compute.JobID]int)}
-	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, RescueInterval: 100 * time.Millisecond,
+	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, MaintenanceInterval: 100 * time.Millisecond,
 		Queues: map[string]compute.QueueConfig{"fq": {Concurrency: 9, Handler: runs.handle}}})
 	waitUntil(t, liveness, "every job to finish", func() bool {
 		return queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.jobs WHERE status IN ('queued', 'in-progress')`) == 0
@@ -113,7 +113,7 @@ func TestWorkerAdoptsTheJobsOfAClaimWhoseReplyWasLost(t *testing.T) {
 	ids = append(ids, enqueue(t, q, compute.Job{Queue: "a", Config: `{"fuse": true}`}))
 	installFuse(t, q, "XX000")
 	runs := &runCounter{runs: make(map[compute.JobID]int)}
-	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, RescueInterval: time.Hour,
+	startWorker(t, q, compute.WorkerConfig{PollInterval: 50 * time.Millisecond, MaintenanceInterval: time.Hour,
 		Queues: map[string]compute.QueueConfig{"a": {Handler: runs.handle}}})
 	for _, id := range ids {
 		if job := awaitStatus(t, q, id, compute.StatusComplete, compute.StatusFailed); job.Status != compute.StatusComplete || runs.of(id) != 1 {

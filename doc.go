@@ -221,7 +221,7 @@
 //
 // # Retention
 //
-// A worker's maintenance round (every WorkerConfig.RescueInterval) applies
+// A worker's maintenance round (every WorkerConfig.MaintenanceInterval) applies
 // WorkerConfig.Retention: complete and failed jobs that nobody read (Get)
 // for ExpireAfter (7 days) become expired; expired ones are deleted once
 // their last read is DeleteExpiredAfter (14 days) ago; optionally complete

@@ -56,14 +56,6 @@ func (e *Explanation) Has(k ReasonKind) bool {
 	return false
 }
 
-// workerFresh is how recently a worker must have renewed its registry row to
-// count as serving its queues: three refreshes.
-const workerFresh = 3 * registryRefresh
-
-// registryRefresh is the longest time between a running worker's registry
-// refreshes.
-const registryRefresh = 20 * time.Second
-
 // explainJobSQL reads, in one statement, the job and everything that can hold
 // it back. Counts of waiting jobs stop at 10,001, so a huge backlog costs a
 // bounded scan. Durations come back in microseconds.
@@ -144,7 +136,7 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 		if holderSilent != nil {
 			silent = fmt.Sprintf("its last sign of life was %s ago", us(*holderSilent))
 		}
-		rescue := fmt.Sprintf("any running worker, whatever its queues (%s seen in the last %s), hands it back within its maintenance interval (WorkerConfig.RescueInterval)",
+		rescue := fmt.Sprintf("any running worker, whatever its queues (%s seen in the last %s), hands it back within its maintenance interval (WorkerConfig.MaintenanceInterval)",
 			count(anyWorkers, "worker"), workerFresh)
 		if anyWorkers == 0 {
 			rescue = "the maintenance round of any running worker hands it back"

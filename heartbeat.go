@@ -36,22 +36,6 @@ func (w *Worker) heartbeatInterval() time.Duration {
 	return min(w.q.opts.lease/3, registryRefresh)
 }
 
-// refreshRegistry records this worker and its queues in compute.workers at
-// once and then at every heartbeat interval, until ctx ends.
-func (w *Worker) refreshRegistry(ctx context.Context) {
-	interval := w.heartbeatInterval()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		w.register(ctx, interval)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // renew is one renewal round of the heartbeat loop; timeout bounds it.
 func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	w.mu.Lock()
@@ -103,29 +87,6 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 			r.lost = true
 			r.cancel(errLeaseLost)
 		}
-	}
-}
-
-// register records this worker and its queues in compute.workers (for
-// Explain and operators); the heartbeat loop refreshes it.
-func (w *Worker) register(ctx context.Context, timeout time.Duration) {
-	names := make([]string, 0, len(w.queues))
-	for name := range w.queues {
-		names = append(names, name)
-	}
-	callCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if _, err := w.q.pool.Exec(callCtx, registerWorkerSQL, w.q.opts.workerID, names); err != nil {
-		w.logFailure(ctx, "worker registry update failed", err)
-	}
-}
-
-// unregister removes this worker from compute.workers after a clean stop.
-func (w *Worker) unregister() {
-	ctx, cancel := context.WithTimeout(w.final, 5*time.Second)
-	defer cancel()
-	if _, err := w.q.pool.Exec(ctx, unregisterWorkerSQL, w.q.opts.workerID); err != nil {
-		w.log.Warn("could not remove this worker from the registry; it ages out in an hour", "err", err)
 	}
 }
 

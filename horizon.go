@@ -71,24 +71,3 @@ func (q *Queue) OldestHorizon(ctx context.Context) (*Horizon, error) {
 	h.Held = time.Duration(heldUS) * time.Microsecond
 	return &h, nil
 }
-
-// horizonCheckEvery spaces the maintenance round's horizon checks.
-const horizonCheckEvery = time.Minute
-
-// checkHorizon warns, at most once per check, about a holder of the xmin
-// horizon older than the configured limit.
-func (w *Worker) checkHorizon(ctx context.Context) {
-	if w.cfg.LongTransactionWarning < 0 || time.Since(w.horizonChecked) < horizonCheckEvery {
-		return
-	}
-	w.horizonChecked = time.Now()
-	h, err := w.q.OldestHorizon(ctx)
-	if err != nil {
-		w.logFailure(ctx, "could not check for long transactions", err)
-		return
-	}
-	if h != nil && h.Held > w.cfg.LongTransactionWarning {
-		w.log.Warn("a long-running transaction holds back vacuum: claims slow down and the journal waits until it ends",
-			"kind", h.Kind, "who", h.Who, "detail", h.Detail, "held", h.Held.Round(time.Second), "xids_behind", h.XIDs)
-	}
-}

@@ -533,3 +533,32 @@ func openMigrated(t *testing.T) *Queue {
 	t.Cleanup(q.Close)
 	return q
 }
+
+// TestRescueIntervalIsTheOldNameOfMaintenanceInterval: a configuration
+// written before the rename keeps its interval, and the new name wins.
+func TestRescueIntervalIsTheOldNameOfMaintenanceInterval(t *testing.T) {
+	o, err := buildOptions(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &Queue{opts: o}
+	h := func(context.Context, *Job) ([]string, error) { return nil, nil }
+	for _, c := range []struct {
+		cfg  WorkerConfig
+		want time.Duration
+	}{
+		{WorkerConfig{}, 10 * time.Second},
+		{WorkerConfig{RescueInterval: time.Minute}, time.Minute},
+		{WorkerConfig{RescueInterval: time.Minute, MaintenanceInterval: time.Second}, time.Second},
+	} {
+		c.cfg.Queues = map[string]QueueConfig{"q": {Handler: h}}
+		w, err := NewWorker(q, c.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.cfg.MaintenanceInterval != c.want {
+			t.Errorf("RescueInterval %s, MaintenanceInterval %s: the round runs every %s, want %s",
+				c.cfg.RescueInterval, c.cfg.MaintenanceInterval, w.cfg.MaintenanceInterval, c.want)
+		}
+	}
+}

@@ -564,8 +564,8 @@ func TestWorkerWarnsAboutCopiedJournal(t *testing.T) {
 	q := newQueue(t, compute.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	copyEvents(t, q, 3_000_000_000)
 	r := startWorker(t, q, compute.WorkerConfig{
-		Queues:         map[string]compute.QueueConfig{"x": {Handler: idle}},
-		RescueInterval: 20 * time.Millisecond,
+		Queues:              map[string]compute.QueueConfig{"x": {Handler: idle}},
+		MaintenanceInterval: 20 * time.Millisecond,
 	})
 	defer r.stop(t)
 	waitUntil(t, liveness, "a warning that names RebaseJournal", func() bool {

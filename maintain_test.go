@@ -44,8 +44,8 @@ func TestWorkerMaintenanceAppliesRetention(t *testing.T) {
 	mustExec(t, q.Pool(), `UPDATE compute.jobs SET status = 'expired' WHERE job_id = ANY($1)`, [][]byte{jobs[1].ID[:], jobs[3].ID[:]})
 
 	r := startWorker(t, q, compute.WorkerConfig{
-		Queues:         map[string]compute.QueueConfig{"other": {Handler: idle}},
-		RescueInterval: 20 * time.Millisecond,
+		Queues:              map[string]compute.QueueConfig{"other": {Handler: idle}},
+		MaintenanceInterval: 20 * time.Millisecond,
 		Retention: compute.Retention{ExpireAfter: 36 * time.Hour, DeleteExpiredAfter: 60 * time.Hour,
 			DeleteFailedAfter: 24 * time.Hour},
 	})
@@ -93,7 +93,7 @@ func TestPriorityAgingRaisesWaitingJobs(t *testing.T) {
 		[][]byte{ids[0][:], ids[2][:]})
 	// Due once: the last turn was more than AgeAfter ago.
 	mustExec(t, q.Pool(), `UPDATE compute.queues SET aged_at = now() - interval '61 minutes'`)
-	cfg := compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"other": {Handler: idle}}, RescueInterval: 20 * time.Millisecond}
+	cfg := compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"other": {Handler: idle}}, MaintenanceInterval: 20 * time.Millisecond}
 	r1 := startWorker(t, q, cfg)
 	defer r1.stop(t)
 	r2 := startWorker(t, openQueue(t, conn), cfg)

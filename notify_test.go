@@ -287,8 +287,8 @@ func TestWorkerRescuesExpiredJobOfDeadWorker(t *testing.T) {
 	held := claimOne(t, dead, "rq") // then never heard of again
 
 	startWorker(t, q, compute.WorkerConfig{
-		RescueInterval: 100 * time.Millisecond,
-		PollInterval:   100 * time.Millisecond,
+		MaintenanceInterval: 100 * time.Millisecond,
+		PollInterval:        100 * time.Millisecond,
 		Queues: map[string]compute.QueueConfig{"rq": {Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
 			return []string{"rescued"}, nil
 		}}},

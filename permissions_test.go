@@ -52,9 +52,9 @@ func TestRuntimeRoleWithDocumentedGrantsCanUseEveryFeature(t *testing.T) {
 	}
 	id := enqueue(t, q, compute.Job{Queue: "rt", PartitionKey: "acme"})
 	r := startWorker(t, q, compute.WorkerConfig{
-		Queues:         map[string]compute.QueueConfig{"rt": {Handler: idle}},
-		RescueInterval: 50 * time.Millisecond,
-		Periodic:       []compute.PeriodicJob{{Name: "rt-tick", Every: time.Second, Job: compute.Job{Queue: "rt"}}},
+		Queues:              map[string]compute.QueueConfig{"rt": {Handler: idle}},
+		MaintenanceInterval: 50 * time.Millisecond,
+		Periodic:            []compute.PeriodicJob{{Name: "rt-tick", Every: time.Second, Job: compute.Job{Queue: "rt"}}},
 	})
 	defer r.stop(t)
 	if _, err := q.Wait(ctx, id); err != nil {

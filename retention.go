@@ -90,3 +90,71 @@ func (q *Queue) batches(ctx context.Context, what, sql string, args ...any) (int
 		}
 	}
 }
+
+// Retention says how long finished jobs are kept. A Worker applies it in its
+// maintenance loop, in small batches; zero fields take the defaults.
+type Retention struct {
+	// ExpireAfter: complete and failed jobs that nobody read (Get) for
+	// this long become expired. Default 7 days; negative turns it off.
+	ExpireAfter time.Duration
+	// DeleteExpiredAfter: expired jobs are deleted once their last read is
+	// this long ago; make it longer than ExpireAfter. Default 14 days, a
+	// week after they expire with the default ExpireAfter; negative keeps
+	// them.
+	DeleteExpiredAfter time.Duration
+	// DeleteCompleteAfter and DeleteFailedAfter delete complete or failed
+	// jobs this long after their last read, without expiring them first.
+	// Default 0: they are not deleted before they expire.
+	DeleteCompleteAfter, DeleteFailedAfter time.Duration
+	// JournalAfter: journal events older than this are deleted, oldest
+	// transaction first; an event behind a newer one of an older
+	// transaction waits for it, at most JournalAfter after its own
+	// transaction's first write. Default 7 days; negative keeps them.
+	JournalAfter time.Duration
+}
+
+const day = 24 * time.Hour
+
+func (r Retention) withDefaults() Retention {
+	r.ExpireAfter = cmpOr(r.ExpireAfter, 7*day)
+	r.DeleteExpiredAfter = cmpOr(r.DeleteExpiredAfter, 14*day)
+	r.JournalAfter = cmpOr(r.JournalAfter, 7*day)
+	return r
+}
+
+// purgeSQL deletes finished jobs of one status whose last read is older than
+// $2 microseconds, oldest first, in batches (see staleBatch). One text per
+// status, so each plan can use the partial index that holds that status.
+var purgeSQL = map[Status]string{}
+
+func init() {
+	for _, s := range []Status{StatusComplete, StatusFailed, StatusExpired} {
+		purgeSQL[s] = fmt.Sprintf(`
+WITH old AS MATERIALIZED (
+    SELECT ctid FROM compute.jobs
+    WHERE status = '%s' AND last_accessed < now() - $2 * interval '1 microsecond'
+    ORDER BY last_accessed
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM compute.jobs j USING old WHERE j.ctid = old.ctid RETURNING 1
+)
+SELECT count(*), 0 FROM gone`, s)
+	}
+}
+
+// Purge deletes jobs in a finished status (complete, failed or expired) whose
+// last read (Get, or the finish when nobody read them) is older than age, by
+// the database clock, and returns how many. It works in batches of 1,000
+// rows that skip locked rows, so it never holds many locks or blocks a
+// worker. A Worker runs it as its Retention says.
+func (q *Queue) Purge(ctx context.Context, status Status, age time.Duration) (int, error) {
+	sql, ok := purgeSQL[status]
+	if !ok {
+		return 0, fmt.Errorf("%w: Purge deletes complete, failed or expired jobs, not %q", ErrInvalidOption, status)
+	}
+	if age <= 0 {
+		return 0, fmt.Errorf("%w: purge age %s must be positive", ErrInvalidOption, age)
+	}
+	return q.batches(ctx, "compute: purge", sql, age.Microseconds())
+}

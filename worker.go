@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 )
@@ -60,10 +59,15 @@ type WorkerConfig struct {
 	// ends, before their contexts are cancelled and they are handed back.
 	// Default 30 s. (Shutdown takes its own deadline.)
 	StopTimeout time.Duration
-	// RescueInterval is how often this worker runs its maintenance round:
-	// it hands back other workers' expired jobs (Queue.RequeueStale),
-	// applies Retention and priority aging, and tidies the worker
-	// registry. Default 10 s.
+	// MaintenanceInterval is how often this worker runs its maintenance
+	// round: it hands back expired jobs of any queue (Queue.RequeueStale),
+	// applies Retention and priority aging, tidies the worker registry and
+	// looks for long transactions. Default 10 s.
+	MaintenanceInterval time.Duration
+	// RescueInterval is the old name of MaintenanceInterval, used when
+	// that is zero.
+	//
+	// Deprecated: use MaintenanceInterval.
 	RescueInterval time.Duration
 	// Retention says how long finished jobs are kept; zero fields take
 	// Retention's defaults (expire after 7 days unread, delete a week
@@ -151,12 +155,12 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	if len(cfg.Queues) == 0 {
 		return nil, fmt.Errorf("%w: WorkerConfig.Queues is empty; name at least one queue and its handler", ErrInvalidOption)
 	}
-	if cfg.PollInterval < 0 || cfg.StopTimeout < 0 || cfg.RescueInterval < 0 {
+	if cfg.PollInterval < 0 || cfg.StopTimeout < 0 || cfg.MaintenanceInterval < 0 || cfg.RescueInterval < 0 {
 		return nil, fmt.Errorf("%w: WorkerConfig durations must not be negative", ErrInvalidOption)
 	}
 	cfg.PollInterval = cmpOr(cfg.PollInterval, time.Second)
 	cfg.StopTimeout = cmpOr(cfg.StopTimeout, 30*time.Second)
-	cfg.RescueInterval = cmpOr(cfg.RescueInterval, 10*time.Second)
+	cfg.MaintenanceInterval = cmpOr(cfg.MaintenanceInterval, cmpOr(cfg.RescueInterval, 10*time.Second))
 	cfg.Retention = cfg.Retention.withDefaults()
 	cfg.LongTransactionWarning = cmpOr(cfg.LongTransactionWarning, time.Minute)
 	w := &Worker{
@@ -261,7 +265,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
 	}
-	intake.Go(w.rescue)
+	intake.Go(w.maintenance)
 	if len(w.schedules) > 0 {
 		intake.Go(w.enqueuePeriodic)
 	}
@@ -414,16 +418,5 @@ func waitFor(wg *sync.WaitGroup, stop <-chan struct{}) bool {
 		return true
 	case <-stop:
 		return false
-	}
-}
-
-// rescue runs the maintenance round (see maintain) every RescueInterval
-// (with jitter), and once at start.
-func (w *Worker) rescue(ctx context.Context) {
-	for {
-		w.maintain(ctx)
-		if !sleep(ctx, w.cfg.RescueInterval/2+rand.N(w.cfg.RescueInterval/2+1)) {
-			return
-		}
 	}
 }

@@ -851,7 +851,7 @@ func TestWorkerLostLeaseCancelsHandlerAndDiscardsItsResult(t *testing.T) {
 	cancelled := make(chan struct{})
 	release := make(chan struct{})
 	r := startWorker(t, first, compute.WorkerConfig{
-		RescueInterval: time.Hour, // only the test hands the job back
+		MaintenanceInterval: time.Hour, // only the test hands the job back
 		Queues: map[string]compute.QueueConfig{"lq": {
 			Concurrency: 1, // the held slot keeps this worker from claiming the job again
 			Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
@@ -904,8 +904,8 @@ func TestWorkerReclaimingItsOwnExpiredJobKeepsAttemptsApart(t *testing.T) {
 	staleCancelled := make(chan struct{})
 	releaseStale := make(chan struct{})
 	r := startWorker(t, q, compute.WorkerConfig{
-		RescueInterval: time.Hour,
-		PollInterval:   100 * time.Millisecond,
+		MaintenanceInterval: time.Hour,
+		PollInterval:        100 * time.Millisecond,
 		Queues: map[string]compute.QueueConfig{"rq": {
 			Concurrency: 2,
 			Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
@@ -1002,7 +1002,7 @@ func TestWorkerLeavesNoGoroutinesBehind(t *testing.T) {
 	q := openQueue(t, testdb.New(t), compute.WithMigrate(), withTestLog(t))
 	started := make(chan struct{}, 1)
 	r := startWorker(t, q, compute.WorkerConfig{
-		RescueInterval: 50 * time.Millisecond,
+		MaintenanceInterval: 50 * time.Millisecond,
 		Queues: map[string]compute.QueueConfig{
 			"blocking": {Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
 				started <- struct{}{}

@@ -223,7 +223,7 @@ func checkLeases(ctx context.Context, q *compute.Queue) check {
 			"start a worker (any worker's maintenance round rescues every queue), or call Queue.RequeueStale"}
 	}
 	return check{name, checkWarn, fmt.Sprintf("%d running job(s) past their lease by at most %s", n, dur(oldest)),
-		"a running worker hands them back within its RescueInterval; run doctor again if this stays"}
+		"a running worker hands them back within its MaintenanceInterval; run doctor again if this stays"}
 }
 
 func checkBacklogs(ctx context.Context, q *compute.Queue) check {

@@ -69,11 +69,11 @@ func main() {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(log, *queues, *concurrency, compute.WorkerConfig{
-		PollInterval:   *pollInterval,
-		PollOnly:       *pollOnly,
-		StopTimeout:    *stopTimeout,
-		RescueInterval: *rescueInterval,
-		Periodic:       periodic,
+		PollInterval:        *pollInterval,
+		PollOnly:            *pollOnly,
+		StopTimeout:         *stopTimeout,
+		MaintenanceInterval: *rescueInterval,
+		Periodic:            periodic,
 	}, *lease); err != nil {
 		log.Error("worker failed", "err", err)
 		os.Exit(1)
