@@ -79,7 +79,7 @@ LIMIT $5`
 // job id order, after the job id after (the zero id starts at the
 // beginning). Unlike List it needs no queue. An empty page means the listing
 // is done. A row the library cannot read ends the page early with a
-// *BadRowError, as List does. Bad arguments match ErrInvalid. Queued,
+// *BadRowError, as List does. Bad arguments match [ErrInvalid]. Queued,
 // in-progress and failed jobs are found through their partial indexes;
 // other filters walk the primary key until the page is full, so a rare
 // match in a large table costs a scan of it.
@@ -258,8 +258,8 @@ WITH old AS MATERIALIZED (
 )
 SELECT (SELECT status FROM old), (SELECT count(*) FROM deleted)`
 
-// Delete removes a job for good. It returns ErrNotFound for an unknown id
-// and ErrWrongStatus for a running job (cancel it first, so its worker
+// Delete removes a job for good. It returns [ErrNotFound] for an unknown id
+// and [ErrWrongStatus] for a running job (cancel it first, so its worker
 // stops).
 func (q *Queue) Delete(ctx context.Context, id JobID) error {
 	var old *string
@@ -533,7 +533,7 @@ func (q *Queue) Workers(ctx context.Context) ([]WorkerInfo, error) {
 const listTicks = `SELECT name, last_tick FROM compute.periodic ORDER BY name`
 
 // PeriodicTicks returns the last tick enqueued by each periodic schedule
-// that any worker ran (WorkerConfig.Periodic), by schedule name.
+// that any worker ran ([WorkerConfig.Periodic]), by schedule name.
 func (q *Queue) PeriodicTicks(ctx context.Context) (map[string]time.Time, error) {
 	out := map[string]time.Time{}
 	err := q.do(ctx, "compute: list periodic ticks", func(ctx context.Context) error {
@@ -568,7 +568,7 @@ ORDER BY e.xid, e.seq, u.pos`
 // History returns a job's status changes as the journal recorded them,
 // oldest first. Events older than the journal's retention (7 days by
 // default) are gone, and none are written while the journal is off
-// (MetaJournal). It returns ErrNotFound when no job has that id.
+// (MetaJournal). It returns [ErrNotFound] when no job has that id.
 func (q *Queue) History(ctx context.Context, id JobID) ([]Event, error) {
 	var created time.Time
 	var events []Event

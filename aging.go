@@ -22,7 +22,7 @@ WITH old AS MATERIALIZED (
 )
 UPDATE compute.jobs j SET priority = j.priority - 1 FROM old WHERE j.ctid = old.ctid`
 
-// ageQueues applies priority aging (QueueSettings.AgeAfter) to the queues
+// ageQueues applies priority aging ([QueueSettings.AgeAfter]) to the queues
 // that are due, and returns how many jobs moved up.
 func (q *Queue) ageQueues(ctx context.Context) (int, error) {
 	type due struct {

@@ -78,14 +78,14 @@ const maxClaim = 10000
 
 // Claim takes up to n queued jobs of queue whose run time has come, in
 // priority order (smaller first, then earlier run time), and leases them to
-// this queue's worker id for the WithLease duration. Each returned job is in
+// this queue's worker id for the [WithLease] duration. Each returned job is in
 // progress with its attempt counted. Finish each with Complete or Fail, and
 // call Heartbeat before the lease runs out while it runs; a job whose lease
 // expires is handed back by RequeueStale. An empty result means nothing is
 // runnable now. The queue's settings (SetQueueSettings, Pause) are obeyed:
 // a paused queue yields nothing, limits shrink the batch, and a fair queue
 // takes jobs round-robin across partition keys. Bad arguments match
-// ErrInvalid.
+// [ErrInvalid].
 //
 // A claim of a queue with rules may commit in several rounds; when a later
 // round fails, Claim returns the jobs of the earlier ones together with the

@@ -13,7 +13,7 @@
 // # Enqueue
 //
 // Open connects (a postgres:// URL, key=value pairs, or "" for the PG*
-// environment variables) and, with WithMigrate, brings the schema up to
+// environment variables) and, with [WithMigrate], brings the schema up to
 // date. One Queue per process, shared by all goroutines:
 //
 //	q, err := compute.Open(ctx, os.Getenv("DATABASE_URL"), compute.WithMigrate())
@@ -47,15 +47,15 @@
 // A handler returns the job's output files, or an error. A plain error
 // fails the attempt, and the job runs again after a Backoff while it has
 // attempts left; Permanent(err) fails the job now; Snooze(d) runs it again
-// after d without spending an attempt (Job.Spent counts the attempts
-// spent; Job.Attempt counts every claim). A panic fails the attempt, with
+// after d without spending an attempt ([Job.Spent] counts the attempts
+// spent; [Job.Attempt] counts every claim). A panic fails the attempt, with
 // its stack. The handler's context ends when the job is cancelled, times out
-// (QueueConfig.Timeout), loses its lease, or the worker stops past its
+// ([QueueConfig.Timeout]), loses its lease, or the worker stops past its
 // grace period; handlers should return soon after.
 //
 // The worker claims jobs in batches, wakes on notifications and polls as
 // well, renews the leases of running jobs, writes outcomes in batches, and
-// hands back the jobs of workers that died (Queue.RequeueStale). A program
+// hands back the jobs of workers that died ([Queue.RequeueStale]). A program
 // that wants its own loop uses the same primitives: Claim, Heartbeat,
 // Complete and Fail.
 //
@@ -75,28 +75,28 @@
 //
 // # Shutdown
 //
-// Worker.Shutdown works like http.Server.Shutdown: the worker stops
+// [Worker.Shutdown] works like http.Server.Shutdown: the worker stops
 // claiming, running jobs may finish until Shutdown's context ends, then
 // their contexts are cancelled and their jobs go back to the queue
 // without spending an attempt. Ending Run's context does the same, with
-// WorkerConfig.StopTimeout (30 s by default) as the grace period. Either
+// [WorkerConfig.StopTimeout] (30 s by default) as the grace period. Either
 // way every outcome is written before Run returns. Stop workers before
 // closing their Queue.
 //
 // # Migrations
 //
 // The schema is versioned with goose migrations embedded in the library
-// (package migrations). Migrate, or Open with WithMigrate, applies those
+// (package migrations). Migrate, or Open with [WithMigrate], applies those
 // missing. Any number of processes may do so at once: an advisory lock of
 // the library's own lets one migrate while the others wait and then find
 // nothing to do. goose's version table is compute.goose_db_version, so the
 // host application's own goose migrations are unaffected. MigrateTo moves
 // to a given version; version 0 drops the schema, jobs included. Calls on
-// a database that was never migrated return ErrNotMigrated.
+// a database that was never migrated return [ErrNotMigrated].
 //
 // # Operations
 //
-// PgBouncer in transaction mode: set WorkerConfig.PollOnly, since LISTEN
+// PgBouncer in transaction mode: set [WorkerConfig.PollOnly], since LISTEN
 // needs a session of its own (a worker that finds notifications are not
 // delivered logs a warning and polls anyway), and run Migrate over a
 // direct connection, since goose's advisory lock is held by a session.
@@ -117,7 +117,7 @@
 //
 // Wake-ups: an enqueue wakes workers with a notification, but a Queue's
 // enqueues into one queue notify about once per cooldown
-// (WithNotifyCooldown, default 2 ms). The first enqueue of a period
+// ([WithNotifyCooldown], default 2 ms). The first enqueue of a period
 // notifies at its commit; later ones stay silent, and one notification at
 // the period's end covers them (and one more 100 ms after a silent
 // EnqueueTx, for a transaction still open at the period's end). The reason:
@@ -127,7 +127,7 @@
 // cooldown, 32 connections on a 2-core machine with fsync on). Statements that change job statuses notify the journal's
 // listeners too, but only while some process runs Wait or Follow.
 // SetMeta(ctx, MetaNotify, "off") turns all of them off; workers then find
-// jobs by polling (WorkerConfig.PollInterval), and Wait and Follow check
+// jobs by polling ([WorkerConfig.PollInterval]), and Wait and Follow check
 // every 5 s.
 //
 // Long transactions: a session that keeps a transaction (or a snapshot)
@@ -135,8 +135,8 @@
 // entries of all jobs claimed since: under load, one idle REPEATABLE READ
 // session slowed claims threefold within 10 seconds and tenfold within a
 // minute. The journal also waits for it. Workers look once a minute
-// (Queue.OldestHorizon) and log a warning naming the session after
-// WorkerConfig.LongTransactionWarning (1 minute). Set
+// ([Queue.OldestHorizon]) and log a warning naming the session after
+// [WorkerConfig.LongTransactionWarning] (1 minute). Set
 // idle_in_transaction_session_timeout for application roles, run dumps and
 // long reports on a replica, and watch replication slots. Migration 5 makes
 // autovacuum of compute.jobs unthrottled and more frequent.
@@ -146,7 +146,7 @@
 // Execution is at least once: a job runs until one attempt is recorded as
 // its outcome, whatever dies on the way, so a handler may run more than
 // once for the same job and should be safe to repeat. A claim leases the
-// job to one worker (WithLease, 30 s by default, renewed while it runs);
+// job to one worker ([WithLease], 30 s by default, renewed while it runs);
 // a job whose lease runs out goes back to the queue, or fails once its
 // attempts are spent. Exactly one outcome wins: Complete, Fail and
 // Heartbeat only write while (job, attempt, worker) still match the
@@ -156,7 +156,7 @@
 // clock, never from a worker's; an enqueue's (created, and run_at after a
 // Delay) are when its statement ran, even inside a longer transaction.
 //
-// Job ids are UUIDv7 by default. With Job.ContentID the id is derived from
+// Job ids are UUIDv7 by default. With [Job.ContentID] the id is derived from
 // the queue, config and input files (in the order given), so enqueuing the
 // same job again returns the existing job's id and creates nothing,
 // whatever its status.
@@ -167,7 +167,7 @@
 //
 // # Unique jobs
 //
-// Job.Unique skips a job that duplicates an earlier one with the same key
+// [Job.Unique] skips a job that duplicates an earlier one with the same key
 // in the same queue, within a scope: UniqueWhileActive (queued or running,
 // the default), UniqueWhileQueued, or UniqueWithinWindow (created within
 // Unique.Window, any status). Submit and SubmitTx report per job whether it
@@ -191,7 +191,7 @@
 // workers at once. SetQueueSettings sets:
 //
 //   - MaxRunning: running jobs of the queue across all workers.
-//   - KeyMaxRunning: running jobs per Job.PartitionKey (a tenant,
+//   - KeyMaxRunning: running jobs per [Job.PartitionKey] (a tenant,
 //     customer or account), e.g. at most 3 per customer.
 //   - RateLimit and KeyRateLimit per RatePeriod: job starts in any sliding
 //     window of that length, for the queue and per key.
@@ -208,7 +208,7 @@
 //
 // # Periodic jobs
 //
-// WorkerConfig.Periodic lists jobs to enqueue on a cron schedule
+// [WorkerConfig.Periodic] lists jobs to enqueue on a cron schedule
 // ("*/5 * * * *", @hourly, with an optional CRON_TZ= prefix) or at a plain
 // interval (Every, aligned to the Unix epoch). Every process may list the
 // same schedules: a tick's job id is derived from the schedule's name and
@@ -221,8 +221,8 @@
 //
 // # Retention
 //
-// A worker's maintenance round (every WorkerConfig.MaintenanceInterval) applies
-// WorkerConfig.Retention: complete and failed jobs that nobody read (Get)
+// A worker's maintenance round (every [WorkerConfig.MaintenanceInterval]) applies
+// [WorkerConfig.Retention]: complete and failed jobs that nobody read (Get)
 // for ExpireAfter (7 days) become expired; expired ones are deleted once
 // their last read is DeleteExpiredAfter (14 days) ago; optionally complete
 // or failed jobs are deleted directly (DeleteCompleteAfter,
@@ -250,7 +250,7 @@
 // journal and saved cursors survive them. A copy made with pg_dump and
 // pg_restore, or a switchover to a logical replica, starts a new counter;
 // when it is behind the copied events, Events, Head and Follow fail with
-// ErrJournalFromAnotherCluster. Call RebaseJournal once, right after the
+// [ErrJournalFromAnotherCluster]. Call RebaseJournal once, right after the
 // copy, and start readers again from the zero Cursor or from Head.
 //
 // # Why isn't my job running?
@@ -261,17 +261,17 @@
 // seen in the last minute (workers register themselves in compute.workers),
 // or its lease is held by a worker that stopped renewing it.
 //
-// # Errors
+// # [Errors]
 //
-// Errors wrap sentinels to test with errors.Is: ErrInvalid for any bad
-// input (and the more specific ErrInvalidQueue, ErrInvalidConfig,
-// ErrConfigTooLarge, ErrInvalidFiles, ErrInvalidJob, ErrInvalidMeta,
-// ErrInvalidOption), after which nothing was written; ErrNotFound;
-// ErrWrongStatus (cancelling a finished job, retrying one that did not
-// fail); ErrLeaseLost; ErrUnavailable (the database cannot be reached:
-// retry later); ErrNotMigrated; ErrClosed; ErrJournalFromAnotherCluster
-// (the journal was copied from another cluster); ErrBadRow, for a row
-// written outside the library that it cannot read; ErrPermanent, for
+// [Errors] wrap sentinels to test with errors.Is: [ErrInvalid] for any bad
+// input (and the more specific [ErrInvalidQueue], [ErrInvalidConfig],
+// [ErrConfigTooLarge], [ErrInvalidFiles], [ErrInvalidJob], [ErrInvalidMeta],
+// [ErrInvalidOption]), after which nothing was written; [ErrNotFound];
+// [ErrWrongStatus] (cancelling a finished job, retrying one that did not
+// fail); [ErrLeaseLost]; [ErrUnavailable] (the database cannot be reached:
+// retry later); [ErrNotMigrated]; [ErrClosed]; [ErrJournalFromAnotherCluster]
+// (the journal was copied from another cluster); [ErrBadRow], for a row
+// written outside the library that it cannot read; [ErrPermanent], for
 // errors made with Permanent. Any other error (a server error the library
 // does not expect) matches none of them and keeps its cause. No error or
 // log line holds the connection's password.

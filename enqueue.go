@@ -136,9 +136,9 @@ type Enqueued struct {
 
 // Enqueue submits one job and returns its id. With job.ContentID or
 // job.Unique set and a matching job already present, it returns that job's
-// id and creates nothing (use Submit to learn which happened). Errors: bad
-// input matches ErrInvalid (nothing is written); a database that cannot be
-// reached matches ErrUnavailable. If ctx ends or the connection drops while
+// id and creates nothing (use Submit to learn which happened). [Errors]: bad
+// input matches [ErrInvalid] (nothing is written); a database that cannot be
+// reached matches [ErrUnavailable]. If ctx ends or the connection drops while
 // the commit is in flight, the job may or may not exist: enqueue with
 // ContentID or a unique key when a retry must not duplicate it.
 func (q *Queue) Enqueue(ctx context.Context, job Job) (JobID, error) {
@@ -188,14 +188,14 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 }
 
 // EnqueueTx submits a job inside the caller's transaction: the job exists
-// only if tx commits, and no worker sees it before then. Errors from the
+// only if tx commits, and no worker sees it before then. [Errors] from the
 // database leave tx aborted, as any failed statement does; the caller rolls
 // back. Unique jobs need tx at READ COMMITTED (the default), and hold a lock
 // on their keys until tx ends: an advisory lock per bucket of keys, at most
 // 1,024 in all, which also holds up submitters of other keys in the same
 // buckets. See Enqueue for duplicates. Workers are
 // woken when tx commits, or, when the enqueue falls in its queue's
-// notification cooldown (WithNotifyCooldown), by a notification at the
+// notification cooldown ([WithNotifyCooldown]), by a notification at the
 // period's end and one more 100 ms later; a tx that stays open longer than
 // that leaves its job to the workers' next poll unless other enqueues of
 // the queue wake them first.

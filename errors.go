@@ -16,16 +16,16 @@ import (
 	"github.com/jackc/puddle/v2"
 )
 
-// ErrNotFound is returned when no job (or meta key) has the given id (key).
+// [ErrNotFound] is returned when no job (or meta key) has the given id (key).
 var ErrNotFound = errors.New("compute: not found")
 
-// ErrInvalid is matched (with errors.Is) by every error about bad input:
-// ErrInvalidQueue, ErrInvalidConfig, ErrConfigTooLarge, ErrInvalidFiles,
-// ErrInvalidJob, ErrInvalidMeta and ErrInvalidOption. Nothing was written
+// [ErrInvalid] is matched (with errors.Is) by every error about bad input:
+// [ErrInvalidQueue], [ErrInvalidConfig], [ErrConfigTooLarge], [ErrInvalidFiles],
+// [ErrInvalidJob], [ErrInvalidMeta] and [ErrInvalidOption]. Nothing was written
 // when such an error is returned.
 var ErrInvalid = errors.New("compute: invalid input")
 
-// Errors about bad input. Each returned error wraps one of them and says
+// [Errors] about bad input. Each returned error wraps one of them and says
 // which value is wrong and what is allowed.
 var (
 	ErrInvalidQueue   error = &invalidError{"compute: invalid queue name"}
@@ -37,13 +37,13 @@ var (
 	ErrInvalidOption  error = &invalidError{"compute: invalid option"}
 )
 
-// invalidError is a bad-input sentinel that also matches ErrInvalid.
+// invalidError is a bad-input sentinel that also matches [ErrInvalid].
 type invalidError struct{ msg string }
 
 func (e *invalidError) Error() string        { return e.msg }
 func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
 
-// ErrLeaseLost is matched by the error Complete, Fail and Heartbeat return
+// [ErrLeaseLost] is matched by the error Complete, Fail and Heartbeat return
 // when the caller no longer holds a job: its lease ran out and the job was
 // requeued or claimed again, or it was cancelled. The caller must stop
 // working on those jobs; their results were not written. See LeaseLostError.
@@ -62,16 +62,16 @@ func (e *LeaseLostError) Error() string {
 	return fmt.Sprintf("compute: lease lost on %d job(s) (first %s): another holder or a cancel took them; stop working on them", len(e.IDs), e.IDs[0])
 }
 
-// Is makes errors.Is(err, ErrLeaseLost) true.
+// Is makes errors.Is(err, [ErrLeaseLost]) true.
 func (e *LeaseLostError) Is(target error) bool { return target == ErrLeaseLost }
 
-// ErrBadRow is matched by a *BadRowError: a job row, written outside the
+// [ErrBadRow] is matched by a *BadRowError: a job row, written outside the
 // library, holds a value the library cannot read.
 var ErrBadRow = errors.New("compute: job row holds a value the library cannot read")
 
 // BadRowError names a job row and the column the library cannot read: a
 // NULL file name, an infinite timestamp, or a config larger than the
-// Queue's WithMaxConfigSize. A claim fails such a job at once, alone and
+// Queue's [WithMaxConfigSize]. A claim fails such a job at once, alone and
 // for good, with this error as its reason; Get, List and Explain return it
 // (List with the page read before that row). Fix the row with SQL, or
 // delete it.
@@ -85,34 +85,34 @@ func (e *BadRowError) Error() string {
 	return fmt.Sprintf("compute: job %s: column %s cannot be read: %s; fix or delete the row", e.ID, e.Column, e.Problem)
 }
 
-// Is makes errors.Is(err, ErrBadRow) true.
+// Is makes errors.Is(err, [ErrBadRow]) true.
 func (e *BadRowError) Is(target error) bool { return target == ErrBadRow }
 
-// ErrWrongStatus is returned when a job exists but its status does not allow
+// [ErrWrongStatus] is returned when a job exists but its status does not allow
 // the operation: cancelling a finished job, retrying one that did not fail.
 var ErrWrongStatus = errors.New("compute: job status does not allow this")
 
-// ErrUnavailable is matched by errors caused by a database that cannot be
+// [ErrUnavailable] is matched by errors caused by a database that cannot be
 // reached or went away (refused or cut connections, a restarting server).
 // Nothing is lost: retry later, or check the connection string and that the
 // server runs.
 var ErrUnavailable = errors.New("compute: database unavailable")
 
-// ErrClosed is returned by every method called after Close.
+// [ErrClosed] is returned by every method called after Close.
 var ErrClosed = errors.New("compute: queue closed")
 
-// ErrJournalFromAnotherCluster is matched by the error Events, Head and
+// [ErrJournalFromAnotherCluster] is matched by the error Events, Head and
 // Follow return when the journal, or the cursor given, holds transaction
 // ids this server has not assigned yet: they were written by another
 // cluster, and the database was copied (pg_dump and pg_restore, or a
-// switchover to a logical replica). Call Queue.RebaseJournal once, then
+// switchover to a logical replica). Call [Queue.RebaseJournal] once, then
 // start readers again from the zero Cursor or from Head.
 var ErrJournalFromAnotherCluster = errors.New("compute: journal written by another cluster")
 
-// ErrNotMigrated is returned when a table or column a call needs is missing:
+// [ErrNotMigrated] is returned when a table or column a call needs is missing:
 // the compute schema was never migrated, or is older than the call needs
 // (calls that use only the version-1 columns, such as Counts, work on a
-// version-1 schema). Call Migrate, or open with WithMigrate.
+// version-1 schema). Call Migrate, or open with [WithMigrate].
 var ErrNotMigrated = errors.New("compute: schema not migrated; call Queue.Migrate or open with WithMigrate")
 
 // Postgres error codes the library reacts to.
@@ -135,8 +135,8 @@ func retryable(err error) bool {
 }
 
 // translate turns a driver error into one users can match: context errors
-// stay as they are, a missing schema becomes ErrNotMigrated, and lost or
-// refused connections match ErrUnavailable. Every other error (a scan or
+// stay as they are, a missing schema becomes [ErrNotMigrated], and lost or
+// refused connections match [ErrUnavailable]. Every other error (a scan or
 // JSON error, pgx.ErrNoRows, any other server error) keeps its identity,
 // wrapped with the operation's name, so it never reads as an unavailable
 // database. It is the one place that looks inside pgx errors. what names
@@ -187,7 +187,7 @@ func connectionLost(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ETIMEDOUT)
 }
 
-// notFound turns the no-row error of a lookup by id or key into ErrNotFound,
+// notFound turns the no-row error of a lookup by id or key into [ErrNotFound],
 // with a message made of format and args that names what was looked for;
 // any other error (or nil) is returned as it is.
 func notFound(err error, format string, args ...any) error {
@@ -254,12 +254,12 @@ func redactError(err error, password string) error {
 	return &redactedError{msg: msg, cause: err}
 }
 
-// ErrPermanent is matched by errors made with Permanent.
+// [ErrPermanent] is matched by errors made with Permanent.
 var ErrPermanent = errors.New("compute: permanent failure")
 
 // Permanent marks err as a failure that retrying cannot fix: a handler that
 // returns it (or a Failure that carries it) fails the job now, whatever
-// attempts remain. errors.Is(Permanent(err), ErrPermanent) is true, and the
+// attempts remain. errors.Is(Permanent(err), [ErrPermanent]) is true, and the
 // result still wraps err.
 func Permanent(err error) error {
 	if err == nil {

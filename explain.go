@@ -93,7 +93,7 @@ WHERE j.job_id = $1`
 // held by a worker that stopped renewing its lease, scheduled later, its
 // queue paused, held by a concurrency cap or rate limit, waiting behind other
 // jobs, or no worker serving its queue. It reads without changing anything
-// (last_accessed included). Unknown ids return ErrNotFound.
+// (last_accessed included). Unknown ids return [ErrNotFound].
 func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 	var (
 		job                                    *Job

@@ -55,7 +55,7 @@ LIMIT 1`
 // OldestHorizon returns what holds back vacuum the longest in this database
 // (see Horizon), or nil when nothing does. A Worker checks it once a minute
 // and logs a warning about a holder older than
-// WorkerConfig.LongTransactionWarning.
+// [WorkerConfig.LongTransactionWarning].
 func (q *Queue) OldestHorizon(ctx context.Context) (*Horizon, error) {
 	var h Horizon
 	var heldUS int64

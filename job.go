@@ -18,8 +18,8 @@ type JobID [16]byte
 // String formats the id as a UUID (8-4-4-4-12 hexadecimal digits).
 func (id JobID) String() string { return uuid.UUID(id).String() }
 
-// ParseJobID parses the output of JobID.String (or 32 hexadecimal digits).
-// It returns an error matching ErrInvalidJob when s is neither.
+// ParseJobID parses the output of [JobID.String] (or 32 hexadecimal digits).
+// It returns an error matching [ErrInvalidJob] when s is neither.
 func ParseJobID(s string) (JobID, error) {
 	if len(s) == 32 {
 		var id JobID

@@ -37,8 +37,8 @@ type Cursor struct {
 // String encodes the cursor for storage, as "xid.seq.pos".
 func (c Cursor) String() string { return fmt.Sprintf("%d.%d.%d", c.xid, c.seq, c.pos) }
 
-// ParseCursor decodes Cursor.String; "" is the zero Cursor. Anything else
-// fails with ErrInvalidOption.
+// ParseCursor decodes [Cursor.String]; "" is the zero Cursor. Anything else
+// fails with [ErrInvalidOption].
 func ParseCursor(s string) (Cursor, error) {
 	if s == "" {
 		return Cursor{}, nil
@@ -122,7 +122,7 @@ func (o origin) err(c Cursor) error {
 
 // readJournal runs journalOriginSQL for the cursor c and then sql, in one
 // round trip, and hands sql's result to read. It returns an error matching
-// ErrJournalFromAnotherCluster when the journal or c was written by
+// [ErrJournalFromAnotherCluster] when the journal or c was written by
 // another cluster.
 func (q *Queue) readJournal(ctx context.Context, what string, c Cursor, read func(pgx.BatchResults) error, sql string, args ...any) error {
 	var o origin
@@ -154,8 +154,8 @@ func (q *Queue) readJournal(ctx context.Context, what string, c Cursor, read fun
 // wrote something, then changed a job after another transaction had
 // committed a change to it, is read first. When the order of one job's
 // events matters, compare Attempt and Status, or read the job. It returns
-// an error matching ErrJournalFromAnotherCluster when the journal or the
-// cursor was written by another cluster (see Queue.RebaseJournal).
+// an error matching [ErrJournalFromAnotherCluster] when the journal or the
+// cursor was written by another cluster (see [Queue.RebaseJournal]).
 func (q *Queue) Events(ctx context.Context, after Cursor, limit int) ([]Event, error) {
 	if limit < 1 || limit > maxEvents {
 		return nil, fmt.Errorf("%w: events limit %d is outside 1..%d", ErrInvalidOption, limit, maxEvents)
@@ -190,8 +190,8 @@ ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 
 // Head returns the cursor of the newest event readable now, so a new
 // follower can start from the present instead of the journal's start. It
-// returns an error matching ErrJournalFromAnotherCluster when the journal
-// holds events written by another cluster (see Queue.RebaseJournal).
+// returns an error matching [ErrJournalFromAnotherCluster] when the journal
+// holds events written by another cluster (see [Queue.RebaseJournal]).
 func (q *Queue) Head(ctx context.Context) (Cursor, error) {
 	var c Cursor
 	err := q.readJournal(ctx, "compute: journal head", Cursor{}, func(br pgx.BatchResults) error {
@@ -230,7 +230,7 @@ SELECT coalesce(sum(events), 0) FROM rebased`
 // saved cursors survive them; a copy made with pg_dump and pg_restore, or
 // a switchover to a logical replica, starts a new counter, and when that
 // counter is behind the copied events' ids, Events, Head and Follow fail
-// with ErrJournalFromAnotherCluster. RebaseJournal moves those events, in
+// with [ErrJournalFromAnotherCluster]. RebaseJournal moves those events, in
 // one transaction and in their order, to its own transaction id: they then
 // read after the events this server wrote before the call, so call it
 // right after the copy, before workers start. Cursors saved on the other
@@ -250,7 +250,7 @@ func (q *Queue) RebaseJournal(ctx context.Context) (int, error) {
 // they become readable, until ctx ends (it then returns ctx's error) or fn
 // returns an error (which Follow returns), or the journal or the cursor
 // turns out to be written by another cluster (an error matching
-// ErrJournalFromAnotherCluster). It is woken by a notification
+// [ErrJournalFromAnotherCluster]). It is woken by a notification
 // when events are written, re-reads quickly while an open transaction holds
 // events back, and otherwise checks every 5 s in case a notification was
 // lost. Store the last event's Cursor to resume after a restart.
@@ -315,7 +315,7 @@ ORDER BY e.xid DESC, e.seq DESC LIMIT 1`
 // Wait blocks until the job is complete, failed or expired, and returns it
 // (as Get does). It is woken by the journal's notifications, not by busy
 // polling (a slow 5 s check covers lost notifications). It returns ctx's
-// error when ctx ends first, and an error matching ErrNotFound when the job
+// error when ctx ends first, and an error matching [ErrNotFound] when the job
 // does not exist: an unknown id, or one already deleted, or a job deleted
 // while Wait waited. In the last case the error says so, and how the job
 // finished when the journal holds it (retention or Purge deleted it before

@@ -37,8 +37,8 @@ RETURNING j.job_id`
 
 // Complete marks claimed jobs complete with their output files, in one
 // statement. Jobs the caller no longer holds are left as they are and
-// reported in a *LeaseLostError (errors.Is(err, ErrLeaseLost)); the others
-// are complete even then. Bad output file names match ErrInvalidFiles and
+// reported in a *LeaseLostError (errors.Is(err, [ErrLeaseLost])); the others
+// are complete even then. Bad output file names match [ErrInvalidFiles] and
 // nothing is written.
 func (q *Queue) Complete(ctx context.Context, done ...Completion) error {
 	if len(done) == 0 {
@@ -141,7 +141,7 @@ FROM unnest($1::bytea[], $2::integer[], $3::text[]) AS d(job_id, attempt, worker
 ` + fenceClause + `
 RETURNING j.job_id`
 
-// Heartbeat extends the leases of jobs the caller holds by the WithLease
+// Heartbeat extends the leases of jobs the caller holds by the [WithLease]
 // duration from the database's now(). Jobs it no longer holds are reported
 // in a *LeaseLostError: stop working on them.
 func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {

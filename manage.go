@@ -31,7 +31,7 @@ WHERE j.job_id = $1 AND NOT EXISTS (SELECT FROM touched)`
 // counts from; a queued or running job is read without a write, so polling
 // it does not get in a worker's way. A Get that overlaps a change to the
 // same job (a Retry, a Purge) may return the job as it was before that
-// change. It returns ErrNotFound when no job has that id, and a *BadRowError
+// change. It returns [ErrNotFound] when no job has that id, and a *BadRowError
 // when the row holds a value the library cannot read.
 func (q *Queue) Get(ctx context.Context, id JobID) (*Job, error) {
 	var job *Job
@@ -105,7 +105,7 @@ var listByStatus, listJobs = func() (map[Status]string, string) {
 // order for default ids), without touching last_accessed. An empty page
 // means the listing is done. A row the library cannot read ends the page
 // early with a *BadRowError (the jobs before it are returned with it);
-// continue after its ID. Bad options match ErrInvalid. A page of
+// continue after its ID. Bad options match [ErrInvalid]. A page of
 // complete, failed or expired jobs reads about one page of the queue's
 // rows; a page of queued jobs sorts the queue's backlog, and one of
 // in-progress jobs the cluster's running jobs; a page without a status
@@ -171,7 +171,7 @@ SELECT (SELECT status FROM old),
 // marked failed at once, so its worker's result is discarded and its
 // handler's context is cancelled (by notification, or at the worker's next
 // heartbeat). The job ends in status failed with an error naming reason.
-// Cancel returns ErrNotFound for an unknown id and ErrWrongStatus for a job
+// Cancel returns [ErrNotFound] for an unknown id and [ErrWrongStatus] for a job
 // that already finished.
 func (q *Queue) Cancel(ctx context.Context, id JobID, reason string) error {
 	if reason == "" {
@@ -211,7 +211,7 @@ SELECT (SELECT status FROM old),
        (SELECT count(pg_notify('compute_jobs', queue)) FROM retried)`
 
 // Retry queues a failed job again to run now, with at least one more
-// attempt. It returns ErrNotFound for an unknown id and ErrWrongStatus for a
+// attempt. It returns [ErrNotFound] for an unknown id and [ErrWrongStatus] for a
 // job that is not failed.
 func (q *Queue) Retry(ctx context.Context, id JobID) error {
 	var old *string

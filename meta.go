@@ -18,7 +18,7 @@ const (
 )
 
 // GetMeta returns the value stored under key in compute.meta, or
-// ErrNotFound. A key must have 3 to 32 characters (ErrInvalidMeta).
+// [ErrNotFound]. A key must have 3 to 32 characters ([ErrInvalidMeta]).
 func (q *Queue) GetMeta(ctx context.Context, key string) (string, error) {
 	if err := validMeta(key, ""); err != nil {
 		return "", err
@@ -39,7 +39,7 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value`
 
 // SetMeta stores value under key in compute.meta, replacing any value. Keys
 // have 3 to 32 characters, values at most 256, both valid UTF-8 without NUL
-// bytes; anything else fails with ErrInvalidMeta before the database.
+// bytes; anything else fails with [ErrInvalidMeta] before the database.
 func (q *Queue) SetMeta(ctx context.Context, key, value string) error {
 	if err := validMeta(key, value); err != nil {
 		return err

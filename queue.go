@@ -36,7 +36,7 @@ type Queue struct {
 
 // Option configures a Queue. A zero value passed to an option means its
 // default; an out-of-range value makes Open or New fail with
-// ErrInvalidOption.
+// [ErrInvalidOption].
 type Option func(*options)
 
 type options struct {
@@ -49,7 +49,7 @@ type options struct {
 	errs      []error
 }
 
-// WithLogger sets where the queue and its workers log lifecycle events and
+// [WithLogger] sets where the queue and its workers log lifecycle events and
 // background failures. The default discards them.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
@@ -59,12 +59,12 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithMigrate makes Open and New bring the schema to the latest version
+// [WithMigrate] makes Open and New bring the schema to the latest version
 // before they return, as Migrate does.
 func WithMigrate() Option { return func(o *options) { o.migrate = true } }
 
-// WithMaxConfigSize sets the largest job config Enqueue accepts, in bytes;
-// default 1 MiB. Larger configs fail with ErrConfigTooLarge.
+// [WithMaxConfigSize] sets the largest job config Enqueue accepts, in bytes;
+// default 1 MiB. Larger configs fail with [ErrConfigTooLarge].
 func WithMaxConfigSize(n int) Option {
 	return func(o *options) {
 		switch {
@@ -76,10 +76,10 @@ func WithMaxConfigSize(n int) Option {
 	}
 }
 
-// WithWorkerID names this process in the jobs it claims (compute.jobs.worker)
+// [WithWorkerID] names this process in the jobs it claims (compute.jobs.worker)
 // and in the worker registry. The default ("") is host/pid/random, unique
 // per Queue. An id that is not valid UTF-8, holds a NUL byte or is longer
-// than 256 bytes makes Open and New fail with ErrInvalidOption.
+// than 256 bytes makes Open and New fail with [ErrInvalidOption].
 func WithWorkerID(id string) Option {
 	return func(o *options) {
 		if id == "" {
@@ -93,7 +93,7 @@ func WithWorkerID(id string) Option {
 	}
 }
 
-// WithLease sets how long a claim holds a job before RequeueStale may hand it
+// [WithLease] sets how long a claim holds a job before RequeueStale may hand it
 // to another worker, unless Heartbeat renews it; default 30 s, at least 1 s.
 func WithLease(d time.Duration) Option {
 	return func(o *options) {
@@ -106,7 +106,7 @@ func WithLease(d time.Duration) Option {
 	}
 }
 
-// WithNotifyCooldown sets how often, at most, this Queue's enqueues into one
+// [WithNotifyCooldown] sets how often, at most, this Queue's enqueues into one
 // queue send the notification that wakes workers at once; default
 // DefaultNotifyCooldown (2 ms), at most 1 s. The first enqueue of a period
 // notifies at its commit, later ones in it stay silent, and one
@@ -151,8 +151,8 @@ func buildOptions(opts []Option) (options, error) {
 // key=value string ("host=... dbname=..."), or "" to use the PG* environment
 // variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). It checks that
 // the server answers before it returns; ctx bounds that check and, with
-// WithMigrate, the migration. Errors match ErrInvalidOption, ErrUnavailable
-// or ErrNotMigrated; no error or log line holds the connection's password.
+// [WithMigrate], the migration. [Errors] match [ErrInvalidOption], [ErrUnavailable]
+// or [ErrNotMigrated]; no error or log line holds the connection's password.
 func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error) {
 	o, err := buildOptions(opts)
 	if err != nil {
@@ -188,7 +188,7 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 }
 
 // New makes a Queue on a pool the caller owns; Close does not close it. It
-// checks that the server answers (and migrates, with WithMigrate) within ctx.
+// checks that the server answers (and migrates, with [WithMigrate]) within ctx.
 func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("%w: New needs a pool; use Open to connect from a connection string", ErrInvalidOption)
@@ -224,9 +224,9 @@ func (q *Queue) Pool() *pgxpool.Pool { return q.pool }
 func (q *Queue) WorkerID() string { return q.opts.workerID }
 
 // Close waits for enqueues in flight, sends the wake-up notifications its
-// enqueues still owe (see WithNotifyCooldown; up to 10 s if the database
+// enqueues still owe (see [WithNotifyCooldown]; up to 10 s if the database
 // does not answer) and releases the queue's connections if Open made
-// them. Later calls on the queue return ErrClosed. Close is safe to call more than once; stop
+// them. Later calls on the queue return [ErrClosed]. Close is safe to call more than once; stop
 // Workers before closing the queue they use.
 func (q *Queue) Close() {
 	q.hubMu.Lock()

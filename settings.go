@@ -73,7 +73,7 @@ SELECT pg_notify('compute_jobs', name) FROM s`
 
 // SetQueueSettings replaces the queue's cluster-wide rules (all but Paused).
 // Every worker's next claim obeys them; claims already running finish under
-// the old ones. Bad settings match ErrInvalidOption.
+// the old ones. Bad settings match [ErrInvalidOption].
 func (q *Queue) SetQueueSettings(ctx context.Context, queue string, s QueueSettings) error {
 	if err := validQueue(queue); err != nil {
 		return err

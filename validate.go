@@ -52,7 +52,7 @@ func validText(s, what string, kind error) error {
 	return nil
 }
 
-// validWorkerID checks a WithWorkerID id: every claim writes it into a
+// validWorkerID checks a [WithWorkerID] id: every claim writes it into a
 // text column, so one Postgres rejects would make every claim fail.
 func validWorkerID(id string) error {
 	if len(id) > maxWorkerIDLen {

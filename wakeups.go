@@ -17,7 +17,7 @@ import (
 // wake-up only delays a job; it never loses one.
 
 // DefaultNotifyCooldown is the default period in which a process sends at
-// most one wake-up notification per queue (WithNotifyCooldown).
+// most one wake-up notification per queue ([WithNotifyCooldown]).
 const DefaultNotifyCooldown = 2 * time.Millisecond
 
 // lateWakeup is how long after a silent enqueue in a caller's transaction

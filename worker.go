@@ -142,12 +142,12 @@ var (
 	errTimeout   = errors.New("compute: job timed out")
 )
 
-// ErrWorkerStarted is returned by a second call to Run.
+// [ErrWorkerStarted] is returned by a second call to Run.
 var ErrWorkerStarted = errors.New("compute: worker already started; make a new Worker to run again")
 
 // NewWorker checks cfg and returns a Worker for the queue q. Mistakes in cfg
 // (no queues, a bad queue name, a missing handler, values out of range) fail
-// with ErrInvalidOption.
+// with [ErrInvalidOption].
 func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	if q == nil {
 		return nil, fmt.Errorf("%w: NewWorker needs a Queue", ErrInvalidOption)
@@ -223,7 +223,7 @@ func cmpOr[T comparable](v, def T) T {
 // after ctx ends, or until Shutdown's deadline), then cancels the rest and
 // hands them back to the queue at once, writes every outcome, and returns.
 // Database outages while running are logged and retried, never returned.
-// Run returns nil after a graceful stop and ErrWorkerStarted if called twice.
+// Run returns nil after a graceful stop and [ErrWorkerStarted] if called twice.
 func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	if w.started {
