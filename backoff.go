@@ -1,7 +1,6 @@
 package compute
 
 import (
-	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -18,27 +17,4 @@ func Backoff(attempt int) time.Duration {
 		d = min(time.Duration(1<<(attempt-1))*time.Second, time.Hour)
 	}
 	return d + time.Duration(rand.Int64N(int64(d/4)+1))
-}
-
-// backoffWait is the wait before retry number n (from 1) of a background
-// loop: exponential from 100 ms up to limit, with jitter, so processes that
-// lost the database together do not all come back in the same instant.
-func backoffWait(n int, limit time.Duration) time.Duration {
-	d := limit
-	if n < 20 {
-		d = min(100*time.Millisecond<<n, limit)
-	}
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

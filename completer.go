@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"time"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // outcome is a finished attempt on its way to the database.
@@ -66,7 +68,7 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 			if w.final.Err() == nil {
 				w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
 			}
-			if !sleep(w.final, backoffWait(failures+1, 5*time.Second)) {
+			if !backoff.Sleep(w.final, backoff.Wait(failures+1, 5*time.Second)) {
 				w.mu.Lock()
 				batch = append(batch, w.outcomes...)
 				w.outcomes = nil

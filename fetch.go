@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // queueState is one queue's serving state. notified and freed have capacity 1:
@@ -72,7 +74,7 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 					unsure = sent
 				}
 				w.log.Warn("claim failed; retrying", "queue", qs.name, "err", err, "claimed", len(claimed))
-				if !sleep(ctx, backoffWait(failures, 30*time.Second)) {
+				if !backoff.Sleep(ctx, backoff.Wait(failures, 30*time.Second)) {
 					return
 				}
 				continue

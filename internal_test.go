@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/computeplatform/compute/internal/listen"
 	"github.com/computeplatform/compute/internal/testdb"
 )
 
@@ -475,35 +476,34 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 }
 
 // TestListenerRepeatsItsAnnouncementAndWakesTwice: a listener with an announce hook
-// runs it when it connects and again every announceEvery on a quiet
+// runs it when it connects and again every AnnounceEvery on a quiet
 // connection; the journal hub relies on it to keep journal_listened_until
 // (a minute ahead) from running out under a long Follow. It also wakes
-// everyone twice: on connecting and rewakeAfter later.
+// everyone twice: on connecting and listen.RewakeAfter later.
 func TestListenerRepeatsItsAnnouncementAndWakesTwice(t *testing.T) {
 	// Not parallel: see TestCompleterDoesNotMakeAHeldBackFetcherWait.
 	ctx := t.Context()
 	q := openMigrated(t)
 	announced := make(chan struct{}, 100)
 	woken := make(chan struct{}, 100)
-	l := &listener{q: q, log: q.opts.logger, onJobs: func(string) {}, onCancel: func(JobID) {},
-		onReconnect: func() {
-			select {
-			case woken <- struct{}{}:
-			default:
-			}
-		},
-		idle: 10 * time.Second, probeWait: 5 * time.Second, announceEvery: 20 * time.Millisecond,
-		announce: func(ctx context.Context, conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, `SELECT 1`)
-			select {
-			case announced <- struct{}{}:
-			default: // the test has seen enough
-			}
-			return err
-		}}
+	l := q.newListener(q.opts.logger, nil, func(string, string) {}, func() {
+		select {
+		case woken <- struct{}{}:
+		default:
+		}
+	})
+	l.AnnounceEvery = 20 * time.Millisecond
+	l.Announce = func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, `SELECT 1`)
+		select {
+		case announced <- struct{}{}:
+		default: // the test has seen enough
+		}
+		return err
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); l.run(runCtx) }()
+	go func() { defer close(done); l.Run(runCtx) }()
 	defer func() { stop(); <-done }()
 	timeout := time.After(20 * time.Second)
 	for n := range 5 {
@@ -517,7 +517,7 @@ func TestListenerRepeatsItsAnnouncementAndWakesTwice(t *testing.T) {
 		select {
 		case <-woken:
 		case <-timeout:
-			t.Fatalf("woken %d times in 20 s, want 2 (on connecting and %s later)", n, rewakeAfter)
+			t.Fatalf("woken %d times in 20 s, want 2 (on connecting and %s later)", n, listen.RewakeAfter)
 		}
 	}
 }

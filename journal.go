@@ -416,13 +416,12 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
 	// compute_jobs too: new jobs are journaled without a notification of
 	// their own, since the insert trigger already sends this one.
-	l := &listener{q: q, log: q.opts.logger, onJobs: func(string) { h.broadcast() }, onReconnect: h.broadcast,
-		onCancel: func(JobID) {}, channels: []string{channelEvents, channelJobs},
-		idle: 10 * time.Second, probeWait: 5 * time.Second,
-		announce: announceJournalListener, announceEvery: 20 * time.Second}
+	l := q.newListener(q.opts.logger, []string{channelEvents, channelJobs},
+		func(string, string) { h.broadcast() }, h.broadcast)
+	l.Announce, l.AnnounceEvery = announceJournalListener, 20*time.Second
 	go func() {
 		defer close(h.done)
-		l.run(ctx)
+		l.Run(ctx)
 	}()
 	q.hub = h
 	return h, nil

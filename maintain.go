@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math/rand/v2"
 	"time"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // maintain runs one round of the worker's cluster-wide housekeeping:
@@ -69,7 +71,7 @@ func (w *Worker) logFailure(ctx context.Context, msg string, err error) {
 func (w *Worker) maintenance(ctx context.Context) {
 	for {
 		w.maintain(ctx)
-		if !sleep(ctx, w.cfg.MaintenanceInterval/2+rand.N(w.cfg.MaintenanceInterval/2+1)) {
+		if !backoff.Sleep(ctx, w.cfg.MaintenanceInterval/2+rand.N(w.cfg.MaintenanceInterval/2+1)) {
 			return
 		}
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/robfig/cron/v3"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // PeriodicJob is a job a Worker enqueues on a schedule. Every process may
@@ -293,9 +295,9 @@ func (w *Worker) enqueuePeriodic(ctx context.Context) {
 			}
 		}
 		if len(due) > 0 {
-			wait = min(wait, backoffWait(failures, 30*time.Second))
+			wait = min(wait, backoff.Wait(failures, 30*time.Second))
 		}
-		if !sleep(ctx, max(wait, 0)) {
+		if !backoff.Sleep(ctx, max(wait, 0)) {
 			return
 		}
 		now = time.Now()

@@ -258,9 +258,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.cancelFinal()
 
 	if !w.cfg.PollOnly {
-		l := &listener{q: w.q, log: w.log, onJobs: w.wakeQueue, onReconnect: w.wakeAll, onCancel: w.cancelRunning,
-			channels: []string{channelJobs, channelCancel}, idle: 10 * time.Second, probeWait: 5 * time.Second}
-		intake.Go(l.run)
+		l := w.q.newListener(w.log, []string{channelJobs, channelCancel}, w.notified, w.wakeAll)
+		intake.Go(l.Run)
 	}
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })

@@ -1,0 +1,213 @@
+// Package listen keeps one PostgreSQL LISTEN connection up and turns its
+// notifications into calls. A notification is only a hint: the library's
+// readers poll regardless, and after every (re)connect the listener says so
+// (Reconnected), because notifications sent meanwhile are lost.
+package listen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/computeplatform/compute/internal/backoff"
+)
+
+// ProbeChannel carries the listener's own health probes.
+const ProbeChannel = "compute_probe"
+
+// RewakeAfter is when, after a (re)connect, Reconnected is called a second
+// time. A transaction that committed while LISTEN was being set up can be
+// missed twice: its notification was queued before the listener's
+// position, and its rows were not yet visible to the reads the first call
+// caused (CI saw a worker with a 10-minute poll leave such a job waiting).
+// Likewise a status change whose statement began before the journal hub
+// announced itself commits without notifying. Both take milliseconds; the
+// second call catches them.
+const RewakeAfter = time.Second
+
+// ErrNoDelivery means LISTEN was accepted but the probe never came back.
+var ErrNoDelivery = errors.New("compute: notifications are not delivered")
+
+// Listener holds one LISTEN connection, outside any pool so pool rotation
+// never closes it. Set the fields, then call Run.
+type Listener struct {
+	// Connect opens the listening connection.
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// Redact removes secrets from an error before it is logged.
+	Redact func(error) error
+	Log    *slog.Logger
+	// Channels are the channels to LISTEN on besides ProbeChannel.
+	Channels []string
+	// Notify is called with every notification but the probes.
+	Notify func(channel, payload string)
+	// Reconnected is called after every (re)connect, and again
+	// RewakeAfter later.
+	Reconnected func()
+	// Idle is how long the connection may be silent before a probe checks
+	// that it still delivers; ProbeWait is how long the probe may take.
+	Idle, ProbeWait time.Duration
+	// Announce, when set, runs on the listening connection once LISTEN is
+	// in place and again every AnnounceEvery while the session lasts: the
+	// journal hub uses it to tell the journal trigger that someone
+	// listens. An error closes the session only when the connection failed
+	// with it.
+	Announce      func(ctx context.Context, conn *pgx.Conn) error
+	AnnounceEvery time.Duration
+}
+
+// Run keeps a LISTEN connection up until ctx ends: it connects with
+// backoff, checks with a self-addressed probe that notifications really
+// arrive (they do not through PgBouncer in transaction mode), and re-probes
+// after every quiet spell, which also finds half-open connections. When
+// notifications do not arrive it warns and retries much later; polling
+// carries the load meanwhile.
+func (l *Listener) Run(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		delivered, err := l.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if delivered {
+			failures = 0 // a working session: the next loss is a fresh start
+		}
+		failures++
+		wait := backoff.Wait(failures, 30*time.Second)
+		if !delivered && errors.Is(err, ErrNoDelivery) {
+			wait = 5 * time.Minute
+			l.Log.Warn("LISTEN does not deliver notifications (a pooler in transaction mode?); polling only", "retry_in", wait)
+		} else {
+			l.Log.Warn("listener connection lost; polling until it is back", "err", l.Redact(err), "retry_in", wait)
+		}
+		if !backoff.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// session runs one connection's life: connect, LISTEN, probe, then deliver
+// notifications until the connection fails or ctx ends. delivered reports
+// whether the first probe came back, i.e. the session worked.
+func (l *Listener) session(ctx context.Context) (delivered bool, err error) {
+	connectCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	conn, err := l.Connect(connectCtx)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	// One round trip for every channel, bounded like the probe: a
+	// connection cut right after it opened must not hang the listener.
+	var listen []string
+	for _, ch := range append(l.Channels, ProbeChannel) {
+		listen = append(listen, "LISTEN "+pgx.Identifier{ch}.Sanitize())
+	}
+	listenCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
+	_, err = conn.Exec(listenCtx, strings.Join(listen, "; "))
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	if err := l.runAnnounce(ctx, conn); err != nil {
+		return false, err
+	}
+	announced := time.Now()
+	if err := l.probe(ctx, conn); err != nil {
+		return false, err
+	}
+	l.Log.Debug("listening for notifications")
+	l.Reconnected()
+	rewake := time.Now().Add(RewakeAfter) // zero once done
+	for {
+		wait := l.Idle
+		if !rewake.IsZero() {
+			wait = min(wait, time.Until(rewake))
+		}
+		if l.Announce != nil {
+			wait = min(wait, time.Until(announced.Add(l.AnnounceEvery)))
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, wait)
+		n, err := conn.WaitForNotification(waitCtx)
+		timedOut := waitCtx.Err() != nil // read before cancel, which sets it too
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return true, nil
+		case err != nil && timedOut:
+			if wait < l.Idle {
+				break // the second call or the announcement is due
+			}
+			// Quiet for Idle: make sure the connection still works.
+			if err := l.probe(ctx, conn); err != nil {
+				return true, err
+			}
+		case err != nil:
+			return true, err
+		default:
+			l.Notify(n.Channel, n.Payload)
+		}
+		if !rewake.IsZero() && !time.Now().Before(rewake) {
+			l.Reconnected()
+			rewake = time.Time{}
+		}
+		if l.Announce != nil && time.Since(announced) >= l.AnnounceEvery {
+			if err := l.runAnnounce(ctx, conn); err != nil {
+				return true, err
+			}
+			announced = time.Now()
+		}
+	}
+}
+
+// runAnnounce runs l.Announce, if any. A failure that leaves the connection
+// working (say, a role that may not write compute.meta) is logged and
+// returned as nil: listening still works, only less is sent.
+func (l *Listener) runAnnounce(ctx context.Context, conn *pgx.Conn) error {
+	if l.Announce == nil {
+		return nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
+	defer cancel()
+	err := l.Announce(callCtx, conn)
+	if err != nil && !conn.IsClosed() {
+		l.Log.Warn("could not announce this listener; journal notifications may not come, and Wait and Follow fall back to their 5 s check", "err", l.Redact(err))
+		return nil
+	}
+	return err
+}
+
+// probe sends a notification to this connection and waits for it, passing
+// on whatever else arrives meanwhile. A dead or half-open connection fails
+// the round trip within ProbeWait; a pooler that swallows notifications
+// gives ErrNoDelivery.
+func (l *Listener) probe(ctx context.Context, conn *pgx.Conn) error {
+	sendCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
+	defer cancel()
+	token := fmt.Sprintf("%016x", rand.Uint64())
+	if _, err := conn.Exec(sendCtx, "SELECT pg_notify($1, $2)", ProbeChannel, token); err != nil {
+		return err
+	}
+	// The wait gets its own budget: a slow round trip on a loaded server
+	// must not pass for notifications that never come.
+	ctx, cancel = context.WithTimeout(ctx, l.ProbeWait)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			if ctx.Err() != nil && !conn.IsClosed() {
+				return ErrNoDelivery
+			}
+			return err
+		}
+		if n.Channel == ProbeChannel && n.Payload == token {
+			return nil
+		}
+		l.Notify(n.Channel, n.Payload)
+	}
+}
