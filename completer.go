@@ -3,7 +3,9 @@ package compute
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/computeplatform/compute/internal/backoff"
@@ -16,6 +18,39 @@ type outcome struct {
 	outputs []string
 	err     error         // nil: complete
 	retryIn time.Duration // for a failed attempt: when it may run again
+}
+
+// outcomeQueue is the finished attempts waiting for the completer: the job
+// goroutines push, the completer takes.
+type outcomeQueue struct {
+	mu    sync.Mutex
+	items []outcome
+	added chan struct{} // cap 1: outcomes were pushed
+}
+
+// push queues one outcome and tells the completer.
+func (oq *outcomeQueue) push(o outcome) {
+	oq.mu.Lock()
+	oq.items = append(oq.items, o)
+	oq.mu.Unlock()
+	signal(oq.added)
+}
+
+// take removes up to n outcomes, oldest first; more says some are left.
+func (oq *outcomeQueue) take(n int) (batch []outcome, more bool) {
+	oq.mu.Lock()
+	defer oq.mu.Unlock()
+	n = min(len(oq.items), n)
+	batch = slices.Clone(oq.items[:n])
+	oq.items = oq.items[n:]
+	return batch, len(oq.items) > 0
+}
+
+// empty reports whether no outcome waits.
+func (oq *outcomeQueue) empty() bool {
+	oq.mu.Lock()
+	defer oq.mu.Unlock()
+	return len(oq.items) == 0
 }
 
 // maxWrite caps the outcomes one completer round writes.
@@ -44,21 +79,16 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 	var last time.Time // when the last round started
 	for {
 		select {
-		case <-w.outcomesAdded:
+		case <-w.outcomes.added:
 		case <-ctx.Done():
 		}
 		w.gather(ctx, w.writeGap-time.Since(last))
 		last = time.Now()
 		// At most maxWrite outcomes per round, so one write stays well
 		// inside its timeout however far the completer fell behind.
-		w.mu.Lock()
-		n := min(len(w.outcomes), maxWrite)
-		batch := slices.Clone(w.outcomes[:n])
-		w.outcomes = w.outcomes[n:]
-		more := len(w.outcomes) > 0
-		w.mu.Unlock()
+		batch, more := w.outcomes.take(maxWrite)
 		if more {
-			signal(w.outcomesAdded)
+			signal(w.outcomes.added)
 		}
 		for failures := 0; len(batch) > 0; failures++ {
 			err := w.write(batch)
@@ -69,22 +99,15 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 				w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
 			}
 			if !backoff.Sleep(w.final, backoff.Wait(failures+1, 5*time.Second)) {
-				w.mu.Lock()
-				batch = append(batch, w.outcomes...)
-				w.outcomes = nil
-				w.mu.Unlock()
+				rest, _ := w.outcomes.take(math.MaxInt)
+				batch = append(batch, rest...)
 				w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again",
 					"jobs", len(batch), "ids", outcomeIDs(batch, 20), "err", err)
 				return
 			}
 		}
-		if ctx.Err() != nil {
-			w.mu.Lock()
-			idle := len(w.outcomes) == 0
-			w.mu.Unlock()
-			if idle {
-				return
-			}
+		if ctx.Err() != nil && w.outcomes.empty() {
+			return
 		}
 	}
 }
@@ -114,7 +137,7 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 			return
 		case <-t.C:
 			return
-		case <-w.outcomesAdded: // another outcome: look again
+		case <-w.outcomes.added: // another outcome: look again
 		}
 	}
 }
@@ -135,9 +158,8 @@ func (w *Worker) heldBack() bool {
 func (w *Worker) write(batch []outcome) error {
 	var done []Completion
 	var failed []Failure
-	w.mu.Lock()
 	for _, o := range batch {
-		if r := w.running[o.job.ID]; r == nil || r.job != o.job || r.lost {
+		if !w.running.holds(o.job) {
 			continue // lost, or superseded by a newer attempt of ours
 		}
 		if o.err == nil {
@@ -146,7 +168,6 @@ func (w *Worker) write(batch []outcome) error {
 		}
 		failed = append(failed, Failure{Job: o.job, Err: o.err, RetryIn: o.retryIn})
 	}
-	w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
 	w.writing.Lock()
@@ -161,11 +182,9 @@ func (w *Worker) write(batch []outcome) error {
 			return err
 		}
 	}
-	w.mu.Lock()
 	for _, o := range batch {
-		w.forgetLocked(o.job)
+		w.running.forget(o.job)
 	}
-	w.mu.Unlock()
 	var last *queueState
 	for _, o := range batch {
 		o.qs.unwritten.Add(-1)
@@ -200,15 +219,7 @@ func (w *Worker) handBack(jobs []*Job) {
 // their contexts were cancelled at shutdown, and marks them lost so
 // whatever those handlers return later is never written.
 func (w *Worker) abandonRunning() {
-	var back []*Job
-	w.mu.Lock()
-	for _, r := range w.running {
-		if !r.lost && !r.finished {
-			r.lost = true
-			back = append(back, r.job)
-		}
-	}
-	w.mu.Unlock()
+	back := w.running.abandon()
 	if len(back) > 0 {
 		w.log.Warn("handlers ignored cancellation; handing their jobs back", "jobs", len(back))
 	}

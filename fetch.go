@@ -114,14 +114,12 @@ func (w *Worker) adopt(ctx context.Context, jobs *group, qs *queueState, sent ti
 	if err != nil {
 		return err
 	}
-	w.mu.Lock()
 	unknown := held[:0]
 	for _, j := range held {
-		if r := w.running[j.ID]; r == nil || r.job.Attempt != j.Attempt {
+		if !w.running.knows(j) {
 			unknown = append(unknown, j)
 		}
 	}
-	w.mu.Unlock()
 	free := cap(qs.slots) - len(qs.slots)
 	if len(unknown) > 0 {
 		w.log.Warn("adopting jobs of a claim whose reply was lost", "queue", qs.name, "jobs", min(len(unknown), free))

@@ -38,18 +38,11 @@ func (w *Worker) heartbeatInterval() time.Duration {
 
 // renew is one renewal round of the heartbeat loop; timeout bounds it.
 func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
-	w.mu.Lock()
 	// Jobs whose outcome waits for the completer are left out: the
 	// completer writes them within moments. A job that finishes after
 	// this look is still renewed, which is why the renewal holds
 	// w.writing.
-	held := make([]*Job, 0, len(w.running))
-	for _, r := range w.running {
-		if !r.lost && !r.finished {
-			held = append(held, r.job)
-		}
-	}
-	w.mu.Unlock()
+	held := w.running.unfinished()
 	if len(held) == 0 {
 		return
 	}
@@ -73,21 +66,7 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	if err != nil {
 		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, j := range held {
-		r := w.running[j.ID]
-		if r == nil || r.job != j {
-			continue // written back, or replaced by a newer attempt
-		}
-		if err == nil && !lost[j.ID] {
-			r.renewed = sent
-		}
-		if lost[j.ID] || time.Since(r.renewed) > w.q.opts.lease {
-			r.lost = true
-			r.cancel(errLeaseLost)
-		}
-	}
+	w.running.renewed(held, sent, err == nil, lost, w.q.opts.lease)
 }
 
 // cancelRunning is the listener's hook for a compute_cancel notification
@@ -96,10 +75,7 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 // loop renew at once: a job the database says is no longer this worker's
 // is cancelled then, and its result is not written.
 func (w *Worker) cancelRunning(id JobID) {
-	w.mu.Lock()
-	r := w.running[id]
-	w.mu.Unlock()
-	if r != nil {
+	if w.running.has(id) {
 		signal(w.recheck)
 	}
 }

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 )
 
-// runningJob is a claimed job until its outcome is written. cancel and
-// renewed are set at start and then touched only under Worker.mu.
+// runningJob is a claimed job until its outcome is written. Its fields
+// are touched only under its runningSet's lock.
 type runningJob struct {
 	job      *Job
 	cancel   context.CancelCauseFunc
@@ -19,21 +20,131 @@ type runningJob struct {
 	finished bool      // the handler returned and its outcome is queued
 }
 
+// runningSet is the jobs this worker claimed and has not written back, one
+// attempt per job id. The fetchers add to it, the job goroutines mark
+// their jobs finished, the heartbeat marks them renewed or lost, and the
+// completer drops them once written. Each method takes its lock once.
+type runningSet struct {
+	mu   sync.Mutex
+	jobs map[JobID]*runningJob
+}
+
+// add records a claimed job whose lease counts from sent. An older attempt
+// of the same job (this worker claimed it again after its own lease ran
+// out: a stall or an outage longer than the lease) is fenced off: it is
+// marked lost and cancelled.
+func (s *runningSet) add(job *Job, cancel context.CancelCauseFunc, sent time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.jobs[job.ID]; old != nil {
+		old.lost = true
+		old.cancel(errLeaseLost)
+	}
+	s.jobs[job.ID] = &runningJob{job: job, cancel: cancel, renewed: sent}
+}
+
+// markFinished records that job's handler returned and its outcome is queued.
+func (s *runningSet) markFinished(job *Job) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.jobs[job.ID]; r != nil && r.job == job {
+		r.finished = true
+	}
+}
+
+// forget drops the attempts of jobs from the set, unless a newer attempt of
+// the same job replaced them there.
+func (s *runningSet) forget(jobs ...*Job) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, job := range jobs {
+		if r := s.jobs[job.ID]; r != nil && r.job == job {
+			delete(s.jobs, job.ID)
+		}
+	}
+}
+
+// holds reports whether job is still this worker's to write: neither lost
+// nor replaced by a newer attempt.
+func (s *runningSet) holds(job *Job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.jobs[job.ID]
+	return r != nil && r.job == job && !r.lost
+}
+
+// knows reports whether the set has job's attempt.
+func (s *runningSet) knows(job *Job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.jobs[job.ID]
+	return r != nil && r.job.Attempt == job.Attempt
+}
+
+// has reports whether the set has an attempt of the job id.
+func (s *runningSet) has(id JobID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.jobs[id] != nil
+}
+
+// unfinished lists the jobs whose handlers still run and whose leases are
+// still held: those a renewal must cover.
+func (s *runningSet) unfinished() []*Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := make([]*Job, 0, len(s.jobs))
+	for _, r := range s.jobs {
+		if !r.lost && !r.finished {
+			held = append(held, r.job)
+		}
+	}
+	return held
+}
+
+// renewed records a renewal round sent at sent for held: a job the database
+// said is no longer ours (lost), and any job whose last successful renewal
+// is older than lease by the local clock (ok is false when the round
+// failed), is marked lost and cancelled.
+func (s *runningSet) renewed(held []*Job, sent time.Time, ok bool, lost map[JobID]bool, lease time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, j := range held {
+		r := s.jobs[j.ID]
+		if r == nil || r.job != j {
+			continue // written back, or replaced by a newer attempt
+		}
+		if ok && !lost[j.ID] {
+			r.renewed = sent
+		}
+		if lost[j.ID] || time.Since(r.renewed) > lease {
+			r.lost = true
+			r.cancel(errLeaseLost)
+		}
+	}
+}
+
+// abandon marks lost every job whose handler has not returned, so that
+// whatever it returns later is never written, and lists them.
+func (s *runningSet) abandon() []*Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var back []*Job
+	for _, r := range s.jobs {
+		if !r.lost && !r.finished {
+			r.lost = true
+			back = append(back, r.job)
+		}
+	}
+	return back
+}
+
 // launch registers a claimed job and runs its handler in a goroutine owned
 // by jobs (Run waits for it). sent is when the claim was sent: the lease
 // counts from then by the local clock.
 func (w *Worker) launch(jobs *group, qs *queueState, job *Job, sent time.Time) {
 	ctx, cancel := context.WithCancelCause(jobs.ctx)
-	w.mu.Lock()
-	if old := w.running[job.ID]; old != nil {
-		// This worker claimed the job again after its own lease ran out
-		// (a stall or an outage longer than the lease): the old attempt
-		// is fenced off and must stop.
-		old.lost = true
-		old.cancel(errLeaseLost)
-	}
-	w.running[job.ID] = &runningJob{job: job, cancel: cancel, renewed: sent}
-	w.mu.Unlock()
+	w.running.add(job, cancel, sent)
 	// The slot is the handler's: it frees when the handler has returned
 	// and its outcome is queued, whatever became of the job.
 	jobs.wg.Go(func() {
@@ -80,7 +191,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 	}
 	switch {
 	case cause == errLeaseLost:
-		w.forget(job)
+		w.running.forget(job)
 		w.log.Warn("job lost its lease or was cancelled; result discarded", "job", job.ID, "queue", job.Queue)
 		return
 	case err != nil && cause == errShutdown:
@@ -97,14 +208,9 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 		first, _, _ := strings.Cut(o.err.Error(), "\n")
 		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Spent(), "err", first)
 	}
-	w.mu.Lock()
-	if r := w.running[job.ID]; r != nil && r.job == job {
-		r.finished = true
-	}
+	w.running.markFinished(job)
 	qs.unwritten.Add(1)
-	w.outcomes = append(w.outcomes, o)
-	w.mu.Unlock()
-	signal(w.outcomesAdded)
+	w.outcomes.push(o)
 }
 
 // signal makes a non-blocking send on a capacity-1 channel: a full channel
@@ -113,20 +219,5 @@ func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
-	}
-}
-
-// forget drops a job's attempt from the running set, unless a newer
-// attempt of the same job replaced it there.
-func (w *Worker) forget(job *Job) {
-	w.mu.Lock()
-	w.forgetLocked(job)
-	w.mu.Unlock()
-}
-
-// forgetLocked is forget with w.mu held.
-func (w *Worker) forgetLocked(job *Job) {
-	if r := w.running[job.ID]; r != nil && r.job == job {
-		delete(w.running, job.ID)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -126,13 +127,9 @@ type Worker struct {
 	final       context.Context
 	cancelFinal context.CancelFunc
 
-	// mu guards the fields below. Written by Run, the job goroutines, the
-	// completer, the heartbeat loop and the listener; read by all of them.
-	mu            sync.Mutex
-	started       bool
-	running       map[JobID]*runningJob // claimed and not yet written back
-	outcomes      []outcome             // waiting for the completer
-	outcomesAdded chan struct{}         // cap 1: outcomes were added
+	started  atomic.Bool  // Run was called
+	running  runningSet   // claimed and not yet written back
+	outcomes outcomeQueue // finished attempts waiting for the completer
 }
 
 // Causes of a job context's cancellation.
@@ -165,13 +162,13 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 	cfg.LongTransactionWarning = cmpOr(cfg.LongTransactionWarning, time.Minute)
 	w := &Worker{
 		q: q, cfg: cfg, log: q.opts.logger.With(slog.String("worker", q.opts.workerID)),
-		queues:        make(map[string]*queueState, len(cfg.Queues)),
-		stop:          make(chan struct{}),
-		done:          make(chan struct{}),
-		running:       make(map[JobID]*runningJob),
-		outcomesAdded: make(chan struct{}, 1),
-		recheck:       make(chan struct{}, 1),
-		writeGap:      writeGap,
+		queues:   make(map[string]*queueState, len(cfg.Queues)),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		running:  runningSet{jobs: make(map[JobID]*runningJob)},
+		outcomes: outcomeQueue{added: make(chan struct{}, 1)},
+		recheck:  make(chan struct{}, 1),
+		writeGap: writeGap,
 	}
 	w.final, w.cancelFinal = context.WithCancel(context.Background())
 	for name, qc := range cfg.Queues {
@@ -225,13 +222,9 @@ func cmpOr[T comparable](v, def T) T {
 // Database outages while running are logged and retried, never returned.
 // Run returns nil after a graceful stop and [ErrWorkerStarted] if called twice.
 func (w *Worker) Run(ctx context.Context) error {
-	w.mu.Lock()
-	if w.started {
-		w.mu.Unlock()
+	if !w.started.CompareAndSwap(false, true) {
 		return ErrWorkerStarted
 	}
-	w.started = true
-	w.mu.Unlock()
 	defer close(w.done)
 	select {
 	case <-w.stop: // Shutdown came first
@@ -385,10 +378,7 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.shutdownCtx = ctx
 		close(w.stop)
 	})
-	w.mu.Lock()
-	started := w.started
-	w.mu.Unlock()
-	if !started {
+	if !w.started.Load() {
 		return nil
 	}
 	select {
