@@ -64,9 +64,7 @@ const pickRunnable = `picked AS MATERIALIZED (
 // probe of a tiny table.
 const claimJobsSQL = statusChange + `
 WITH gate AS (
-    SELECT 1 FROM compute.queues s
-    WHERE s.name = $1 AND (s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
-                           OR s.rate_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL)
+    SELECT 1 FROM compute.queues s WHERE s.name = $1 AND ` + hasRulesSQL + `
 ), ` + pickRunnable + `, claimed AS (` + claimUpdate + `
 )
 SELECT g.gated, c.* FROM (SELECT EXISTS (SELECT FROM gate) AS gated) g

@@ -166,13 +166,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		if err := tx.QueryRow(ctx, queueUsageSQL, queue, periodUS).Scan(&running, &started); err != nil {
 			return err
 		}
-		if s.MaxRunning > 0 {
-			n = min(n, s.MaxRunning-running)
-		}
-		if s.RateLimit > 0 {
-			n = min(n, s.RateLimit-started)
-		}
-		if n <= 0 {
+		if n = min(n, s.room(usage{running, started})); n <= 0 {
 			return nil
 		}
 		if s.keyed() {

@@ -154,22 +154,22 @@ func (q *Queue) Explain(ctx context.Context, id JobID) (*Explanation, error) {
 	if untilRun > 0 {
 		add(ReasonScheduled, "it is scheduled to run in %s, at %s", us(untilRun), job.RunAt.Format(time.RFC3339))
 	}
-	if paused {
-		add(ReasonPaused, "queue %s is paused; Resume starts it again", job.Queue)
+	s := QueueSettings{Paused: paused, MaxRunning: maxRunning, KeyMaxRunning: keyMax, RateLimit: rate, KeyRateLimit: keyRate, Fair: fair}
+	for _, k := range s.holding(usage{running, starts}, usage{keyRunning, keyStarts}) {
+		switch k {
+		case ReasonPaused:
+			add(k, "queue %s is paused; Resume starts it again", job.Queue)
+		case ReasonQueueCap:
+			add(k, "queue %s has %s running, its MaxRunning is %d", job.Queue, count(running, "job"), maxRunning)
+		case ReasonKeyCap:
+			add(k, "partition key %q has %s running, the KeyMaxRunning is %d", job.PartitionKey, count(keyRunning, "job"), keyMax)
+		case ReasonQueueRate:
+			add(k, "queue %s started %s within its rate period, the RateLimit is %d; the next start is possible in about %s", job.Queue, count(starts, "job"), rate, us(nextRateSlot))
+		case ReasonKeyRate:
+			add(k, "partition key %q started %s within the rate period, the KeyRateLimit is %d", job.PartitionKey, count(keyStarts, "job"), keyRate)
+		}
 	}
-	if maxRunning > 0 && running >= maxRunning {
-		add(ReasonQueueCap, "queue %s has %s running, its MaxRunning is %d", job.Queue, count(running, "job"), maxRunning)
-	}
-	if keyMax > 0 && keyRunning >= keyMax {
-		add(ReasonKeyCap, "partition key %q has %s running, the KeyMaxRunning is %d", job.PartitionKey, count(keyRunning, "job"), keyMax)
-	}
-	if rate > 0 && starts >= rate {
-		add(ReasonQueueRate, "queue %s started %s within its rate period, the RateLimit is %d; the next start is possible in about %s", job.Queue, count(starts, "job"), rate, us(nextRateSlot))
-	}
-	if keyRate > 0 && keyStarts >= keyRate {
-		add(ReasonKeyRate, "partition key %q started %s within the rate period, the KeyRateLimit is %d", job.PartitionKey, count(keyStarts, "job"), keyRate)
-	}
-	if fair || keyMax > 0 || keyRate > 0 {
+	if s.keyed() {
 		if keyAhead > 0 {
 			add(ReasonBehind, "%s of the same partition key come first (the queue takes keys in turn)", atMost(keyAhead, "runnable job"))
 		}

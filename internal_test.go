@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -559,6 +560,32 @@ func TestRescueIntervalIsTheOldNameOfMaintenanceInterval(t *testing.T) {
 		if w.cfg.MaintenanceInterval != c.want {
 			t.Errorf("RescueInterval %s, MaintenanceInterval %s: the round runs every %s, want %s",
 				c.cfg.RescueInterval, c.cfg.MaintenanceInterval, w.cfg.MaintenanceInterval, c.want)
+		}
+	}
+}
+
+// TestRulesDecideRoomAndWhatHolds: the claim's room and Explain's reasons
+// come from the same rules.
+func TestRulesDecideRoomAndWhatHolds(t *testing.T) {
+	for _, c := range []struct {
+		s          QueueSettings
+		queue, key usage
+		room       int
+		holding    []ReasonKind
+	}{
+		{QueueSettings{}, usage{100, 100}, usage{}, math.MaxInt, nil},
+		{QueueSettings{Paused: true}, usage{}, usage{}, 0, []ReasonKind{ReasonPaused}},
+		{QueueSettings{MaxRunning: 5}, usage{3, 0}, usage{}, 2, nil},
+		{QueueSettings{MaxRunning: 5}, usage{7, 0}, usage{}, 0, []ReasonKind{ReasonQueueCap}},
+		{QueueSettings{MaxRunning: 5, RateLimit: 10}, usage{1, 9}, usage{}, 1, nil},
+		{QueueSettings{RateLimit: 10, KeyMaxRunning: 2}, usage{0, 10}, usage{2, 0}, 0, []ReasonKind{ReasonKeyCap, ReasonQueueRate}},
+		{QueueSettings{KeyRateLimit: 3}, usage{}, usage{0, 3}, math.MaxInt, []ReasonKind{ReasonKeyRate}},
+	} {
+		if got := c.s.room(c.queue); got != c.room {
+			t.Errorf("%+v with %+v: room %d, want %d", c.s, c.queue, got, c.room)
+		}
+		if got := c.s.holding(c.queue, c.key); !slices.Equal(got, c.holding) {
+			t.Errorf("%+v with %+v, key %+v: held by %v, want %v", c.s, c.queue, c.key, got, c.holding)
 		}
 	}
 }

@@ -39,9 +39,6 @@ type QueueSettings struct {
 	AgeAfter time.Duration
 }
 
-// keyed reports whether claims must step through partition keys.
-func (s QueueSettings) keyed() bool { return s.Fair || s.KeyMaxRunning > 0 || s.KeyRateLimit > 0 }
-
 func (s QueueSettings) check() error {
 	if s.MaxRunning < 0 || s.KeyMaxRunning < 0 || s.RateLimit < 0 || s.KeyRateLimit < 0 || s.RatePeriod < 0 || s.AgeAfter < 0 {
 		return fmt.Errorf("%w: queue settings must not be negative", ErrInvalidOption)
