@@ -177,7 +177,7 @@ func (q *Queue) heldJobs(ctx context.Context, queue string) ([]*Job, error) {
 }
 
 // claimFast runs claimJobsSQL; gated reports that the queue has rules and
-// nothing was claimed.
+// nothing was claimed. It returns no job with an error.
 func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
 	if n < 1 {
 		return nil, false, nil
@@ -190,8 +190,15 @@ func (q *Queue) claimFast(ctx context.Context, queue string, n int) (jobs []*Job
 			}
 			return scanJob(row, new(bool))
 		})
-	if gated {
-		return nil, true, err
+	if err != nil {
+		// The rows may have arrived while the pipeline's commit failed or
+		// was cut off: those jobs may still be queued, and running them
+		// could run an attempt twice. None is returned; the worker looks
+		// for what the claim did commit (adopt).
+		return nil, gated, err
 	}
-	return jobs, false, err
+	if gated {
+		return nil, true, nil
+	}
+	return jobs, false, nil
 }

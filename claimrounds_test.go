@@ -121,3 +121,38 @@ func TestWorkerAdoptsTheJobsOfAClaimWhoseReplyWasLost(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimReturnsNoJobWhenItsCommitFails: the fast claim's rows can arrive
+// while its pipeline's commit then fails (here a deferred trigger raises at
+// commit; in the fault tests, a terminated backend). Those jobs are still
+// queued, so Claim must not hand them out: running them, and then the
+// same attempt again after the next claim, ran attempts twice in the same
+// process (seen in TestTerminateBackends).
+func TestClaimReturnsNoJobWhenItsCommitFails(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ids := enqueueAll(t, q, []compute.Job{{Queue: "c"}, {Queue: "c"}})
+	mustExec(t, q.Pool(), `CREATE SEQUENCE public.commit_fuse`)
+	mustExec(t, q.Pool(), `CREATE FUNCTION public.fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF nextval('public.commit_fuse') = 1 THEN
+				RAISE EXCEPTION 'the commit fails';
+			END IF;
+			RETURN NULL;
+		END $$`)
+	mustExec(t, q.Pool(), `CREATE CONSTRAINT TRIGGER fail_commit AFTER UPDATE ON compute.jobs
+		DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+		WHEN (OLD.status = 'queued' AND NEW.status = 'in-progress') EXECUTE FUNCTION public.fail_commit()`)
+	jobs, err := q.Claim(context.Background(), "c", 2)
+	if err == nil || len(jobs) != 0 {
+		t.Fatalf("claim whose commit failed: %d jobs, %v; want no job and the error", len(jobs), err)
+	}
+	for _, id := range ids {
+		if st := status(t, q, id); st != compute.StatusQueued {
+			t.Errorf("job %s is %s after the failed claim, want queued", id, st)
+		}
+	}
+	if jobs, err := q.Claim(context.Background(), "c", 2); err != nil || len(jobs) != 2 {
+		t.Errorf("the next claim: %d jobs, %v; want both", len(jobs), err)
+	}
+}
