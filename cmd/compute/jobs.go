@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -89,9 +90,23 @@ func runJobsList(e *env, path string, args []string) error {
 		return err
 	}
 	jobs, err := q.Find(e.ctx, f, afterID, *limit)
-	if err != nil {
+	// A row the library cannot read ends the page early: the jobs before
+	// it are printed, then the error says how to read on.
+	var bad *compute.BadRowError
+	if err != nil && !errors.As(err, &bad) {
 		return err
 	}
+	if err := printJobs(e, l, jobs); err != nil {
+		return err
+	}
+	if bad != nil {
+		return fmt.Errorf("%w; the jobs before it are listed above; continue with --after %s", bad, bad.ID)
+	}
+	return nil
+}
+
+// printJobs prints a page of jobs as a table or as one JSON document.
+func printJobs(e *env, l *leaf, jobs []*compute.Job) error {
 	if l.json() {
 		out := make([]jobJSON, len(jobs))
 		for i, j := range jobs {

@@ -907,3 +907,21 @@ func TestBuiltBinary(t *testing.T) {
 		t.Errorf("wrong flag: %v, exit %d; want exit 2", err, cmd.ProcessState.ExitCode())
 	}
 }
+
+// TestJobsListShowsThePageBeforeAnUnreadableRow: a row written by plain SQL
+// that the library cannot read ends the page; the jobs before it are
+// printed, and the error names the row and how to read on (exit 1).
+func TestJobsListShowsThePageBeforeAnUnreadableRow(t *testing.T) {
+	t.Parallel()
+	db, q := migrated(t)
+	id := strings.TrimSpace(must(t, "enqueue", "--database-url", db, "--queue", "mail"))
+	if _, err := q.Pool().Exec(context.Background(), `INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
+		VALUES ('\xffffffffffffffffffffffffffffffff', 'queued', 'mail', '{}', ARRAY['a', NULL], now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	r := wantExit(t, 1, "jobs", "list", "--database-url", db, "--queue", "mail")
+	if !strings.Contains(r.stdout, id) || !strings.Contains(r.stderr, "column input_files") ||
+		!strings.Contains(r.stderr, "--after ffffffff-ffff-ffff-ffff-ffffffffffff") {
+		t.Errorf("jobs list beside an unreadable row:\nstdout:\n%s\nstderr:\n%s\nwant the job %s listed and the row named", r.stdout, r.stderr, id)
+	}
+}
