@@ -64,7 +64,7 @@ const pickRunnable = `picked AS MATERIALIZED (
 // probe of a tiny table.
 const claimJobsSQL = statusChange + `
 WITH gate AS (
-    SELECT 1 FROM compute.queues s WHERE s.name = $1 AND ` + hasRulesSQL + `
+    SELECT 1 FROM compute.queues s WHERE s.name = $1 AND ` + hasRules + `
 ), ` + pickRunnable + `, claimed AS (` + claimUpdate + `
 )
 SELECT g.gated, c.* FROM (SELECT EXISTS (SELECT FROM gate) AS gated) g

@@ -3,7 +3,7 @@ package compute
 import "math"
 
 // A queue's rules (QueueSettings) are decided here, for the claim and for
-// Explain alike: whether a queue has any (the fast claim's gate, hasRulesSQL),
+// Explain alike: whether a queue has any (the fast claim's gate, hasRules),
 // whether its claims step through partition keys (keyed), how many jobs the
 // queue-wide rules let start (room), and which rules hold a job back
 // (holding). What a rule counts comes from the database: running jobs by
@@ -12,9 +12,9 @@ import "math"
 // settings. A new rule is added to QueueSettings and compute.queues (a
 // migration), here, and, when it binds per key, to claimKeyedSQL.
 
-// hasRulesSQL is the fast claim's gate on the row s of compute.queues: a
+// hasRules is the fast claim's gate on the row s of compute.queues: a
 // queue with any of these settings takes the gated claim.
-const hasRulesSQL = `(s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
+const hasRules = `(s.paused OR s.fair OR s.max_running IS NOT NULL OR s.key_max_running IS NOT NULL
      OR s.rate_limit IS NOT NULL OR s.key_rate_limit IS NOT NULL)`
 
 // usage is what rules are measured against, for a queue or for one of its
