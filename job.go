@@ -106,8 +106,10 @@ type Job struct {
 	// enqueued (the database's clock at the enqueue statement, also inside
 	// a longer transaction) before it may run.
 	Delay time.Duration
-	// MaxAttempts caps how many times the job is started, counting
-	// rescues of a dead worker's attempt; 0 means DefaultMaxAttempts.
+	// MaxAttempts caps the attempts the job may spend: every start counts,
+	// rescues of a dead worker's attempt included, but a Snooze or a
+	// stopping worker's hand-back does not (see Spent); 0 means
+	// DefaultMaxAttempts.
 	MaxAttempts int
 	// ContentID asks for an id derived from Queue, Config and InputFiles:
 	// enqueuing the same job again returns the existing job's id and

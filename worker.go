@@ -35,8 +35,8 @@ type QueueConfig struct {
 	// Timeout, when set, cancels a job's context after this long and
 	// fails the attempt.
 	Timeout time.Duration
-	// MaxAttempts, when set, fails a job for good after this many
-	// attempts even if the job itself allows more.
+	// MaxAttempts, when set, fails a job for good once it has spent this
+	// many attempts (Job.Spent), even if the job itself allows more.
 	MaxAttempts int
 	// Backoff gives the wait before the next attempt after a failed one;
 	// nil means the package's Backoff.
