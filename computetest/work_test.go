@@ -1,0 +1,163 @@
+package computetest_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/computetest"
+)
+
+// returns is a handler that returns outputs and err.
+func returns(outputs []string, err error) compute.Handler {
+	return func(context.Context, *compute.Job) ([]string, error) { return outputs, err }
+}
+
+func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name    string
+		h       compute.Handler
+		opts    []computetest.WorkOption
+		result  computetest.Result
+		status  compute.Status
+		errText string // in Outcome.Err and, unless snoozed, in the job's errors
+	}{
+		{"success", returns([]string{"out.png"}, nil), nil, computetest.Complete, compute.StatusComplete, ""},
+		{"plain error", returns(nil, boom), nil, computetest.Retried, compute.StatusQueued, "boom"},
+		{"permanent", returns(nil, compute.Permanent(boom)), nil, computetest.Failed, compute.StatusFailed, "permanent: boom"},
+		{"snooze", returns(nil, compute.Snooze(time.Hour)), nil, computetest.Snoozed, compute.StatusQueued, "snoozed"},
+		{"snooze at the queue's last attempt", returns(nil, compute.Snooze(time.Hour)),
+			[]computetest.WorkOption{computetest.WithMaxAttempts(1)}, computetest.Snoozed, compute.StatusQueued, "snoozed"},
+		{"queue's MaxAttempts spent", returns(nil, boom), []computetest.WorkOption{computetest.WithMaxAttempts(1)},
+			computetest.Failed, compute.StatusFailed, "queue allows 1 attempts: boom"},
+		{"panic", func(context.Context, *compute.Job) ([]string, error) { panic("kaput") }, nil,
+			computetest.Retried, compute.StatusQueued, "panic: kaput"},
+		{"timeout", func(ctx context.Context, _ *compute.Job) ([]string, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}, []computetest.WorkOption{computetest.WithTimeout(50 * time.Millisecond)},
+			computetest.Retried, compute.StatusQueued, "job timed out after 50ms: context deadline exceeded"},
+		{"bad output name", returns([]string{""}, nil), nil, computetest.Failed, compute.StatusFailed, "handler returned"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q := computetest.NewQueue(t)
+			id := enqueue(t, q, compute.Job{Queue: "emails", Config: `{}`})[0]
+			out := computetest.WorkOne(t, q, "emails", tc.h, tc.opts...)
+			if out.Result != tc.result || out.Job.ID != id || out.Job.Status != tc.status || out.Job.Attempt != 1 {
+				t.Fatalf("WorkOne = %s, job %s %s attempt %d; want %s, job %s %s attempt 1 (err %v)",
+					out.Result, out.Job.ID, out.Job.Status, out.Job.Attempt, tc.result, id, tc.status, out.Err)
+			}
+			if tc.errText == "" {
+				if out.Err != nil || !slices.Equal(out.Job.OutputFiles, []string{"out.png"}) {
+					t.Fatalf("success: err %v, stored outputs %q; want nil and [out.png]", out.Err, out.Job.OutputFiles)
+				}
+				return
+			}
+			if out.Err == nil || !strings.Contains(out.Err.Error(), tc.errText) {
+				t.Fatalf("Outcome.Err = %v, want it to contain %q", out.Err, tc.errText)
+			}
+			if tc.result == computetest.Snoozed {
+				if out.Job.Snoozes != 1 || len(out.Job.Errors) != 0 || time.Until(out.Job.RunAt) < 50*time.Minute {
+					t.Fatalf("snoozed job: snoozes %d, errors %v, run_at in %s; want 1, none, an hour", out.Job.Snoozes, out.Job.Errors, time.Until(out.Job.RunAt))
+				}
+				return
+			}
+			if len(out.Job.Errors) != 1 || !strings.Contains(out.Job.Errors[0].Error, tc.errText) {
+				t.Fatalf("stored errors %+v, want one holding %q", out.Job.Errors, tc.errText)
+			}
+			if tc.result == computetest.Retried && !out.Job.RunAt.After(out.Job.Grabbed) {
+				t.Fatalf("retried job runs at %s, not after its claim at %s: no backoff", out.Job.RunAt, out.Job.Grabbed)
+			}
+		})
+	}
+}
+
+func TestWorkOneTakesTheClaimOrderAndBackoff(t *testing.T) {
+	t.Parallel()
+	q := computetest.NewQueue(t)
+	ids := enqueue(t, q,
+		compute.Job{Queue: "emails", Config: `{"n": 1}`, Priority: 5},
+		compute.Job{Queue: "emails", Config: `{"n": 2}`, Priority: 1},
+		compute.Job{Queue: "emails", Config: `{"n": 3}`, Delay: time.Hour},
+	)
+	var seen []string
+	record := func(_ context.Context, job *compute.Job) ([]string, error) {
+		seen = append(seen, job.Config)
+		return nil, errors.New("again")
+	}
+	first := computetest.WorkOne(t, q, "emails", record, computetest.WithBackoff(func(int) time.Duration { return 0 }))
+	second := computetest.WorkOne(t, q, "emails", record) // the same job: its backoff was zero (1µs)
+	third := computetest.WorkOne(t, q, "emails", record)  // the other: the first now waits out the default backoff
+	if first.Job.ID != ids[1] || second.Job.ID != ids[1] || second.Job.Attempt != 2 || third.Job.ID != ids[0] {
+		t.Fatalf("WorkOne took %s, %s (attempt %d), %s; want the priority-1 job twice, then the priority-5 job",
+			first.Job.ID, second.Job.ID, second.Job.Attempt, third.Job.ID)
+	}
+	if delay := time.Until(second.Job.RunAt); delay < 500*time.Millisecond {
+		t.Fatalf("with the default backoff the retry runs in %s; want Backoff(2), about two seconds", delay)
+	}
+	if !slices.Equal(seen, []string{`{"n": 2}`, `{"n": 2}`, `{"n": 1}`}) {
+		t.Fatalf("the handler saw configs %q", seen)
+	}
+}
+
+func TestWorkOneRunsMiddlewareFirstOutermost(t *testing.T) {
+	t.Parallel()
+	q := computetest.NewQueue(t)
+	enqueue(t, q, compute.Job{Queue: "emails", Config: `{}`})
+	var order []string
+	wrap := func(name string) compute.Middleware {
+		return func(next compute.Handler) compute.Handler {
+			return func(ctx context.Context, job *compute.Job) ([]string, error) {
+				order = append(order, name+" in")
+				out, err := next(ctx, job)
+				order = append(order, name+" out")
+				return out, err
+			}
+		}
+	}
+	h := func(context.Context, *compute.Job) ([]string, error) { order = append(order, "handler"); return nil, nil }
+	out := computetest.WorkOne(t, q, "emails", h, computetest.WithMiddleware(wrap("a"), wrap("b")))
+	if out.Result != computetest.Complete || !slices.Equal(order, []string{"a in", "b in", "handler", "b out", "a out"}) {
+		t.Fatalf("result %s, calls %q; want complete, a around b around the handler", out.Result, order)
+	}
+}
+
+func TestWorkOneLosesACancelledJob(t *testing.T) {
+	t.Parallel()
+	q := computetest.NewQueue(t, compute.WithLease(time.Second)) // renewals every third of a second
+	id := enqueue(t, q, compute.Job{Queue: "emails", Config: `{}`})[0]
+	h := func(ctx context.Context, job *compute.Job) ([]string, error) {
+		if err := q.Cancel(ctx, job.ID, "changed my mind"); err != nil {
+			return nil, err
+		}
+		<-ctx.Done() // the next renewal finds the job is no longer ours
+		return []string{"late.png"}, nil
+	}
+	out := computetest.WorkOne(t, q, "emails", h)
+	if out.Result != computetest.Lost || out.Job.ID != id || out.Job.Status != compute.StatusFailed || len(out.Job.OutputFiles) != 0 {
+		t.Fatalf("WorkOne = %s, job %s %s with outputs %q; want lost, the job failed by the cancel, nothing written",
+			out.Result, out.Job.ID, out.Job.Status, out.Job.OutputFiles)
+	}
+}
+
+func TestWorkOneFailsWithoutARunnableJob(t *testing.T) {
+	t.Parallel()
+	q := computetest.NewQueue(t)
+	h := returns(nil, nil)
+	msg := failure(t, func(tb testing.TB) { computetest.WorkOne(tb, q, "emails", h) })
+	if !strings.Contains(msg, `no runnable job in queue "emails": it holds no jobs at all`) {
+		t.Errorf("WorkOne on an empty queue failed with %q", msg)
+	}
+	id := enqueue(t, q, compute.Job{Queue: "emails", Config: `{"later": true}`, Delay: time.Hour})[0]
+	msg = failure(t, func(tb testing.TB) { computetest.WorkOne(tb, q, "emails", h) })
+	if !strings.Contains(msg, `no runnable job in queue "emails"`) || !strings.Contains(msg, id.String()) {
+		t.Errorf("WorkOne with only a later job failed with %q; want it to list job %s", msg, id)
+	}
+}
