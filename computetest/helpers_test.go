@@ -1,11 +1,14 @@
 package computetest_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/internal/testdb"
@@ -60,6 +63,18 @@ func enqueue(t *testing.T, q *compute.Queue, jobs ...compute.Job) []compute.JobI
 		t.Fatalf("EnqueueMany: %v", err)
 	}
 	return ids
+}
+
+// begin starts a transaction on q's pool, rolled back at cleanup unless
+// the test commits it.
+func begin(t *testing.T, q *compute.Queue) pgx.Tx {
+	t.Helper()
+	tx, err := q.Pool().Begin(t.Context())
+	if err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return tx
 }
 
 // ids lists the jobs' ids.

@@ -1,7 +1,6 @@
 package computetest_test
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -105,11 +104,7 @@ func TestRequireEnqueuedTxSeesTheUncommittedTransaction(t *testing.T) {
 	t.Parallel()
 	q := computetest.NewQueue(t)
 	ctx := t.Context()
-	tx, err := q.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	tx := begin(t, q)
 	id, err := q.EnqueueTx(ctx, tx, compute.Job{Queue: "emails", Config: `{"to": "ada@example.com"}`})
 	if err != nil {
 		t.Fatal(err)
@@ -141,11 +136,7 @@ func TestRequireEnqueuedTxFailsOnAFailedTransaction(t *testing.T) {
 	t.Parallel()
 	q := computetest.NewQueue(t)
 	ctx := t.Context()
-	tx, err := q.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	tx := begin(t, q)
 	if _, err := tx.Exec(ctx, "SELECT 1/0"); err == nil {
 		t.Fatal("SELECT 1/0 succeeded")
 	}

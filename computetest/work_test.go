@@ -122,7 +122,10 @@ func TestWorkOneRunsMiddlewareFirstOutermost(t *testing.T) {
 			}
 		}
 	}
-	h := func(context.Context, *compute.Job) ([]string, error) { order = append(order, "handler"); return nil, nil }
+	h := func(context.Context, *compute.Job) ([]string, error) {
+		order = append(order, "handler")
+		return nil, nil
+	}
 	out := computetest.WorkOne(t, q, "emails", h, computetest.WithMiddleware(wrap("a"), wrap("b")))
 	if out.Result != computetest.Complete || !slices.Equal(order, []string{"a in", "b in", "handler", "b out", "a out"}) {
 		t.Fatalf("result %s, calls %q; want complete, a around b around the handler", out.Result, order)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/computeplatform/compute"
 	"github.com/computeplatform/compute/computetest"
 
@@ -23,15 +25,22 @@ func newShop(t *testing.T) *compute.Queue {
 	return q
 }
 
+// begin starts a transaction, rolled back at cleanup unless the test ends it.
+func begin(t *testing.T, q *compute.Queue) pgx.Tx {
+	t.Helper()
+	tx, err := q.Pool().Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return tx
+}
+
 func TestSignUpEnqueuesTheWelcomeEmailWithTheCustomer(t *testing.T) {
 	t.Parallel()
 	q := newShop(t)
 	ctx := t.Context()
-	tx, err := q.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	tx := begin(t, q)
 	if err := shop.SignUp(ctx, q, tx, "ada@example.com"); err != nil {
 		t.Fatal(err)
 	}
@@ -48,10 +57,7 @@ func TestSignUpRolledBackEnqueuesNothing(t *testing.T) {
 	t.Parallel()
 	q := newShop(t)
 	ctx := t.Context()
-	tx, err := q.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx := begin(t, q)
 	if err := shop.SignUp(ctx, q, tx, "bob@example.com"); err != nil {
 		t.Fatal(err)
 	}
