@@ -12,8 +12,8 @@ import (
 	"github.com/computeplatform/compute"
 )
 
-// Counts is what Drain's attempts came to, one count per handler call.
-// For each job Drain ran, its last attempt counts as Complete or Failed
+// Counts is what [Drain]'s attempts came to, one count per handler call.
+// For each job Drain ran (and that still exists after it), its last attempt counts as Complete or Failed
 // when the job ended so (a Cancel while it ran counts as Failed), its
 // snoozes during the drain as Snoozed, and its other attempts as Retried,
 // including a last one that left it queued for a later retry.
@@ -40,16 +40,16 @@ const drainPoll = 20 * time.Millisecond
 const drainedSQL = `SELECT count(*) FROM compute.jobs
 WHERE queue = ANY($1::text[]) AND (status = 'in-progress' OR (status = 'queued' AND run_at <= now()))`
 
-// Drain works the queues named in handlers with a real compute.Worker,
+// Drain works the queues named in handlers with a real [compute.Worker],
 // each queue with its handler (and opts, which apply to every queue as
-// they do in WorkOne), until none of them holds a job that is running or
+// they do in [WorkOne]), until none of them holds a job that is running or
 // queued and due; then it stops the Worker and returns what the attempts
-// came to (see Counts). Jobs enqueued while it works, by the handlers or
+// came to (see [Counts]). Jobs enqueued while it works, by the handlers or
 // anyone else, are worked too; jobs due later (a retry's backoff, a long
 // Snooze, a RunAt in the future) are left queued. The Worker polls every
 // 20 ms, so a job that becomes due while Drain works is taken promptly.
 //
-// Drain fails the test when the queues are not drained within DrainTimeout
+// Drain fails the test when the queues are not drained within [DrainTimeout]
 // (a paused queue, a handler that snoozes for ever, or a job held by
 // another worker's lease), or when the Worker cannot run.
 func Drain(t testing.TB, q *compute.Queue, handlers map[string]compute.Handler, opts ...WorkOption) Counts {
@@ -139,6 +139,8 @@ func Drain(t testing.TB, q *compute.Queue, handlers map[string]compute.Handler, 
 	}
 	stop()
 
+	mu.Lock() // the Worker has stopped, but a handler it abandoned may still run
+	defer mu.Unlock()
 	var counts Counts
 	for id, c := range calls {
 		job, err := q.Get(ctx, id)

@@ -7,7 +7,7 @@ import (
 	"github.com/computeplatform/compute/internal/testdb"
 )
 
-// NewQueue returns a Queue on a fresh database of its own, migrated to the
+// NewQueue returns a [compute.Queue] on a fresh database of its own, migrated to the
 // latest schema, for one test: tests that call it may run in parallel. The
 // Queue is closed and the database dropped in t.Cleanup, so stop any
 // Worker on it before the test returns. opts are passed to [compute.Open]
@@ -33,7 +33,7 @@ func NewQueue(t testing.TB, opts ...compute.Option) *compute.Queue {
 }
 
 // Run runs a test binary's tests and then stops the PostgreSQL server
-// NewQueue started, if any. It is optional on Linux with PostgreSQL
+// [NewQueue] started, if any. It is optional on Linux with PostgreSQL
 // installed, or with DATABASE_URL set; it is needed when the server must
 // come from Docker, or from local binaries outside Linux, since those would
 // outlive the test process:

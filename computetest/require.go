@@ -13,7 +13,7 @@ import (
 	"github.com/computeplatform/compute"
 )
 
-// Match selects jobs for RequireEnqueued and RequireNotEnqueued. Every field
+// Match selects jobs for [RequireEnqueued] and [RequireNotEnqueued]. Every field
 // that is set must match; the zero Match matches every queued job.
 type Match struct {
 	// Queue is the job's queue; empty means any queue.
@@ -38,12 +38,12 @@ type Match struct {
 // test (with the jobs it found instead: those of m's queue, or of all
 // queues, newest first) when there are none. It reads the committed jobs of
 // q's database, in a transaction of its own that it rolls back; use
-// RequireEnqueuedTx to see a transaction that has not committed.
+// [RequireEnqueuedTx] to see a transaction that has not committed.
 //
 // The returned jobs hold the fields a producer sets and their state: ID,
 // Queue, Status, Config, InputFiles, Priority, RunAt, MaxAttempts,
-// PartitionKey, Unique.Key, Attempt, Snoozes and Created; use q.Get for the
-// rest.
+// PartitionKey, Unique.Key, Attempt, Snoozes and Created; use
+// [compute.Queue.Get] for the rest.
 func RequireEnqueued(t testing.TB, q *compute.Queue, m Match) []*compute.Job {
 	t.Helper()
 	return requireWithPool(t, q, m, true)

@@ -14,7 +14,7 @@ import (
 // Result is what became of one attempt of a job.
 type Result string
 
-// The results of an attempt, as WorkOne reports them and Drain counts them.
+// The results of an attempt, as [WorkOne] reports them and [Drain] counts them.
 const (
 	// Complete: the handler succeeded and the job is complete.
 	Complete Result = "complete"
@@ -32,7 +32,7 @@ const (
 	Lost Result = "lost"
 )
 
-// Outcome is what WorkOne did with one job.
+// Outcome is what [WorkOne] did with one job.
 type Outcome struct {
 	// Job is the job as stored after the outcome was written (read with
 	// Queue.Get), so Status, RunAt, Attempt, Snoozes, Errors and
@@ -48,8 +48,8 @@ type Outcome struct {
 	Outputs []string
 }
 
-// WorkOption sets how WorkOne runs its handler, as the fields of
-// compute.QueueConfig and compute.WorkerConfig do for a Worker.
+// WorkOption sets how [WorkOne] and [Drain] run handlers, as the fields of
+// [compute.QueueConfig] and [compute.WorkerConfig] do for a Worker.
 type WorkOption func(*workConfig)
 
 type workConfig struct {
@@ -86,9 +86,9 @@ var (
 	errTimeout   = errors.New("job timed out")
 )
 
-// WorkOne claims one runnable job of queue with q's public Claim (so the
+// WorkOne claims one runnable job of queue with [compute.Queue.Claim] (so the
 // queue's rules, priorities and run times apply) and runs h on it as a
-// compute.Worker would: through the middleware, with the timeout, renewing
+// [compute.Worker] would: through the middleware, with the timeout, renewing
 // the lease while h runs, turning a panic into the attempt's error with
 // its stack, and then writing the outcome with Complete or Fail, fenced by
 // the claim. A plain error is retried after the backoff while attempts
