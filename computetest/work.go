@@ -80,10 +80,10 @@ func WithMiddleware(m ...compute.Middleware) WorkOption {
 }
 
 // errLeaseLost and errTimeout are the causes WorkOne cancels a handler's
-// context with.
+// context with; errTimeout's text is the Worker's, since it is recorded.
 var (
 	errLeaseLost = errors.New("computetest: the job was cancelled or its lease was lost")
-	errTimeout   = errors.New("job timed out")
+	errTimeout   = errors.New("compute: job timed out")
 )
 
 // WorkOne claims one runnable job of queue with [compute.Queue.Claim] (so the
@@ -243,7 +243,12 @@ func write(t testing.TB, q *compute.Queue, job *compute.Job, outputs []string, h
 		case !errors.Is(err, compute.ErrInvalidFiles):
 			t.Fatalf("computetest: completing job %s: %v", job.ID, err)
 		}
-		// Names Complete refuses fail this job for good, as in a Worker.
+		// Names Complete refuses fail this job for good, as in a Worker,
+		// which checks them itself; Complete's error names the job first
+		// ("job <id>: ..."), the Worker's does not, so that layer goes.
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner
+		}
 		recorded = compute.Permanent(fmt.Errorf("handler returned %w", err))
 	}
 	// A Snooze cannot be told apart from outside the library, but Fail

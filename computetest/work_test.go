@@ -42,7 +42,7 @@ func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
 			<-ctx.Done()
 			return nil, ctx.Err()
 		}, []computetest.WorkOption{computetest.WithTimeout(50 * time.Millisecond)},
-			computetest.Retried, compute.StatusQueued, "job timed out after 50ms: context deadline exceeded"},
+			computetest.Retried, compute.StatusQueued, "compute: job timed out after 50ms: context deadline exceeded"},
 		{"bad output name", returns([]string{""}, nil), nil, computetest.Failed, compute.StatusFailed, "handler returned"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,5 +162,69 @@ func TestWorkOneFailsWithoutARunnableJob(t *testing.T) {
 	msg = failure(t, func(tb testing.TB) { computetest.WorkOne(tb, q, "emails", h) })
 	if !strings.Contains(msg, `no runnable job in queue "emails"`) || !strings.Contains(msg, id.String()) {
 		t.Errorf("WorkOne with only a later job failed with %q; want it to list job %s", msg, id)
+	}
+}
+
+// TestWorkOneWritesWhatAWorkerWrites runs the same handler on two jobs, one
+// through a real Worker (Drain) and one through WorkOne, and compares what
+// each attempt left in the database.
+func TestWorkOneWritesWhatAWorkerWrites(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name string
+		h    compute.Handler
+		opts []computetest.WorkOption
+	}{
+		{"success", returns([]string{"out.png"}, nil), nil},
+		{"plain error", returns(nil, boom), nil},
+		{"permanent", returns(nil, compute.Permanent(boom)), nil},
+		{"snooze", returns(nil, compute.Snooze(time.Hour)), nil},
+		{"snooze at the queue's last attempt", returns(nil, compute.Snooze(time.Hour)), []computetest.WorkOption{computetest.WithMaxAttempts(1)}},
+		{"queue's MaxAttempts spent", returns(nil, boom), []computetest.WorkOption{computetest.WithMaxAttempts(1)}},
+		{"queue's backoff", returns(nil, boom), []computetest.WorkOption{computetest.WithBackoff(func(int) time.Duration { return time.Hour })}},
+		{"panic", func(context.Context, *compute.Job) ([]string, error) { panic("kaput") }, nil},
+		{"timeout", func(ctx context.Context, _ *compute.Job) ([]string, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}, []computetest.WorkOption{computetest.WithTimeout(50 * time.Millisecond)}},
+		{"bad output name", returns([]string{"ok.png", ""}, nil), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q := computetest.NewQueue(t)
+			ids := enqueue(t, q, compute.Job{Queue: "worker", Config: `{}`}, compute.Job{Queue: "workone", Config: `{}`})
+			computetest.Drain(t, q, map[string]compute.Handler{"worker": tc.h}, tc.opts...)
+			computetest.WorkOne(t, q, "workone", tc.h, tc.opts...)
+			var jobs [2]*compute.Job
+			for i, id := range ids {
+				job, err := q.Get(t.Context(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				jobs[i] = job
+			}
+			w, o := jobs[0], jobs[1]
+			if w.Status != o.Status || w.Attempt != o.Attempt || w.Snoozes != o.Snoozes ||
+				!slices.Equal(w.OutputFiles, o.OutputFiles) || len(w.Errors) != len(o.Errors) {
+				t.Fatalf("Worker wrote %s attempt %d snoozes %d outputs %q errors %d; WorkOne wrote %s attempt %d snoozes %d outputs %q errors %d",
+					w.Status, w.Attempt, w.Snoozes, w.OutputFiles, len(w.Errors), o.Status, o.Attempt, o.Snoozes, o.OutputFiles, len(o.Errors))
+			}
+			if len(w.Errors) > 0 {
+				// The first line: a panic's stack differs in its frames.
+				first := func(s string) string { line, _, _ := strings.Cut(s, "\n"); return line }
+				if a, b := first(w.Errors[0].Error), first(o.Errors[0].Error); a != b {
+					t.Fatalf("Worker recorded %q, WorkOne %q", a, b)
+				}
+			}
+			// Both wait the same time to run again, give or take the
+			// backoff's jitter and the time between the two writes.
+			if w.Status == compute.StatusQueued {
+				wWait, oWait := w.RunAt.Sub(w.Grabbed), o.RunAt.Sub(o.Grabbed)
+				if wWait < oWait*3/4-time.Second || wWait > oWait*4/3+time.Second {
+					t.Fatalf("Worker's job runs again %s after its claim, WorkOne's %s", wWait, oWait)
+				}
+			}
+		})
 	}
 }
