@@ -36,9 +36,13 @@ const drainPoll = 20 * time.Millisecond
 // drainedSQL says whether the queues are drained: no job the worker could
 // still take (queued and due) or is still working on (in progress). A job
 // queued to run later does not count, so a retry waiting out its backoff
-// ends the drain. Both parts read partial indexes on status.
+// ends the drain. Both parts read partial indexes on status. "Due" is
+// clock_timestamp(), read after the statement's snapshot: now() is taken
+// before it, so a retry written with a 1µs backoff by a statement that
+// started after this one's now() but committed before its snapshot would
+// look due later, and end the drain too early.
 const drainedSQL = `SELECT count(*) FROM compute.jobs
-WHERE queue = ANY($1::text[]) AND (status = 'in-progress' OR (status = 'queued' AND run_at <= now()))`
+WHERE queue = ANY($1::text[]) AND (status = 'in-progress' OR (status = 'queued' AND run_at <= clock_timestamp()))`
 
 // Drain works the queues named in handlers with a real [compute.Worker],
 // each queue with its handler (and opts, which apply to every queue as

@@ -17,17 +17,20 @@ func returns(outputs []string, err error) compute.Handler {
 	return func(context.Context, *compute.Job) ([]string, error) { return outputs, err }
 }
 
-func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
-	t.Parallel()
+// attempt is one handler behaviour and what WorkOne should make of it.
+type attempt struct {
+	name    string
+	h       compute.Handler
+	opts    []computetest.WorkOption
+	result  computetest.Result
+	status  compute.Status
+	errText string // in Outcome.Err and, unless snoozed, in the job's errors
+}
+
+// attempts are the behaviours the WorkOne tests run, each on a job of its own.
+func attempts() []attempt {
 	boom := errors.New("boom")
-	for _, tc := range []struct {
-		name    string
-		h       compute.Handler
-		opts    []computetest.WorkOption
-		result  computetest.Result
-		status  compute.Status
-		errText string // in Outcome.Err and, unless snoozed, in the job's errors
-	}{
+	return []attempt{
 		{"success", returns([]string{"out.png"}, nil), nil, computetest.Complete, compute.StatusComplete, ""},
 		{"plain error", returns(nil, boom), nil, computetest.Retried, compute.StatusQueued, "boom"},
 		{"permanent", returns(nil, compute.Permanent(boom)), nil, computetest.Failed, compute.StatusFailed, "permanent: boom"},
@@ -36,6 +39,8 @@ func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
 			[]computetest.WorkOption{computetest.WithMaxAttempts(1)}, computetest.Snoozed, compute.StatusQueued, "snoozed"},
 		{"queue's MaxAttempts spent", returns(nil, boom), []computetest.WorkOption{computetest.WithMaxAttempts(1)},
 			computetest.Failed, compute.StatusFailed, "queue allows 1 attempts: boom"},
+		{"queue's backoff", returns(nil, boom), []computetest.WorkOption{computetest.WithBackoff(func(int) time.Duration { return time.Hour })},
+			computetest.Retried, compute.StatusQueued, "boom"},
 		{"panic", func(context.Context, *compute.Job) ([]string, error) { panic("kaput") }, nil,
 			computetest.Retried, compute.StatusQueued, "panic: kaput"},
 		{"timeout", func(ctx context.Context, _ *compute.Job) ([]string, error) {
@@ -43,8 +48,14 @@ func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
 			return nil, ctx.Err()
 		}, []computetest.WorkOption{computetest.WithTimeout(50 * time.Millisecond)},
 			computetest.Retried, compute.StatusQueued, "compute: job timed out after 50ms: context deadline exceeded"},
-		{"bad output name", returns([]string{""}, nil), nil, computetest.Failed, compute.StatusFailed, "handler returned"},
-	} {
+		{"bad output name", returns([]string{"out.png", ""}, nil), nil, computetest.Failed, compute.StatusFailed,
+			"permanent: handler returned compute: invalid file names: output files[1] is empty"},
+	}
+}
+
+func TestWorkOneWritesWhatAWorkerWould(t *testing.T) {
+	t.Parallel()
+	for _, tc := range attempts() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			q := computetest.NewQueue(t)
@@ -170,26 +181,7 @@ func TestWorkOneFailsWithoutARunnableJob(t *testing.T) {
 // each attempt left in the database.
 func TestWorkOneWritesWhatAWorkerWrites(t *testing.T) {
 	t.Parallel()
-	boom := errors.New("boom")
-	for _, tc := range []struct {
-		name string
-		h    compute.Handler
-		opts []computetest.WorkOption
-	}{
-		{"success", returns([]string{"out.png"}, nil), nil},
-		{"plain error", returns(nil, boom), nil},
-		{"permanent", returns(nil, compute.Permanent(boom)), nil},
-		{"snooze", returns(nil, compute.Snooze(time.Hour)), nil},
-		{"snooze at the queue's last attempt", returns(nil, compute.Snooze(time.Hour)), []computetest.WorkOption{computetest.WithMaxAttempts(1)}},
-		{"queue's MaxAttempts spent", returns(nil, boom), []computetest.WorkOption{computetest.WithMaxAttempts(1)}},
-		{"queue's backoff", returns(nil, boom), []computetest.WorkOption{computetest.WithBackoff(func(int) time.Duration { return time.Hour })}},
-		{"panic", func(context.Context, *compute.Job) ([]string, error) { panic("kaput") }, nil},
-		{"timeout", func(ctx context.Context, _ *compute.Job) ([]string, error) {
-			<-ctx.Done()
-			return nil, ctx.Err()
-		}, []computetest.WorkOption{computetest.WithTimeout(50 * time.Millisecond)}},
-		{"bad output name", returns([]string{"ok.png", ""}, nil), nil},
-	} {
+	for _, tc := range attempts() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			q := computetest.NewQueue(t)
