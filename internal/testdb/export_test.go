@@ -1,5 +1,12 @@
 package testdb
 
+import "context"
+
+// StartLazy is the start of NewLazy outside Run.
+func StartLazy(ctx context.Context, logf func(string, ...any)) (*Server, error) {
+	return start(ctx, logf, false)
+}
+
 // Internal helpers exported for the external test package.
 var (
 	RedactConnString = redactConnString

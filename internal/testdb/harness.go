@@ -65,7 +65,7 @@ func RunWithExamples(m *testing.M) int {
 	shared.mu.Lock()
 	shared.inRun = true
 	shared.mu.Unlock()
-	srv, err := sharedServer()
+	srv, err := sharedServer(false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		if !errors.Is(err, ErrNoPostgres) || os.Getenv("CI") == "true" {
@@ -113,7 +113,27 @@ func RunWithExamples(m *testing.M) int {
 // CI never goes green by skipping. The package's TestMain must use Run.
 func New(t testing.TB) string {
 	t.Helper()
-	srv, err := sharedServer()
+	return newDatabase(t, false)
+}
+
+// NewLazy is New for a test binary whose TestMain may not call Run, such as
+// a user's tests through package computetest. Without Run the shared
+// server is started on first use and nobody closes it: it is DATABASE_URL's
+// (never stopped anyway) or a local postmaster, which the kernel sends
+// SIGQUIT (postgres's immediate shutdown) when the test process exits; its
+// temp dir is removed by a later run's sweep. A Docker container, or a
+// local server outside Linux, would outlive the process, so without Run
+// NewLazy starts neither and fails the test with ErrNeedsRun instead.
+// With Run, NewLazy is New.
+func NewLazy(t testing.TB) string {
+	t.Helper()
+	return newDatabase(t, true)
+}
+
+// newDatabase is New, and NewLazy when lazy is set.
+func newDatabase(t testing.TB, lazy bool) string {
+	t.Helper()
+	srv, err := sharedServer(lazy)
 	if err != nil {
 		if errors.Is(err, ErrNoPostgres) {
 			if os.Getenv("CI") != "true" {
@@ -143,17 +163,19 @@ func New(t testing.TB) string {
 
 // sharedServer starts the shared server on first use and returns it, or the
 // error the first start returned.
-func sharedServer() (*Server, error) {
+// Without lazy it refuses to start outside Run; with lazy and outside Run it
+// starts no Docker container (see NewLazy).
+func sharedServer(lazy bool) (*Server, error) {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
-	if !shared.inRun {
+	if !shared.inRun && !lazy {
 		return nil, errors.New("testdb.New: the package's TestMain must call testdb.Run: func TestMain(m *testing.M) { os.Exit(testdb.Run(m)) }")
 	}
 	if !shared.tried {
 		shared.tried = true
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // Docker may pull an image
 		defer cancel()
-		shared.server, shared.err = Start(ctx, verboseLogf)
+		shared.server, shared.err = start(ctx, verboseLogf, shared.inRun)
 	}
 	return shared.server, shared.err
 }

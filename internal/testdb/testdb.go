@@ -40,6 +40,12 @@ import (
 // be found or started on this machine.
 var ErrNoPostgres = errors.New("testdb: no PostgreSQL server available: install PostgreSQL (initdb/pg_ctl), or start Docker, or set DATABASE_URL")
 
+// ErrNeedsRun is the error of NewLazy outside Run when the only server it
+// could start would outlive the test process: a Docker container, or a
+// local server outside Linux (no parent-death signal). The package's
+// TestMain must then call Run, which stops it.
+var ErrNeedsRun = errors.New("testdb: the PostgreSQL server this test would start (in Docker, or from local binaries outside Linux) would outlive the test process: make the package's TestMain call Run (computetest.Run in a user's tests), or set DATABASE_URL")
+
 // readyTimeout bounds how long we wait for a freshly started server to accept
 // connections.
 const readyTimeout = 30 * time.Second
@@ -82,6 +88,14 @@ type Server struct {
 // none is available. logf may be nil; it receives progress lines.
 // The caller must Close the server.
 func Start(ctx context.Context, logf func(format string, args ...any)) (*Server, error) {
+	return start(ctx, logf, true)
+}
+
+// start is Start; withDocker false is for a shared server nobody will
+// close (see NewLazy): it starts only a server that dies with the process
+// (DATABASE_URL's is never stopped), and returns ErrNeedsRun instead of a
+// Docker container or, outside Linux, a local server.
+func start(ctx context.Context, logf func(format string, args ...any), withDocker bool) (*Server, error) {
 	logf = orNop(logf)
 
 	if raw := os.Getenv("DATABASE_URL"); raw != "" {
@@ -90,12 +104,18 @@ func Start(ctx context.Context, logf func(format string, args ...any)) (*Server,
 
 	binDir, binErr := findBinaries()
 	if binErr == nil {
+		if !withDocker && !diesWithParent {
+			return nil, ErrNeedsRun
+		}
 		return startLocal(ctx, binDir, logf)
 	}
 	logf("testdb: no local PostgreSQL binaries found; trying Docker")
 
 	dockerErr := dockerAvailable(ctx)
 	if dockerErr == nil {
+		if !withDocker {
+			return nil, ErrNeedsRun
+		}
 		return startDocker(ctx, logf)
 	}
 	logf("testdb: Docker not usable: %v", dockerErr)

@@ -392,6 +392,41 @@ func TestStartWithNothingAvailableReturnsErrNoPostgres(t *testing.T) {
 	}
 }
 
+func TestLazyStartRefusesDockerWhoseContainerWouldOutliveTheProcess(t *testing.T) {
+	callLog := fakeDocker(t, `case "$1" in
+info) echo 28.2.2 ;;
+*) exit 1 ;;
+esac`)
+	srv, err := testdb.StartLazy(testContext(t), t.Logf)
+	if !errors.Is(err, testdb.ErrNeedsRun) {
+		if srv != nil {
+			srv.Close()
+		}
+		t.Fatalf("StartLazy with only Docker = %v, want ErrNeedsRun", err)
+	}
+	if !strings.Contains(err.Error(), "computetest.Run") {
+		t.Errorf("the error should say which TestMain to write: %v", err)
+	}
+	calls, err := os.ReadFile(callLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(calls), "run") {
+		t.Errorf("StartLazy started a container:\n%s", calls)
+	}
+}
+
+func TestLazyStartWithoutAnyServerReturnsErrNoPostgres(t *testing.T) {
+	fakeDocker(t, `echo "Cannot connect to the Docker daemon" >&2; exit 1`)
+	srv, err := testdb.StartLazy(testContext(t), t.Logf)
+	if !errors.Is(err, testdb.ErrNoPostgres) {
+		if srv != nil {
+			srv.Close()
+		}
+		t.Fatalf("StartLazy with nothing available = %v, want ErrNoPostgres, so tests skip", err)
+	}
+}
+
 // TestStartDockerPath drives the Docker path with a docker client stub that
 // "publishes" a real local server's port.
 func TestStartDockerPath(t *testing.T) {
