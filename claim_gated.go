@@ -21,11 +21,20 @@ const lockClassClaim = 0x636f6d63
 // taken after the wait, not now(), the transaction's start.
 const lockGatedQueueSQL = `SELECT pg_advisory_xact_lock($2, hashtext($1))`
 
-// queueUsageSQL counts what the queue-wide limits need: running jobs (through
-// the small partial index jobs_running) and starts within the rate period.
+// expireStartsSQL deletes the queue's starts older than its rate period
+// ($2 microseconds), through starts_queue, so that compute.start_counts
+// (migration 13, kept by triggers on compute.starts) counts exactly the
+// window. It runs before queueUsageSQL in the claim's transaction, under the
+// queue's claim lock, and costs what it deletes.
+const expireStartsSQL = `
+DELETE FROM compute.starts WHERE queue = $1 AND at <= statement_timestamp() - $2 * interval '1 microsecond'`
+
+// queueUsageSQL reads what the queue-wide limits need: running jobs (through
+// the small partial index jobs_running) and the starts within the rate
+// period, from the queue's running count: one row, however high the limit.
 const queueUsageSQL = `
 SELECT (SELECT count(*) FROM compute.jobs WHERE status = 'in-progress' AND queue = $1),
-       (SELECT count(*) FROM compute.starts WHERE queue = $1 AND at > statement_timestamp() - $2 * interval '1 microsecond')`
+       coalesce((SELECT n FROM compute.start_counts WHERE queue = $1 AND whole_queue), 0)`
 
 // claimPickedSQL claims up to $2 runnable jobs of queue $1 in claim order, with
 // an empty gate: the caller holds the queue's claim lock and has applied
@@ -56,7 +65,8 @@ LIMIT $3`
 // order; a NULL entry stands for the jobs without a key): each key's first
 // runnable job, then each key's second, and so on. Each key gives at most
 // $7 jobs and no more than its budget: $8 running per key minus those
-// running, $9 starts per key in the last $10 microseconds minus those. The
+// running, $9 starts per key in the rate period minus those (counted in
+// compute.start_counts, whose expired starts queueUsage has dropped). The
 // key's jobs are read through jobs_partition, one branch for a key and one
 // for no key, since an OR of the two would defeat the index; ordering by
 // partition_key first (a constant in each branch) makes jobs_partition the
@@ -69,8 +79,7 @@ WITH keys AS (
     SELECT partition_key AS k, count(*) AS n FROM compute.jobs
     WHERE status = 'in-progress' AND queue = $1 GROUP BY 1
 ), started AS (
-    SELECT partition_key AS k, count(*) AS n FROM compute.starts
-    WHERE queue = $1 AND at > statement_timestamp() - $10 * interval '1 microsecond' GROUP BY 1
+    SELECT partition_key AS k, n FROM compute.start_counts WHERE queue = $1 AND NOT whole_queue
 ), budget AS (
     SELECT keys.k, keys.ord,
            greatest(0, least($7, $8 - coalesce(r.n, 0), $9 - coalesce(s.n, 0))) AS n
@@ -109,12 +118,10 @@ WHERE status = 'queued' AND queue = $1
 ORDER BY partition_key DESC NULLS FIRST
 LIMIT 1`
 
-// recordStartsSQL logs the starts of a rate-limited queue and drops the ones
-// older than the period, which no limit reads any more.
+// recordStartsSQL logs the starts of a rate-limited queue; the triggers of
+// migration 13 count them (expireStartsSQL drops them once the period has
+// passed).
 const recordStartsSQL = `
-WITH gone AS (
-    DELETE FROM compute.starts WHERE queue = $1 AND at <= statement_timestamp() - $3 * interval '1 microsecond'
-)
 INSERT INTO compute.starts (queue, partition_key, at)
 SELECT $1, k, statement_timestamp() FROM unnest($2::text[]) AS t(k)`
 
@@ -162,8 +169,8 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 			return err
 		}
 		periodUS := s.RatePeriod.Microseconds()
-		var running, started int
-		if err := tx.QueryRow(ctx, queueUsageSQL, queue, periodUS).Scan(&running, &started); err != nil {
+		running, started, err := queueUsage(ctx, tx, queue, periodUS)
+		if err != nil {
 			return err
 		}
 		if n = min(n, s.room(usage{running, started})); n <= 0 {
@@ -186,7 +193,7 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 				keys[i] = &j.PartitionKey
 			}
 		}
-		_, err = tx.Exec(ctx, recordStartsSQL, queue, keys, periodUS)
+		_, err = tx.Exec(ctx, recordStartsSQL, queue, keys)
 		return err
 	})
 	if err != nil {
@@ -195,6 +202,17 @@ func (q *Queue) claimRound(ctx context.Context, queue string, n, share int) (job
 		return nil, false, err
 	}
 	return jobs, more, nil
+}
+
+// queueUsage runs queueUsageSQL in tx, after expireStartsSQL when the
+// queue has a rate period (periodUS), both in one round trip.
+func queueUsage(ctx context.Context, tx pgx.Tx, queue string, periodUS int64) (running, started int, err error) {
+	batch := &pgx.Batch{}
+	if periodUS > 0 {
+		batch.Queue(expireStartsSQL, queue, periodUS)
+	}
+	batch.Queue(queueUsageSQL, queue).QueryRow(func(row pgx.Row) error { return row.Scan(&running, &started) })
+	return running, started, tx.SendBatch(ctx, batch).Close()
 }
 
 // claimByKey claims round-robin across partition keys, going on from where
@@ -215,7 +233,7 @@ func (q *Queue) claimByKey(ctx context.Context, tx pgx.Tx, queue string, n, shar
 	}
 	part := min(n, share*((n+len(keys)-1)/len(keys)))
 	rows, err := tx.Query(ctx, claimKeyedSQL, queue, n, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig,
-		keys, part, keyMax, keyRate, s.RatePeriod.Microseconds())
+		keys, part, keyMax, keyRate)
 	if err != nil {
 		return nil, false, err
 	}

@@ -370,3 +370,61 @@ func TestFairWorkerRunsRunnableKeyPastScheduledOne(t *testing.T) {
 	defer r.stop(t)
 	awaitStatus(t, q, id, compute.StatusComplete)
 }
+
+// TestStartCountsFollowTheStarts: the running counts of migration 13 are
+// what a rate-limited claim reads, so they must equal the starts within
+// the window, for the queue and per key, after claims, after starts age
+// out, and after a writer of an older version that deletes and inserts in
+// one statement.
+func TestStartCountsFollowTheStarts(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	ctx := context.Background()
+	setSettings(t, q, "rl", compute.QueueSettings{RateLimit: 1000, KeyRateLimit: 1000, RatePeriod: time.Hour})
+	var jobs []compute.Job
+	for i := range 30 {
+		j := compute.Job{Queue: "rl"}
+		if i%3 != 0 {
+			j.PartitionKey = fmt.Sprintf("k%d", i%2)
+		}
+		jobs = append(jobs, j)
+	}
+	enqueueAll(t, q, jobs)
+	check := func(when string) {
+		t.Helper()
+		mismatch := queryOne[int64](t, q.Pool(), `
+			WITH real AS (
+				SELECT queue, grouping(partition_key) = 1 AS whole_queue, partition_key, count(*) AS n
+				FROM compute.starts GROUP BY GROUPING SETS ((queue), (queue, partition_key))
+			)
+			SELECT count(*) FROM real FULL JOIN compute.start_counts c
+			  ON c.queue = real.queue AND c.whole_queue = real.whole_queue
+			 AND c.partition_key IS NOT DISTINCT FROM real.partition_key
+			WHERE real.n IS DISTINCT FROM c.n`)
+		if mismatch != 0 {
+			t.Errorf("%s: %d counts differ from the starts they count", when, mismatch)
+		}
+	}
+	for range 3 {
+		if _, err := q.Claim(ctx, "rl", 7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after three claims")
+	// Age half of the starts out of the window; the next claim drops them.
+	mustExec(t, q.Pool(), `UPDATE compute.starts SET at = at - interval '2 hours'
+		WHERE ctid IN (SELECT ctid FROM compute.starts WHERE queue = 'rl' LIMIT 10)`)
+	if _, err := q.Claim(ctx, "rl", 3); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM compute.starts WHERE at < now() - interval '1 hour'`); n != 0 {
+		t.Errorf("%d starts older than the period are left after a claim", n)
+	}
+	check("after starts aged out and a claim")
+	// An older worker records starts and drops old ones in one statement.
+	mustExec(t, q.Pool(), `
+		WITH gone AS (DELETE FROM compute.starts WHERE queue = 'rl' AND at <= now() - interval '1 hour')
+		INSERT INTO compute.starts (queue, partition_key, at)
+		SELECT 'rl', k, now() FROM unnest(ARRAY['k0', NULL, 'new']::text[]) AS t(k)`)
+	check("after an older worker's statement")
+}
