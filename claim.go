@@ -130,7 +130,8 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 // failUnreadable fails, for good, the claimed jobs whose rows hold a value
 // the library cannot read, and returns the others. The claim has committed,
 // so they must be written off now: left in progress, each would wait for
-// its lease and then be claimed, and fail to be read, again and again.
+// its lease and then be claimed, and fail to be read, again. (When ctx
+// ends first, that is what happens to them, once.)
 func (q *Queue) failUnreadable(ctx context.Context, jobs []*Job) []*Job {
 	var bad []Failure
 	good := jobs[:0]
@@ -144,7 +145,7 @@ func (q *Queue) failUnreadable(ctx context.Context, jobs []*Job) []*Job {
 	if len(bad) == 0 {
 		return good
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := q.Fail(ctx, bad...); err != nil {
 		q.opts.logger.Error("claimed jobs whose rows cannot be read could not be failed; they fail again when their leases expire",
@@ -158,8 +159,9 @@ func (q *Queue) failUnreadable(ctx context.Context, jobs []*Job) []*Job {
 // heldJobsSQL lists the in-progress jobs of queue $2 that worker $1 holds,
 // through jobs_running (keyed by worker): after a claim cut off at its
 // commit, the worker finds what it may have claimed here.
+// Like a claim, it leaves out a config longer than $3 bytes (claimColumns).
 const heldJobsSQL = `
-SELECT ` + jobColumns + ` FROM compute.jobs j
+SELECT ` + jobFields + `, CASE WHEN octet_length(j.config) <= $3 THEN j.config END FROM compute.jobs j
 WHERE j.status = 'in-progress' AND j.worker = $1 AND j.queue = $2`
 
 // heldJobs runs heldJobsSQL for this Queue's worker id; rows that cannot be
@@ -167,7 +169,7 @@ WHERE j.status = 'in-progress' AND j.worker = $1 AND j.queue = $2`
 func (q *Queue) heldJobs(ctx context.Context, queue string) ([]*Job, error) {
 	var jobs []*Job
 	err := q.do(ctx, "compute: find held jobs", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, heldJobsSQL, q.opts.workerID, queue)
+		rows, err := q.pool.Query(ctx, heldJobsSQL, q.opts.workerID, queue, q.opts.maxConfig)
 		if err == nil {
 			jobs, err = pgx.CollectRows(rows, collectJob)
 		}

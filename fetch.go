@@ -120,6 +120,13 @@ func (w *Worker) adopt(ctx context.Context, jobs *group, qs *queueState, sent ti
 			unknown = append(unknown, j)
 		}
 	}
+	// The completer forgets a job only after its outcome's write commits,
+	// so a job it wrote after heldJobs read is unknown here but no longer
+	// ours: a fenced renewal (which also renews the others' leases) says
+	// which are still this worker's.
+	if unknown, err = w.stillHeld(callCtx, unknown); err != nil {
+		return err
+	}
 	free := cap(qs.slots) - len(qs.slots)
 	if len(unknown) > 0 {
 		w.log.Warn("adopting jobs of a claim whose reply was lost", "queue", qs.name, "jobs", min(len(unknown), free))
@@ -132,6 +139,35 @@ func (w *Worker) adopt(ctx context.Context, jobs *group, qs *queueState, sent ti
 		w.launch(jobs, qs, job, sent)
 	}
 	return nil
+}
+
+// stillHeld renews the leases of jobs and returns those the database says
+// this worker still holds.
+func (w *Worker) stillHeld(ctx context.Context, jobs []*Job) ([]*Job, error) {
+	if len(jobs) == 0 {
+		return jobs, nil
+	}
+	w.writing.Lock()
+	err := w.q.Heartbeat(ctx, jobs...)
+	w.writing.Unlock()
+	var lost *LeaseLostError
+	if err != nil && !errors.As(err, &lost) {
+		return nil, err
+	}
+	if lost == nil {
+		return jobs, nil
+	}
+	gone := make(map[JobID]bool, len(lost.IDs))
+	for _, id := range lost.IDs {
+		gone[id] = true
+	}
+	held := jobs[:0]
+	for _, j := range jobs {
+		if !gone[j.ID] {
+			held = append(held, j)
+		}
+	}
+	return held, nil
 }
 
 // callTimeout bounds the fetch and rescue loops' database calls: a call

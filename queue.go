@@ -32,6 +32,42 @@ type Queue struct {
 	// first of them (under hubMu) and stopped by Close.
 	hubMu sync.Mutex
 	hub   *eventHub
+
+	// served are the queue names a running Worker of this Queue serves.
+	// Its Workers share one worker id, which the database knows their
+	// jobs by, so two of them must not serve the same queue (see serve).
+	servedMu sync.Mutex
+	served   map[string]bool
+}
+
+// serve records that a Worker runs the named queues, or returns an error
+// when another running Worker of this Queue serves one of them: jobs are
+// fenced by worker id, and a Worker that looks for the jobs of a lost
+// claim reply (adopt) would take the other's.
+func (q *Queue) serve(names []string) error {
+	q.servedMu.Lock()
+	defer q.servedMu.Unlock()
+	for _, n := range names {
+		if q.served[n] {
+			return fmt.Errorf("%w: queue %q is already served by another running Worker of this Queue; give that Worker more Concurrency, or open another Queue (each has its own worker id) for this one", ErrInvalidOption, n)
+		}
+	}
+	if q.served == nil {
+		q.served = make(map[string]bool)
+	}
+	for _, n := range names {
+		q.served[n] = true
+	}
+	return nil
+}
+
+// unserve undoes serve when the Worker's Run returns.
+func (q *Queue) unserve(names []string) {
+	q.servedMu.Lock()
+	defer q.servedMu.Unlock()
+	for _, n := range names {
+		delete(q.served, n)
+	}
 }
 
 // Option configures a Queue. A zero value passed to an option means its

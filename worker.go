@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,7 +184,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 			return nil, fmt.Errorf("%w: queue %q: Concurrency, Timeout and MaxAttempts must not be negative", ErrInvalidOption, name)
 		}
 		if qc.Concurrency > maxClaim {
-			return nil, fmt.Errorf("%w: queue %q: Concurrency %d is over %d, the most jobs one claim takes; run more workers (or more Worker values in this process) to run more of the queue's jobs at once",
+			return nil, fmt.Errorf("%w: queue %q: Concurrency %d is over %d, the most jobs one claim takes; run more worker processes, or Workers on other Queues, to run more of the queue's jobs at once",
 				ErrInvalidOption, name, qc.Concurrency, maxClaim)
 		}
 		qc.Concurrency = cmpOr(qc.Concurrency, 10)
@@ -221,6 +223,11 @@ func cmpOr[T comparable](v, def T) T {
 // hands them back to the queue at once, writes every outcome, and returns.
 // Database outages while running are logged and retried, never returned.
 // Run returns nil after a graceful stop and [ErrWorkerStarted] if called twice.
+// It returns an error matching [ErrInvalidOption] at once when another
+// running Worker of the same Queue serves one of its queues: Workers of one
+// Queue share its worker id, by which the database knows whose jobs are
+// whose, so each queue is served by one of them (give it more Concurrency,
+// or open another Queue).
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.started.CompareAndSwap(false, true) {
 		return ErrWorkerStarted
@@ -231,6 +238,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		return nil
 	default:
 	}
+	names := slices.Sorted(maps.Keys(w.queues))
+	if err := w.q.serve(names); err != nil {
+		return err
+	}
+	defer w.q.unserve(names)
 
 	// Three groups of goroutines, stopped in this order. intake claims and
 	// schedules work and ends at the stop signal. jobs run the handlers;
@@ -268,6 +280,21 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	grace, endGrace := w.gracePeriod(ctx)
 	defer endGrace()
+	// From the grace period's end, or from when the last job is done if
+	// that comes first, the stop has stopGiveUp, whatever the database
+	// does (see stopGiveUp). The clock starts before the intake is joined:
+	// even a claim abandoned at the grace period's end may hand jobs back.
+	var giveUp atomic.Pointer[time.Timer]
+	var armOnce sync.Once
+	arm := func() { armOnce.Do(func() { giveUp.Store(time.AfterFunc(stopGiveUp, w.cancelFinal)) }) }
+	stopArming := context.AfterFunc(grace, arm)
+	defer func() {
+		stopArming()
+		armOnce.Do(func() {}) // an arm racing this return is now a no-op
+		if t := giveUp.Load(); t != nil {
+			t.Stop()
+		}
+	}()
 	w.log.Info("worker stopping: no new jobs")
 	intake.cancel(nil)
 	// A claim in flight is waited for (see fetch) until the grace period
@@ -276,11 +303,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		abortClaims()
 		intake.wg.Wait()
 	}
-	// From the grace period's end the stop has stopGiveUp, whatever the
-	// database does (see stopGiveUp).
 	graceOver := !jobs.waitUntil(grace.Done())
-	giveUp := time.AfterFunc(stopGiveUp, w.cancelFinal)
-	defer giveUp.Stop()
+	arm()
 	if graceOver {
 		w.log.Warn("grace period over: cancelling running jobs and handing them back")
 		jobs.cancel(errShutdown)

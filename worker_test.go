@@ -1136,3 +1136,31 @@ ON r.kind = 'renewal' AND c.kind = 'complete' AND c.began < r.ended AND r.began 
 		t.Fatalf("%d Complete statements ran during one of the %d lease renewals", overlaps, renewals)
 	}
 }
+
+// TestWorkerRefusesAQueueAnotherWorkerOfItsQueueServes: Workers of one
+// Queue share its worker id, by which the database knows whose jobs are
+// whose; a second running Worker serving the same queue would take the
+// first one's jobs for its own after a failed claim (found in review). Run
+// refuses it at once; other queues, and the same queue once the first
+// Worker stopped, are fine.
+func TestWorkerRefusesAQueueAnotherWorkerOfItsQueueServes(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t, withTestLog(t))
+	idle := func(context.Context, *compute.Job) ([]string, error) { return nil, nil }
+	first := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"a": {Handler: idle}}})
+	awaitStatus(t, q, enqueue(t, q, compute.Job{Queue: "a"}), compute.StatusComplete) // first is running
+	second, err := compute.NewWorker(q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"b": {Handler: idle}, "a": {Handler: idle}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Run(context.Background()); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), `"a"`) {
+		t.Fatalf("a second Worker of the same Queue serving queue a: Run = %v, want ErrInvalidOption naming the queue", err)
+	}
+	other := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"b": {Handler: idle}}})
+	awaitStatus(t, q, enqueue(t, q, compute.Job{Queue: "b"}), compute.StatusComplete)
+	other.stop(t)
+	first.stop(t)
+	again := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"a": {Handler: idle}}})
+	awaitStatus(t, q, enqueue(t, q, compute.Job{Queue: "a"}), compute.StatusComplete)
+	again.stop(t)
+}
