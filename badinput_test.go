@@ -162,7 +162,7 @@ func TestNewWorkerRefusesConcurrencyOverTheClaimLimit(t *testing.T) {
 	t.Parallel()
 	_, err := compute.NewWorker(newQueue(t), compute.WorkerConfig{Queues: map[string]compute.QueueConfig{"q": {Handler: idle, Concurrency: 10001}}})
 	wantInvalid(t, "NewWorker with Concurrency 10001", err, compute.ErrInvalidOption)
-	if err != nil && (!strings.Contains(err.Error(), "10000") || !strings.Contains(err.Error(), "run more workers")) {
+	if err != nil && (!strings.Contains(err.Error(), "10000") || !strings.Contains(err.Error(), "run more worker processes")) {
 		t.Errorf("the error %q does not say the limit and what to do", err)
 	}
 	job := runToEnd(t, compute.QueueConfig{Handler: idle, Concurrency: 10000}, compute.Job{})[0]
