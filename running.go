@@ -13,15 +13,15 @@ import (
 // runningJob is a claimed job until its outcome is written. Its fields
 // are touched only under its runningSet's lock.
 type runningJob struct {
-	job      *Job
-	cancel   context.CancelCauseFunc
-	started  time.Time // when its claim was sent
-	renewed  time.Time // when the last successful lease renewal was sent
-	lost     bool      // the lease is gone: never write an outcome
+	job     *Job
+	cancel  context.CancelCauseFunc
+	started time.Time // when its claim was sent
+	renewed time.Time // when the last successful lease renewal was sent
+	lost    bool      // the lease is gone: never write an outcome
 	// cancelHeard: a cancel notification named the job, so a loss the
 	// recheck finds is reported as a cancel.
 	cancelHeard bool
-	finished bool      // the handler returned and its outcome is queued
+	finished    bool // the handler returned and its outcome is queued
 }
 
 // runningSet is the jobs this worker claimed and has not written back, one
