@@ -47,9 +47,12 @@ func TestWorkerHealthReportsAStuckHandler(t *testing.T) {
 		t.Errorf("/readyz before Run: %d, want 503", code)
 	}
 	r := runWorker(t, w, context.Background())
-	waitUntil(t, liveness, "the worker to be ready", func() bool { return w.Health().Ready })
-	if code, got := probe(t, h, "/readyz"); code != http.StatusOK || got.LastClaim.IsZero() {
-		t.Errorf("/readyz of a running worker: %d %+v, want 200 with a claim", code, got)
+	waitUntil(t, liveness, "the worker to be ready after a claim", func() bool {
+		got := w.Health()
+		return got.Ready && !got.LastClaim.IsZero()
+	})
+	if code, got := probe(t, h, "/readyz"); code != http.StatusOK || !got.Running {
+		t.Errorf("/readyz of a running worker: %d %+v, want 200 and running", code, got)
 	}
 	enqueue(t, q, compute.Job{Queue: "q"})
 	waitUntil(t, liveness, "the handler to be stuck", func() bool { return w.Health().Stuck == 1 })
