@@ -171,8 +171,12 @@ func (w *Worker) write(batch []outcome) error {
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
 	w.writing.Lock()
+	start := time.Now()
 	errDone := w.q.Complete(ctx, done...)
+	w.obs.wrote("complete", len(done), time.Since(start), errDone)
+	start = time.Now()
 	errFailed := w.q.Fail(ctx, failed...)
+	w.obs.wrote("fail", len(failed), time.Since(start), errFailed)
 	w.writing.Unlock()
 	for _, err := range []error{errDone, errFailed} {
 		var lost *LeaseLostError
@@ -182,6 +186,7 @@ func (w *Worker) write(batch []outcome) error {
 			return err
 		}
 	}
+	w.health.ok(&w.health.write)
 	for _, o := range batch {
 		w.running.forget(o.job)
 	}
@@ -210,7 +215,10 @@ func (w *Worker) handBack(jobs []*Job) {
 	}
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
-	if err := w.q.Fail(ctx, back...); err != nil && !errors.Is(err, ErrLeaseLost) {
+	start := time.Now()
+	err := w.q.Fail(ctx, back...)
+	w.obs.wrote("hand_back", len(back), time.Since(start), err)
+	if err != nil && !errors.Is(err, ErrLeaseLost) {
 		w.log.Error("handing back jobs failed; their leases will expire", "jobs", len(jobs), "err", err)
 	}
 }

@@ -171,6 +171,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 	}
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
+	start := time.Now()
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
 		b.reset()
 		if len(b.batches) == 1 && !b.unique {
@@ -178,6 +179,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		}
 		return q.readCommitted(ctx, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
+	q.opts.observer.enqueued(len(jobs), time.Since(start), err)
 	if b.silent {
 		q.wakeups.owe(queues, false)
 	}
@@ -232,7 +234,9 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	// transaction, which only the caller can retry.
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
+	start := time.Now()
 	err = b.write(ctx, tx)
+	q.opts.observer.enqueued(len(jobs), time.Since(start), err)
 	if b.silent {
 		q.wakeups.owe(queues, true)
 	}

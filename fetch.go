@@ -60,6 +60,10 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
+			if err == nil {
+				w.health.ok(&w.health.claim)
+			}
+			w.obs.claimed(qs.name, len(claimed), time.Since(sent), err)
 			if ctx.Err() != nil {
 				w.handBack(claimed)
 				return

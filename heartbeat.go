@@ -65,8 +65,11 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	cancel()
 	if err != nil {
 		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
+	} else {
+		w.health.ok(nil)
 	}
-	w.running.renewed(held, sent, err == nil, lost, w.q.opts.lease)
+	marked := w.running.renewed(held, sent, err == nil, lost, w.q.opts.lease)
+	w.obs.renewed(len(held), marked, time.Since(sent), err)
 }
 
 // cancelRunning is the listener's hook for a compute_cancel notification

@@ -18,8 +18,12 @@ func (w *Worker) maintain(ctx context.Context) {
 	defer cancel()
 	if n, err := w.q.RequeueStale(callCtx); err != nil {
 		w.logFailure(ctx, "requeue of stale jobs failed", err)
-	} else if n > 0 {
-		w.log.Info("requeued stale jobs", "jobs", n)
+	} else {
+		w.health.ok(nil)
+		if n > 0 {
+			w.log.Info("requeued stale jobs", "jobs", n)
+			w.obs.rescued(n)
+		}
 	}
 	r := w.cfg.Retention
 	if r.ExpireAfter > 0 {

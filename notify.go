@@ -40,6 +40,12 @@ func (q *Queue) newListener(log *slog.Logger, channels []string, notify func(cha
 	}
 }
 
+// listening is the Worker's hook for its listener's state.
+func (w *Worker) listening(on bool) {
+	w.health.listening.Store(on)
+	w.obs.listening(on)
+}
+
 // notified is the Worker's listener hook. Payloads are never trusted: any
 // role may notify any channel, so a bad payload is ignored, and a cancel
 // only makes the worker ask the database (cancelRunning).

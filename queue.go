@@ -82,6 +82,7 @@ type options struct {
 	workerID  string
 	lease     time.Duration
 	cooldown  time.Duration
+	observer  *Observer
 	errs      []error
 }
 

@@ -13,11 +13,15 @@ import (
 // runningJob is a claimed job until its outcome is written. Its fields
 // are touched only under its runningSet's lock.
 type runningJob struct {
-	job      *Job
-	cancel   context.CancelCauseFunc
-	renewed  time.Time // when the last successful lease renewal was sent
-	lost     bool      // the lease is gone: never write an outcome
-	finished bool      // the handler returned and its outcome is queued
+	job     *Job
+	cancel  context.CancelCauseFunc
+	started time.Time // when its claim was sent
+	renewed time.Time // when the last successful lease renewal was sent
+	lost    bool      // the lease is gone: never write an outcome
+	// cancelHeard: a cancel notification named the job, so a loss the
+	// recheck finds is reported as a cancel.
+	cancelHeard bool
+	finished    bool // the handler returned and its outcome is queued
 }
 
 // runningSet is the jobs this worker claimed and has not written back, one
@@ -40,7 +44,7 @@ func (s *runningSet) add(job *Job, cancel context.CancelCauseFunc, sent time.Tim
 		old.lost = true
 		old.cancel(errLeaseLost)
 	}
-	s.jobs[job.ID] = &runningJob{job: job, cancel: cancel, renewed: sent}
+	s.jobs[job.ID] = &runningJob{job: job, cancel: cancel, started: sent, renewed: sent}
 }
 
 // markFinished records that job's handler returned and its outcome is queued.
@@ -81,11 +85,24 @@ func (s *runningSet) knows(job *Job) bool {
 	return r != nil && r.job.Attempt == job.Attempt
 }
 
-// has reports whether the set has an attempt of the job id.
+// has reports whether the set has an attempt of the job id, and marks it
+// as one a cancel notification named.
 func (s *runningSet) has(id JobID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.jobs[id] != nil
+	if r := s.jobs[id]; r != nil {
+		r.cancelHeard = true
+		return true
+	}
+	return false
+}
+
+// cancelHeard reports whether a cancel notification named job's attempt.
+func (s *runningSet) cancelHeard(job *Job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.jobs[job.ID]
+	return r != nil && r.job == job && r.cancelHeard
 }
 
 // unfinished lists the jobs whose handlers still run and whose leases are
@@ -105,8 +122,8 @@ func (s *runningSet) unfinished() []*Job {
 // renewed records a renewal round sent at sent for held: a job the database
 // said is no longer ours (lost), and any job whose last successful renewal
 // is older than lease by the local clock (ok is false when the round
-// failed), is marked lost and cancelled.
-func (s *runningSet) renewed(held []*Job, sent time.Time, ok bool, lost map[JobID]bool, lease time.Duration) {
+// failed), is marked lost and cancelled. It returns how many it marked.
+func (s *runningSet) renewed(held []*Job, sent time.Time, ok bool, lost map[JobID]bool, lease time.Duration) (marked int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, j := range held {
@@ -120,8 +137,10 @@ func (s *runningSet) renewed(held []*Job, sent time.Time, ok bool, lost map[JobI
 		if lost[j.ID] || time.Since(r.renewed) > lease {
 			r.lost = true
 			r.cancel(errLeaseLost)
+			marked++
 		}
 	}
+	return marked
 }
 
 // abandon marks lost every job whose handler has not returned, so that
@@ -147,11 +166,14 @@ func (w *Worker) launch(jobs *group, qs *queueState, job *Job, sent time.Time) {
 	w.running.add(job, cancel, sent)
 	// The slot is the handler's: it frees when the handler has returned
 	// and its outcome is queued, whatever became of the job.
+	w.obs.jobStarted(job)
 	jobs.wg.Go(func() {
 		defer cancel(nil)
 		defer qs.release()
+		start := time.Now()
 		outputs, err := w.call(ctx, qs, job)
-		w.finish(ctx, qs, job, outputs, err)
+		outcome := w.finish(ctx, qs, job, outputs, err)
+		w.obs.jobFinished(qs.name, outcome, time.Since(start))
 	})
 }
 
@@ -179,8 +201,8 @@ func (w *Worker) call(ctx context.Context, qs *queueState, job *Job) (outputs []
 }
 
 // finish decides what a finished attempt writes and queues it for the
-// completer.
-func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs []string, err error) {
+// completer; it returns the attempt's outcome, for the Observer.
+func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs []string, err error) Outcome {
 	cause := context.Cause(ctx)
 	if err == nil {
 		// Bad output names would make Complete reject the whole batch
@@ -189,13 +211,19 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 			err = Permanent(fmt.Errorf("handler returned %w", bad))
 		}
 	}
+	result := OutcomeComplete
 	switch {
 	case cause == errLeaseLost:
+		result = OutcomeLost
+		if w.running.cancelHeard(job) {
+			result = OutcomeCancelled
+		}
 		w.running.forget(job)
 		w.log.Warn("job lost its lease or was cancelled; result discarded", "job", job.ID, "queue", job.Queue)
-		return
+		return result
 	case err != nil && cause == errShutdown:
 		err = Snooze(0) // interrupted by our own shutdown: hand back, attempt not spent
+		result = OutcomeHandedBack
 	}
 	o := outcome{job: job, qs: qs, outputs: outputs, err: err}
 	var snooze *snoozeError
@@ -207,10 +235,17 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 		o.retryIn = max(qs.cfg.Backoff(job.Spent()), time.Microsecond)
 		first, _, _ := strings.Cut(o.err.Error(), "\n")
 		w.log.Info("job attempt failed", "job", job.ID, "queue", job.Queue, "attempt", job.Spent(), "err", first)
+		result = OutcomeRetry
+		if errors.Is(o.err, ErrPermanent) || job.Spent() >= job.MaxAttempts {
+			result = OutcomeFailed
+		}
+	} else if err != nil && result != OutcomeHandedBack {
+		result = OutcomeSnoozed
 	}
 	w.running.markFinished(job)
 	qs.unwritten.Add(1)
 	w.outcomes.push(o)
+	return result
 }
 
 // signal makes a non-blocking send on a capacity-1 channel: a full channel

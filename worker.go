@@ -129,6 +129,11 @@ type Worker struct {
 	final       context.Context
 	cancelFinal context.CancelFunc
 
+	// obs is the Queue's Observer (nil: none); health is what Health
+	// reads, stored by the loops that learn it.
+	obs    *Observer
+	health healthState
+
 	started  atomic.Bool  // Run was called
 	running  runningSet   // claimed and not yet written back
 	outcomes outcomeQueue // finished attempts waiting for the completer
@@ -171,6 +176,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		outcomes: outcomeQueue{added: make(chan struct{}, 1)},
 		recheck:  make(chan struct{}, 1),
 		writeGap: writeGap,
+		obs:      q.opts.observer,
 	}
 	w.final, w.cancelFinal = context.WithCancel(context.Background())
 	for name, qc := range cfg.Queues {
@@ -264,8 +270,12 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	if !w.cfg.PollOnly {
 		l := w.q.newListener(w.log, []string{channelJobs, channelCancel}, w.notified, w.wakeAll)
+		l.Listening = w.listening
 		intake.Go(l.Run)
+	} else {
+		w.obs.listening(false)
 	}
+	w.health.running.Store(true)
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
 	}
@@ -295,6 +305,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			t.Stop()
 		}
 	}()
+	w.health.running.Store(false)
 	w.log.Info("worker stopping: no new jobs")
 	intake.cancel(nil)
 	// A claim in flight is waited for (see fetch) until the grace period

@@ -49,6 +49,10 @@ type Listener struct {
 	// Reconnected is called after every (re)connect, and again
 	// RewakeAfter later.
 	Reconnected func()
+	// Listening, when set, is called with true once a (re)connected
+	// session delivers notifications, and with false when a session ends
+	// before ctx does (notifications are lost until the next one).
+	Listening func(bool)
 	// Idle is how long the connection may be silent before a probe checks
 	// that it still delivers; ProbeWait is how long the probe may take.
 	Idle, ProbeWait time.Duration
@@ -73,6 +77,9 @@ func (l *Listener) Run(ctx context.Context) {
 		delivered, err := l.session(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if l.Listening != nil {
+			l.Listening(false)
 		}
 		if delivered {
 			failures = 0 // a working session: the next loss is a fresh start
@@ -122,6 +129,9 @@ func (l *Listener) session(ctx context.Context) (delivered bool, err error) {
 		return false, err
 	}
 	l.Log.Debug("listening for notifications")
+	if l.Listening != nil {
+		l.Listening(true)
+	}
 	l.Reconnected()
 	rewake := time.Now().Add(RewakeAfter) // zero once done
 	for {
