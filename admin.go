@@ -87,31 +87,11 @@ func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*
 	if err := f.check(); err != nil {
 		return nil, err
 	}
-	switch {
-	case limit == 0:
-		limit = 100
-	case limit < 0 || limit > 10000:
-		return nil, fmt.Errorf("%w: find limit %d is outside 1..10000", ErrInvalidOption, limit)
+	limit, err := pageLimit("find", limit)
+	if err != nil {
+		return nil, err
 	}
-	var afterArg []byte
-	if after != (JobID{}) {
-		afterArg = after[:]
-	}
-	var jobs []*Job
-	err := q.do(ctx, "compute: find jobs", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, findJobs, append(f.args(), afterArg, limit)...)
-		if err != nil {
-			return err
-		}
-		jobs, err = pgx.CollectRows(rows, collectJob)
-		return err
-	})
-	for i, j := range jobs {
-		if j.bad != nil {
-			return jobs[:i], j.bad
-		}
-	}
-	return jobs, err
+	return q.queryPage(ctx, "compute: find jobs", findJobs, append(f.args(), afterID(after), limit)...)
 }
 
 // bulkBatch is how many rows one statement of a bulk call changes: few

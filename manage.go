@@ -120,32 +120,11 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 			return nil, fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, opts.Status)
 		}
 	}
-	limit := opts.Limit
-	switch {
-	case limit == 0:
-		limit = 100
-	case limit < 0 || limit > 10000:
-		return nil, fmt.Errorf("%w: list limit %d is outside 1..10000", ErrInvalidOption, limit)
+	limit, err := pageLimit("list", opts.Limit)
+	if err != nil {
+		return nil, err
 	}
-	var jobs []*Job
-	err := q.do(ctx, "compute: list jobs", func(ctx context.Context) error {
-		var after []byte // nil: from the start, even a job whose id is all zeros
-		if opts.After != (JobID{}) {
-			after = opts.After[:]
-		}
-		rows, err := q.pool.Query(ctx, sql, opts.Queue, after, limit)
-		if err != nil {
-			return err
-		}
-		jobs, err = pgx.CollectRows(rows, collectJob)
-		return err
-	})
-	for i, j := range jobs {
-		if j.bad != nil {
-			return jobs[:i], j.bad
-		}
-	}
-	return jobs, err
+	return q.queryPage(ctx, "compute: list jobs", sql, opts.Queue, afterID(opts.After), limit)
 }
 
 // cancelJobSQL fails a live job with a reason. The sub-select locks the row and

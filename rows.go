@@ -1,6 +1,7 @@
 package compute
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -120,6 +121,47 @@ func attemptErrors(raw []byte) []AttemptError {
 		}
 	}
 	return out
+}
+
+// pageLimit checks a page size of List or Find (what names the call): 0
+// means 100, at most 10,000.
+func pageLimit(what string, limit int) (int, error) {
+	switch {
+	case limit == 0:
+		return 100, nil
+	case limit < 0 || limit > 10000:
+		return 0, fmt.Errorf("%w: %s limit %d is outside 1..10000", ErrInvalidOption, what, limit)
+	}
+	return limit, nil
+}
+
+// afterID is a keyset page's starting id as a parameter: nil from the
+// start, even for a job whose id is all zeros.
+func afterID(after JobID) []byte {
+	if after == (JobID{}) {
+		return nil
+	}
+	return after[:]
+}
+
+// queryPage runs a page query of jobs (List, Find) and cuts the page at
+// the first row the library cannot read, returning its *BadRowError.
+func (q *Queue) queryPage(ctx context.Context, what, sql string, args ...any) ([]*Job, error) {
+	var jobs []*Job
+	err := q.do(ctx, what, func(ctx context.Context) error {
+		rows, err := q.pool.Query(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		jobs, err = pgx.CollectRows(rows, collectJob)
+		return err
+	})
+	for i, j := range jobs {
+		if j.bad != nil {
+			return jobs[:i], j.bad
+		}
+	}
+	return jobs, err
 }
 
 // collectJob is scanJob in the shape pgx.CollectRows takes.
