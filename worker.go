@@ -53,7 +53,9 @@ type WorkerConfig struct {
 	Middleware []Middleware
 	// PollInterval bounds how long a queue waits before looking for jobs
 	// when no notification came: each wait is random in [1/2, 1] of it.
-	// Default 1 s.
+	// Default 1 s. A worker polls all its queues with one statement, so
+	// an idle worker costs about one statement per poll however many
+	// queues it serves.
 	PollInterval time.Duration
 	// PollOnly turns off LISTEN, for PgBouncer in transaction mode; jobs
 	// are then found by polling alone.
@@ -128,6 +130,9 @@ type Worker struct {
 	// a stop ends whatever the database does.
 	final       context.Context
 	cancelFinal context.CancelFunc
+
+	// claims batches the fetchers' claims (see claimBatch).
+	claims claimBatch
 
 	// obs is the Queue's Observer (nil: none); health is what Health
 	// reads, stored by the loops that learn it.
@@ -279,6 +284,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
 	}
+	intake.Go(w.pollDue)
 	intake.Go(w.maintenance)
 	if len(w.schedules) > 0 {
 		intake.Go(w.enqueuePeriodic)
