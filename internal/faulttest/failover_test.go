@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -356,4 +357,67 @@ func (f *completionFollower) stop() error {
 	f.cancel()
 	<-f.done
 	return f.err
+}
+
+// TestStandby checks what the library does with a server that is a hot
+// standby (read-only): a write there is an unavailable database, to retry
+// once it is promoted, and a multi-host URL that does not say which server
+// to take gets one that accepts writes.
+func TestStandby(t *testing.T) {
+	primary := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	primaryURL, err := primary.CreateDatabase(ctx, "standby")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup, err := compute.Open(ctx, primaryURL, compute.WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup.Close()
+	standby, err := primary.StartStandby(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := standby.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	job := compute.Job{Queue: "standby", Config: "{}"}
+
+	t.Run("WriteOnStandbyIsUnavailable", func(t *testing.T) {
+		q, err := compute.Open(ctx, standby.ConnString("standby"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		_, err = q.Enqueue(ctx, job)
+		if !errors.Is(err, compute.ErrUnavailable) {
+			t.Fatalf("Enqueue on a standby: %v; want an error matching ErrUnavailable (retry once it is promoted)", err)
+		}
+		if _, err := q.Claim(ctx, "standby", 1); !errors.Is(err, compute.ErrUnavailable) {
+			t.Fatalf("Claim on a standby: %v; want an error matching ErrUnavailable", err)
+		}
+	})
+
+	t.Run("MultiHostURLWithoutTargetTakesWritable", func(t *testing.T) {
+		// The standby first: without target_session_attrs the driver
+		// would take it, and every write would fail for as long as the
+		// pool keeps the connection.
+		both, err := testdb.MultiHostURL("standby", standby, primary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		both = strings.Replace(both, "&target_session_attrs=read-write", "", 1)
+		q, err := compute.Open(ctx, both)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		if _, err := q.Enqueue(ctx, job); err != nil {
+			t.Fatalf("Enqueue through %s: %v; want it to reach the primary", both, err)
+		}
+	})
 }
