@@ -163,7 +163,7 @@ func translate(what string, err error) error {
 			return fmt.Errorf("%s: %w: %w", what, ErrNotMigrated, err)
 		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, starting up
-			pgErr.Code == "53300", // too many connections
+			pgErr.Code == "53300",                 // too many connections
 			pgErr.Code == codeReadOnlyTransaction: // a standby, until it is promoted
 			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
 		}
