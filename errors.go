@@ -107,7 +107,10 @@ var ErrClosed = errors.New("compute: queue closed")
 // ids this server has not assigned yet: they were written by another
 // cluster, and the database was copied (pg_dump and pg_restore, or a
 // switchover to a logical replica). Call [Queue.RebaseJournal] once, then
-// start readers again from the zero Cursor or from Head.
+// start readers again from the zero Cursor or from Head. A cursor read
+// on a primary whose asynchronous standby was then promoted without those
+// transactions matches it too (see Failover in the package documentation):
+// start again from Head.
 var ErrJournalFromAnotherCluster = errors.New("compute: journal written by another cluster")
 
 // [ErrNotMigrated] is returned when a table or column a call needs is missing:

@@ -89,34 +89,66 @@ func (s *Server) StartStandby(ctx context.Context, synchronous bool) (*Server, e
 	return sb, nil
 }
 
-// streamingSQL says whether a standby streams from this server and, if so,
-// whether it is the synchronous one; a server without standbys has no row.
-const streamingSQL = `SELECT coalesce(bool_or(state = 'streaming'), false), coalesce(bool_or(sync_state = 'sync'), false) FROM pg_stat_replication`
+// streamingSQL says whether a standby streams from this server and, if $1,
+// is its synchronous standby.
+const streamingSQL = `SELECT EXISTS (SELECT FROM pg_stat_replication WHERE state = 'streaming' AND (sync_state = 'sync' OR NOT $1))`
 
-// waitStreaming waits up to readyTimeout until a standby streams from s
-// (and is its synchronous standby, if synchronous).
+// waitStreaming waits until a standby streams from s (and is its
+// synchronous standby, if synchronous).
 func (s *Server) waitStreaming(ctx context.Context, synchronous bool) error {
+	return s.waitFor(ctx, "a standby to stream", streamingSQL, synchronous)
+}
+
+// waitFor runs query, which returns one bool, on s every 50 ms until it
+// returns true, for up to readyTimeout; what names the wait in its error.
+func (s *Server) waitFor(ctx context.Context, what, query string, args ...any) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	for {
-		var streaming, sync bool
+		var ok bool
 		err := func() error {
 			conn, err := pgx.Connect(ctx, s.adminURL)
 			if err != nil {
 				return err
 			}
 			defer conn.Close(context.Background())
-			return conn.QueryRow(ctx, streamingSQL).Scan(&streaming, &sync)
+			return conn.QueryRow(ctx, query, args...).Scan(&ok)
 		}()
-		if err == nil && streaming && (sync || !synchronous) {
+		if err == nil && ok {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("testdb: waiting for the standby to stream (streaming %v, synchronous %v): %w (last error: %v)", streaming, sync, ctx.Err(), err)
+			return fmt.Errorf("testdb: waiting for %s: %w (last error: %v)", what, ctx.Err(), err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// ReplicateFrom points an owned standby's WAL receiver at 127.0.0.1:port
+// (a proxy in front of its primary, say) and returns once it streams from
+// there: primary_conninfo is reloaded, which restarts the receiver.
+func (s *Server) ReplicateFrom(ctx context.Context, port int) error {
+	if err := s.checkOwned("ReplicateFrom"); err != nil {
+		return err
+	}
+	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", port)
+	if err := s.adminExec(ctx, `ALTER SYSTEM SET primary_conninfo = `+quoteLiteral(conninfo)); err != nil {
+		return fmt.Errorf("testdb: setting primary_conninfo: %w", err)
+	}
+	if err := s.adminExec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		return fmt.Errorf("testdb: reloading the standby: %w", err)
+	}
+	return s.waitFor(ctx, fmt.Sprintf("the standby to stream from port %d", port), receivingFromSQL, port)
+}
+
+// receivingFromSQL says whether the WAL receiver streams from port $1.
+const receivingFromSQL = `SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming' AND sender_port = $1)`
+
+// quoteLiteral quotes s as an SQL string literal (ALTER SYSTEM takes no
+// parameters).
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // Promote turns an owned standby into a primary (pg_ctl promote -w) and
