@@ -66,6 +66,9 @@ func testFailover(t *testing.T, synchronous bool) {
 	}
 	c := clusterAt(t, primary, dbURL)
 	q := c.q
+	if synchronous {
+		checkStandby(t, primary, standby, "failover")
+	}
 	// The standby replicates through a proxy, to be cut off at will.
 	proxy, err := NewProxy("127.0.0.1:" + strconv.Itoa(primary.Port()))
 	if err != nil {
@@ -414,36 +417,17 @@ func (f *completionFollower) stop() error {
 	return f.err
 }
 
-// TestStandby checks what the library does with a server that is a hot
+// checkStandby checks what the library does with a server that is a hot
 // standby (read-only): a write there is an unavailable database, to retry
 // once it is promoted, and a multi-host URL that does not say which server
-// to take gets one that accepts writes.
-func TestStandby(t *testing.T) {
-	primary := startServer(t)
+// to take gets one that accepts writes. The database is migrated.
+func checkStandby(t *testing.T, primary, standby *testdb.Server, database string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	primaryURL, err := primary.CreateDatabase(ctx, "standby")
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup, err := compute.Open(ctx, primaryURL, compute.WithMigrate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup.Close()
-	standby, err := primary.StartStandby(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := standby.Close(); err != nil {
-			t.Error(err)
-		}
-	})
 	job := compute.Job{Queue: "standby", Config: "{}"}
 
 	t.Run("WriteOnStandbyIsUnavailable", func(t *testing.T) {
-		q, err := compute.Open(ctx, standby.ConnString("standby"))
+		q, err := compute.Open(ctx, standby.ConnString(database))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -461,7 +445,7 @@ func TestStandby(t *testing.T) {
 		// The standby first: without target_session_attrs the driver
 		// would take it, and every write would fail for as long as the
 		// pool keeps the connection.
-		both, err := testdb.MultiHostURL("standby", standby, primary)
+		both, err := testdb.MultiHostURL(database, standby, primary)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -471,8 +455,12 @@ func TestStandby(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer q.Close()
-		if _, err := q.Enqueue(ctx, job); err != nil {
+		id, err := q.Enqueue(ctx, job)
+		if err != nil {
 			t.Fatalf("Enqueue through %s: %v; want it to reach the primary", both, err)
+		}
+		if err := q.Cancel(ctx, id, "checked"); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
