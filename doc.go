@@ -263,6 +263,48 @@
 // [ErrJournalFromAnotherCluster]. Call RebaseJournal once, right after the
 // copy, and start readers again from the zero Cursor or from Head.
 //
+// # Failover
+//
+// Give every process all servers of a streaming pair in one connection
+// string, "postgres://a:5432,b:5432/db?target_session_attrs=read-write"
+// or "host=a,b": Open then connects only to a server that accepts writes
+// (it asks for that itself when target_session_attrs is not set). When
+// the primary stops and the standby is promoted, the workers' pools,
+// their listeners and the journal's listener reconnect on their own
+// (statements fail meanwhile with [ErrUnavailable], and the Worker retries
+// them; a write that reaches a standby not yet promoted, error 25006,
+// counts as unavailable too). A listener that reconnects wakes every
+// queue, so jobs are picked up at once, not at the next poll.
+//
+// With synchronous replication (synchronous_standby_names naming the
+// standby, synchronous_commit on) nothing acknowledged is lost: an
+// enqueue, claim or outcome whose reply did not arrive is retried on the
+// new primary (jobs with a ContentID or a Unique key are not made twice),
+// and each job completes once. Make sure the promoted server does not
+// itself list a synchronous standby it no longer has, or its commits wait
+// for ever.
+//
+// With asynchronous replication the new primary lacks the transactions the
+// old one had not yet sent, and the library cannot know which:
+//   - acknowledged enqueues are gone: keep the source of truth and submit
+//     again with ContentID or Unique (duplicates are skipped);
+//   - acknowledged completions and failures are gone: the job is back in
+//     progress (its lease expires and it runs again) or queued (it runs
+//     again at once, possibly with the same attempt number; a worker that
+//     claims a job it still runs drops the older run, and the fence keeps
+//     a stale result out), so handlers must tolerate running twice, which
+//     at-least-once asks of them anyway;
+//   - journal events a reader has seen may be gone, and the new primary
+//     assigns their transaction ids again: Follow and Events fail with
+//     [ErrJournalFromAnotherCluster] while the cursor is ahead of the new
+//     primary, and a reader that comes back after that skips the events
+//     written since under those ids. Start readers again from Head and
+//     reconcile with Get or List.
+//
+// A test in internal/faulttest measures both (COMPUTE_FAILOVER_ASYNC=1 for
+// the asynchronous one): with 0.7 s of replication lag, every enqueue and
+// completion acknowledged in that window was lost.
+//
 // # Why isn't my job running?
 //
 // Explain answers in words, with a ReasonKind per cause: the job is

@@ -114,7 +114,8 @@ func (o origin) err(c Cursor) error {
 			"the database was copied (pg_dump, or a logical replica): call Queue.RebaseJournal once, then start readers "+
 			"again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, o.newest, o.next)
 	case o.foreignCursor:
-		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached; "+
+		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached "+
+			"(the database was copied, or an asynchronous standby was promoted without the transactions this cursor read); "+
 			"start again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, c, c.xid, o.next)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -186,7 +187,11 @@ func buildOptions(opts []Option) (options, error) {
 
 // Open connects to the database named by connString: a postgres:// URL, a
 // key=value string ("host=... dbname=..."), or "" to use the PG* environment
-// variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). It checks that
+// variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). Given several
+// hosts ("host=a,b", "postgres://a,b/db") and no target_session_attrs (or
+// "any"), it connects only to a server that accepts writes, as with
+// target_session_attrs=read-write: after a failover, the promoted standby
+// (see Failover in the package documentation). It checks that
 // the server answers before it returns; ctx bounds that check and, with
 // [WithMigrate], the migration. [Errors] match [ErrInvalidOption], [ErrUnavailable]
 // or [ErrNotMigrated]; no error or log line holds the connection's password.
@@ -202,6 +207,13 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "compute"
+	}
+	// Given several hosts and no target_session_attrs, the driver takes
+	// the first that answers, which may be a standby: every claim,
+	// completion and enqueue there fails until the pool drops the
+	// connection (up to MaxConnLifetime). Take one that accepts writes.
+	if cfg.ConnConfig.ValidateConnect == nil && multiHost(&cfg.ConnConfig.Config) {
+		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
 	// Spread reconnects after a database restart instead of a storm.
 	cfg.MaxConnLifetimeJitter = cfg.MaxConnLifetime / 10
@@ -222,6 +234,17 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 		return nil, redactError(err, q.password)
 	}
 	return q, nil
+}
+
+// multiHost reports whether cfg names more than one server: its fallbacks
+// also hold the same server again with another TLS setting (sslmode=prefer).
+func multiHost(cfg *pgconn.Config) bool {
+	for _, f := range cfg.Fallbacks {
+		if f.Host != cfg.Host || f.Port != cfg.Port {
+			return true
+		}
+	}
+	return false
 }
 
 // New makes a Queue on a pool the caller owns; Close does not close it. It
