@@ -7,14 +7,14 @@
 # most connections the database had during the drain.
 #
 # Usage (from the repository root):
-#   bench/manyhosts.sh PROCS CONC [JOBS]        e.g. bench/manyhosts.sh 10 100 200000
+#   bench/scripts/manyhosts.sh PROCS CONC [JOBS]        e.g. bench/scripts/manyhosts.sh 10 100 200000
 # Environment: ADMIN_URL, a superuser URL of the server
 # (default postgres://postgres@127.0.0.1:5432/postgres); DB, the database
 # to create and drop (default hosts10; an existing one is dropped first).
 set -euo pipefail
 
-procs=${1:?usage: bench/manyhosts.sh PROCS CONC [JOBS]}
-conc=${2:?usage: bench/manyhosts.sh PROCS CONC [JOBS]}
+procs=${1:?usage: bench/scripts/manyhosts.sh PROCS CONC [JOBS]}
+conc=${2:?usage: bench/scripts/manyhosts.sh PROCS CONC [JOBS]}
 jobs=${3:-200000}
 admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=${DB:-hosts10}
