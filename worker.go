@@ -268,7 +268,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer abortClaims()
 	defer w.cancelFinal()
 
-	if !w.cfg.PollOnly {
+	if !w.cfg.PollOnly && w.q.canListen() {
 		l := w.q.newListener(w.log, []string{channelJobs, channelCancel}, w.notified, w.wakeAll)
 		l.Listening = w.listening
 		intake.Go(l.Run)
