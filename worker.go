@@ -55,8 +55,10 @@ type WorkerConfig struct {
 	// when no notification came: each wait is random in [1/2, 1] of it.
 	// Default 1 s.
 	PollInterval time.Duration
-	// PollOnly turns off LISTEN, for PgBouncer in transaction mode; jobs
-	// are then found by polling alone.
+	// PollOnly turns off LISTEN; jobs are then found by polling alone.
+	// Behind a pooler in transaction mode without [WithDirectURL] the
+	// worker does not LISTEN anyway (see Connection poolers in the
+	// package documentation).
 	PollOnly bool
 	// StopTimeout is how long running jobs may finish after Run's context
 	// ends, before their contexts are cancelled and they are handed back.
