@@ -151,8 +151,9 @@
 // is concerned. In transaction mode (PgBouncer's pool_mode=transaction,
 // or statement) each transaction may run on another server connection,
 // and what a session keeps is lost between them. Open and New find this
-// out with a probe of two statements on two connections (one on a direct
-// TCP connection, which the server sees as itself), and then:
+// out with a probe: a statement prepared and run on two connections (on a
+// direct TCP connection, which the server sees as itself, only one), and
+// then:
 //
 //   - Prepared statements: pgx prepares each statement once per
 //     connection, which PgBouncer before 1.21 (or without

@@ -108,58 +108,62 @@ type pooler struct {
 
 // probePooler finds out, on two of the pool's connections, whether they
 // go through a pooler in transaction mode, and whether it keeps prepared
-// statements. Each connection prepares a statement of the same fresh name
-// and runs it, and only then are both dropped. A pooler like PgBouncer
-// reuses the server connection released last, so the second lands where
-// the first ran, and PgBouncer before 1.21 then reports the statement
-// already there (or, on a busy pooler, the first's missing). A pool that
-// may hold only one connection is not probed.
-func probePooler(ctx context.Context, pool *pgxpool.Pool) (found pooler, err error) {
+// statements. The first connection prepares a statement of a fresh name
+// and runs it: if the server sees the connection's own port, it is direct
+// and the probe ends there. Otherwise a second connection prepares and
+// runs a statement of the same name, and only then are both dropped. A
+// pooler like PgBouncer reuses the server connection released last, so
+// the second lands where the first ran, and PgBouncer before 1.21 then
+// reports the statement already there (or, on a busy pooler, the first's
+// missing). A pool that may hold only one connection is not probed.
+func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
 	if pool.Config().MaxConns < 2 {
 		return pooler{}, nil
 	}
-	first, err := pool.Acquire(ctx)
-	if err != nil {
-		return pooler{}, err
-	}
-	defer first.Release()
-	second, err := pool.Acquire(ctx)
-	if err != nil {
-		return pooler{}, err
-	}
-	defer second.Release()
+	var conns [2]*pgxpool.Conn
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Release()
+			}
+		}
+	}()
 	for range poolerProbeAttempts {
 		name := fmt.Sprintf("%s%016x", poolerProbePrefix, rand.Uint64())
-		found, done, err := probeOnce(ctx, first.Conn(), second.Conn(), name)
-		// Closing a statement that is not there is no error.
-		err = errors.Join(err, first.Conn().Deallocate(ctx, name), second.Conn().Deallocate(ctx, name))
-		if statementLost(err) {
-			return pooler{transaction: true, losesStatements: true}, nil
+		var pids [2]int32
+		var err error
+		for i := range conns {
+			if conns[i] == nil {
+				if conns[i], err = pool.Acquire(ctx); err != nil {
+					return pooler{}, err
+				}
+			}
+			var port int32
+			if pids[i], port, err = probeBackend(ctx, conns[i].Conn(), name); err != nil {
+				break
+			}
+			if i == 0 && port != 0 && port == localPort(conns[0].Conn()) {
+				// The server sees this very connection: direct.
+				return pooler{}, conns[0].Conn().Deallocate(ctx, name)
+			}
 		}
-		if err != nil || done {
-			return found, err
+		// Only now, so that the second met the first's statement.
+		// Closing a statement that is not there is no error.
+		for _, c := range conns {
+			if c != nil {
+				err = errors.Join(err, c.Conn().Deallocate(ctx, name))
+			}
+		}
+		switch {
+		case statementLost(err):
+			return pooler{transaction: true, losesStatements: true}, nil
+		case err != nil:
+			return pooler{}, err
+		case pids[0] == pids[1]:
+			return pooler{transaction: true}, nil
 		}
 	}
 	return pooler{}, nil
-}
-
-// probeOnce is one try of probePooler: done when it tells.
-func probeOnce(ctx context.Context, first, second *pgx.Conn, name string) (found pooler, done bool, err error) {
-	pid, port, err := probeBackend(ctx, first, name)
-	if err != nil {
-		return pooler{}, true, err
-	}
-	if port != 0 && port == localPort(first) {
-		return pooler{}, true, nil // the server sees this very connection
-	}
-	pid2, _, err := probeBackend(ctx, second, name)
-	if err != nil {
-		return pooler{}, true, err
-	}
-	if pid == pid2 {
-		return pooler{transaction: true}, true, nil
-	}
-	return pooler{}, false, nil
 }
 
 // probeBackend prepares poolerProbeSQL as name on conn and runs it.
