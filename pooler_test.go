@@ -150,7 +150,7 @@ func TestPoolerMigrateNeedsADirectConnection(t *testing.T) {
 	const holdsLockWhileMigrating = `
 SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = x'636f6d70'::int::oid AND l.objid = x'75746521'::int::oid
-  AND a.application_name = $1 AND a.wait_event_type = 'Lock'`
+  AND a.datname = current_database() AND a.application_name = $1 AND a.wait_event_type = 'Lock'`
 	waitUntil(t, liveness, "Migrate to hold its lock on the direct connection while it waits to write the version table", func() bool {
 		select {
 		case err := <-migrated:
@@ -168,7 +168,10 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = x'636f6d70'::int::oi
 	if err := receive(t, migrated, liveness, "Migrate to finish"); err != nil {
 		t.Fatalf("Migrate with WithDirectURL: %v", err)
 	}
-	if n := queryOne[int64](t, q.Pool(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = x'75746521'::int::oid`); n != 0 {
+	if n := queryOne[int64](t, q.Pool(), `
+		SELECT count(*) FROM pg_locks
+		WHERE locktype = 'advisory' AND objid = x'75746521'::int::oid
+		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); n != 0 {
 		t.Errorf("%d migration locks left after Migrate returned", n)
 	}
 }
@@ -448,4 +451,21 @@ func (l *logWatch) text() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
+}
+
+// TestPoolerDirectURLKeepsItsPasswordSecret: neither a direct URL that
+// cannot be parsed nor one that cannot connect puts its password in an
+// error.
+func TestPoolerDirectURLKeepsItsPasswordSecret(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-direct"
+	_, err := compute.Open(t.Context(), testdb.New(t), compute.WithDirectURL("postgres://u:"+secret+"@127.0.0.1:1/db?sslmode=nonsense"))
+	if !errors.Is(err, compute.ErrInvalidOption) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Open with an unparseable direct URL = %v, want ErrInvalidOption without the password", err)
+	}
+	q := openQueue(t, testdb.New(t), compute.WithDirectURL("postgres://u:"+secret+"@127.0.0.1:1/db?sslmode=disable&connect_timeout=2"))
+	err = q.Migrate(t.Context())
+	if !errors.Is(err, compute.ErrUnavailable) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Migrate on an unreachable direct URL = %v, want ErrUnavailable without the password", err)
+	}
 }

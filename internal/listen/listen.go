@@ -63,8 +63,8 @@ type Listener struct {
 	// a server connection this client no longer holds. Without it, the
 	// first probe goes out on the listening connection itself, which
 	// through such a pooler comes back whenever the probe happens to land
-	// on the server connection that ran LISTEN. Later probes check the
-	// listening connection only, and use it.
+	// on the server connection that ran LISTEN. Later probes, which only
+	// check that the listening connection still works, are sent on it.
 	SendProbe func(ctx context.Context, channel, payload string) error
 	// Announce, when set, runs on the listening connection once LISTEN is
 	// in place and again every AnnounceEvery while the session lasts: the
