@@ -129,6 +129,25 @@ const (
 	codeReadOnlyTransaction  = "25006"
 )
 
+// Postgres error codes of lost and doubled prepared statements: what pgx's
+// statement cache meets behind a pooler that hands each transaction another
+// server connection.
+const (
+	codeInvalidStatementName       = "26000"
+	codeDuplicatePreparedStatement = "42P05"
+)
+
+// statementLost reports whether err is a prepared statement that a pooler
+// in transaction mode lost (or found already made on the server
+// connection it handed out). Only pgx's cached statements and the pooler
+// probe's are recognised: both have names of their own.
+func statementLost(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) &&
+		(pgErr.Code == codeInvalidStatementName || pgErr.Code == codeDuplicatePreparedStatement) &&
+		(strings.Contains(pgErr.Message, `"stmtcache_`) || strings.Contains(pgErr.Message, `"`+poolerProbePrefix))
+}
+
 // retryable reports whether err is a serialization failure or deadlock, which
 // the library retries instead of surfacing.
 func retryable(err error) bool {
@@ -141,7 +160,8 @@ func retryable(err error) bool {
 
 // translate turns a driver error into one users can match: context errors
 // stay as they are, a missing schema becomes [ErrNotMigrated], and lost or
-// refused connections match [ErrUnavailable]. Every other error (a scan or
+// refused connections match [ErrUnavailable], and a prepared statement that
+// a pooler lost matches [ErrTransactionPooler]. Every other error (a scan or
 // JSON error, pgx.ErrNoRows, any other server error) keeps its identity,
 // wrapped with the operation's name, so it never reads as an unavailable
 // database. It is the one place that looks inside pgx errors. what names
@@ -169,6 +189,8 @@ func translate(what string, err error) error {
 			pgErr.Code == "53300",                 // too many connections
 			pgErr.Code == codeReadOnlyTransaction: // a standby, until it is promoted
 			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+		case statementLost(err):
+			return fmt.Errorf("%s: %w, and %s: %w", what, ErrTransactionPooler, statementsLostHint, err)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}

@@ -415,6 +415,11 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
+	q.hub = h
+	if !q.canListen() {
+		close(h.done) // no listener: waiters wake at their 5 s checks
+		return h, nil
+	}
 	// compute_jobs too: new jobs are journaled without a notification of
 	// their own, since the insert trigger already sends this one.
 	l := q.newListener(q.opts.logger, []string{channelEvents, channelJobs},
@@ -424,7 +429,6 @@ func (q *Queue) journalHub() (*eventHub, error) {
 		defer close(h.done)
 		l.Run(ctx)
 	}()
-	q.hub = h
 	return h, nil
 }
 

@@ -57,8 +57,10 @@ type WorkerConfig struct {
 	// an idle worker costs about one statement per poll however many
 	// queues it serves.
 	PollInterval time.Duration
-	// PollOnly turns off LISTEN, for PgBouncer in transaction mode; jobs
-	// are then found by polling alone.
+	// PollOnly turns off LISTEN; jobs are then found by polling alone.
+	// Behind a pooler in transaction mode without [WithDirectURL] the
+	// worker does not LISTEN anyway (see Connection poolers in the
+	// package documentation).
 	PollOnly bool
 	// StopTimeout is how long running jobs may finish after Run's context
 	// ends, before their contexts are cancelled and they are handed back.
@@ -273,7 +275,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer abortClaims()
 	defer w.cancelFinal()
 
-	if !w.cfg.PollOnly {
+	if !w.cfg.PollOnly && w.q.canListen() {
 		l := w.q.newListener(w.log, []string{channelJobs, channelCancel}, w.notified, w.wakeAll)
 		l.Listening = w.listening
 		intake.Go(l.Run)
