@@ -131,6 +131,19 @@ func (q *Queue) claimQueue(ctx context.Context, queue string, n int, gated bool)
 	return jobs, gated, err
 }
 
+// claimUngated is the fast claim alone (claimJobsSQL): a queue with rules
+// claims nothing here and comes back gated. Rows that cannot be read are
+// failed, as at any claim.
+func (q *Queue) claimUngated(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
+	err = q.do(ctx, "compute: claim", func(ctx context.Context) (err error) {
+		jobs, gated, err = q.claimFast(ctx, queue, n)
+		return err
+	})
+	jobs = q.failUnreadable(ctx, jobs)
+	sortClaimed(jobs)
+	return jobs, gated, err
+}
+
 // sortClaimed puts claimed jobs in claim order.
 func sortClaimed(jobs []*Job) {
 	slices.SortFunc(jobs, func(a, b *Job) int {

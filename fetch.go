@@ -64,10 +64,8 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			// flight may still commit on the server, and its jobs would
 			// wait in progress for their leases to run out. What it
 			// returns after a stop is handed back at once.
-			claimCtx, cancel := context.WithTimeout(claimsCtx, w.callTimeout())
 			sent := time.Now() // the leases start no earlier
-			claimed, isGated, err := w.claims.claim(claimCtx, w.q, qs.name, free)
-			cancel()
+			claimed, isGated, err := w.claims.claim(claimsCtx, w.callTimeout(), w.q, qs.name, free)
 			if err == nil {
 				w.health.ok(&w.health.claim)
 			}
@@ -102,9 +100,16 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 		if unsure.IsZero() {
 			retry.Stop()
 		}
+		// A worker of one queue polls by claiming, as a poll of its own
+		// would cost one more statement before the claim.
+		poll := time.NewTimer(w.pollWait())
+		if !w.pollsByClaim() {
+			poll.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			retry.Stop()
+			poll.Stop()
 			return
 		case <-qs.notified:
 			more = true
@@ -113,30 +118,37 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			// limit", and this slot's job counted against it.
 			more = more || gated
 		case <-retry.C:
+		case <-poll.C:
+			more = true
 		}
 		retry.Stop()
+		poll.Stop()
 	}
 }
 
 // dueQueuesSQL names the queues of $1 that have a job runnable now and are
-// not paused. Each is one probe of jobs_claim, which stops at the first
-// runnable row, so a worker's poll is one statement per interval however
-// many queues it serves. A queue whose rules hold its jobs back is still
-// named: only its gated claim can tell.
+// not paused: per queue, the first runnable row in claim order, which the
+// ORDER BY and LIMIT make a walk of jobs_claim that stops there (as an
+// EXISTS, the planner was free to hash every runnable row of the table, or
+// to take jobs_partition). It runs after pinJoinsSQL, like the claims. A
+// worker's poll is so one statement per interval however many queues it
+// serves. A queue whose rules hold its jobs back is still named: only its
+// gated claim can tell.
 const dueQueuesSQL = `
-SELECT q FROM unnest($1::text[]) AS q
-WHERE EXISTS (SELECT FROM compute.jobs j WHERE j.status = 'queued' AND j.queue = q AND j.run_at <= statement_timestamp())
-  AND NOT EXISTS (SELECT FROM compute.queues s WHERE s.name = q AND s.paused)`
+SELECT w.q FROM unnest($1::text[]) AS w(q)
+CROSS JOIN LATERAL (
+    SELECT FROM compute.jobs j
+    WHERE j.status = 'queued' AND j.queue = w.q AND j.run_at <= statement_timestamp()
+    ORDER BY ` + claimOrder + `
+    LIMIT 1
+) runnable
+WHERE NOT EXISTS (SELECT FROM compute.queues s WHERE s.name = w.q AND s.paused)`
 
 // dueQueues returns the queues of names with a job runnable now.
 func (q *Queue) dueQueues(ctx context.Context, names []string) ([]string, error) {
 	var due []string
-	err := q.do(ctx, "compute: poll", func(ctx context.Context) error {
-		rows, err := q.pool.Query(ctx, dueQueuesSQL, names)
-		if err != nil {
-			return err
-		}
-		due, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	err := q.do(ctx, "compute: poll", func(ctx context.Context) (err error) {
+		due, err = queryPinned(ctx, q, dueQueuesSQL, []any{names}, pgx.RowTo[string])
 		return err
 	})
 	return due, err
@@ -149,7 +161,7 @@ func (q *Queue) dueQueues(ctx context.Context, names []string) ([]string, error)
 // their fetchers. A failed poll is logged and tried again at the next.
 func (w *Worker) pollDue(ctx context.Context) {
 	names := slices.Sorted(maps.Keys(w.queues))
-	for backoff.Sleep(ctx, w.cfg.PollInterval/2+rand.N(w.cfg.PollInterval/2+1)) {
+	for backoff.Sleep(ctx, w.pollWait()) {
 		callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 		due, err := w.q.dueQueues(callCtx, names)
 		cancel()
@@ -157,7 +169,7 @@ func (w *Worker) pollDue(ctx context.Context) {
 			w.logFailure(ctx, "polling for runnable jobs failed; trying again at the next poll", err)
 			continue
 		}
-		w.health.ok(&w.health.claim)
+		w.health.ok(nil)
 		for _, name := range due {
 			w.wakeQueue(name)
 		}
@@ -265,6 +277,16 @@ func (w *Worker) wakeAll() {
 	}
 }
 
+// pollWait is how long a worker waits between polls: random in [1/2, 1]
+// of PollInterval, so that workers spread out.
+func (w *Worker) pollWait() time.Duration {
+	return w.cfg.PollInterval/2 + rand.N(w.cfg.PollInterval/2+1)
+}
+
+// pollsByClaim reports whether the worker's one fetcher polls by claiming
+// (a worker of one queue) instead of being woken by pollDue.
+func (w *Worker) pollsByClaim() bool { return len(w.queues) == 1 }
+
 // claimBatch lets the fetchers of a Worker's queues claim together. One
 // claim statement runs at a time; the fetchers that ask meanwhile wait,
 // and the first of them then claims for all of them in one statement
@@ -287,19 +309,21 @@ type batchTurn struct {
 }
 
 // claim claims up to n jobs of queue through the batch, as claim does.
-// A queue the batched statement finds to have rules is claimed on its
-// own (the gated claim) by its fetcher, after the batch.
-func (b *claimBatch) claim(ctx context.Context, q *Queue, queue string, n int) ([]*Job, bool, error) {
+// Each statement gets timeout from when it starts, under ctx. A queue
+// found to have rules is claimed by its own fetcher after the batch (the
+// gated claim may wait for another worker's), so it never holds up the
+// line.
+func (b *claimBatch) claim(ctx context.Context, timeout time.Duration, q *Queue, queue string, n int) ([]*Job, bool, error) {
 	t := &batchTurn{claimRequest: claimRequest{queue: queue, n: n}, done: make(chan struct{})}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, t)
 	if b.busy {
 		b.mu.Unlock()
-		<-t.done // bounded by the running statement's context
+		<-t.done // bounded by the running statement's timeout
 		b.mu.Lock()
 		if !t.lead {
 			b.mu.Unlock()
-			return t.finish(ctx, q)
+			return t.finish(ctx, timeout, q)
 		}
 	}
 	b.busy = true
@@ -316,39 +340,48 @@ func (b *claimBatch) claim(ctx context.Context, q *Queue, queue string, n int) (
 	batch := slices.Clone(b.waiting[:take])
 	b.waiting = slices.Delete(b.waiting, 0, take)
 	b.mu.Unlock()
+	handed := false
+	handOff := func() { // the next in line leads; the others get their results
+		if handed {
+			return
+		}
+		handed = true
+		b.mu.Lock()
+		if len(b.waiting) > 0 {
+			b.waiting[0].lead = true
+			close(b.waiting[0].done)
+		} else {
+			b.busy = false
+		}
+		b.mu.Unlock()
+		for _, w := range batch[1:] {
+			close(w.done)
+		}
+	}
+	defer handOff() // even if the claim panics
 
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	if len(batch) == 1 {
-		t.jobs, t.gated, t.err = q.claim(ctx, queue, n)
+		t.jobs, t.gated, t.err = q.claimUngated(callCtx, queue, n)
 	} else {
 		reqs := make([]*claimRequest, len(batch))
 		for i, w := range batch {
 			reqs[i] = &w.claimRequest
 		}
-		q.claimMany(ctx, reqs)
+		q.claimMany(callCtx, reqs)
 	}
-
-	b.mu.Lock()
-	if len(b.waiting) > 0 {
-		b.waiting[0].lead = true
-		close(b.waiting[0].done)
-	} else {
-		b.busy = false
-	}
-	b.mu.Unlock()
-	for _, w := range batch[1:] {
-		close(w.done)
-	}
-	if len(batch) == 1 {
-		return t.jobs, t.gated, t.err
-	}
-	return t.finish(ctx, q)
+	handOff()
+	return t.finish(ctx, timeout, q)
 }
 
 // finish returns a batched claim's result; a queue found to have rules is
-// claimed now, by the gated claim.
-func (t *batchTurn) finish(ctx context.Context, q *Queue) ([]*Job, bool, error) {
+// claimed now, by the gated claim, with a timeout of its own.
+func (t *batchTurn) finish(ctx context.Context, timeout time.Duration, q *Queue) ([]*Job, bool, error) {
 	if t.gated && t.err == nil {
-		return q.claimQueue(ctx, t.queue, t.n, true)
+		callCtx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return q.claimQueue(callCtx, t.queue, t.n, true)
 	}
 	return t.jobs, t.gated, t.err
 }

@@ -445,7 +445,7 @@ func TestClaimBatchClaimsForTheWaitingFetchersInOneStatement(t *testing.T) {
 		queue := fmt.Sprintf("q%d", i)
 		wg.Go(func() {
 			for {
-				got, _, err := b.claim(ctx, q, queue, 3)
+				got, _, err := b.claim(ctx, 20*time.Second, q, queue, 3)
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
@@ -491,5 +491,159 @@ func TestClaimBatchClaimsForTheWaitingFetchersInOneStatement(t *testing.T) {
 	// 40 fetchers taking 25 jobs 3 at a time is 360 claims alone.
 	if n := counter.count(claimJobsSQL) + counter.count(claimManySQL); n > 100 {
 		t.Errorf("%d claim statements for %d fetchers' claims, want them batched", n, fetchers*(perQueue/3+2))
+	}
+}
+
+// lineLength waits until n fetchers wait in b's line.
+func lineLength(t *testing.T, b *claimBatch, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b.mu.Lock()
+		l := len(b.waiting)
+		b.mu.Unlock()
+		if l == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 20s for %d fetchers in line; %d are", n, l)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestClaimBatchGivesEachStatementItsOwnTimeout: a fetcher that joins the
+// line late is claimed for with a full timeout, not with what is left of
+// the timeout of one that waited long. (Found in review: it got "context
+// deadline exceeded" from a healthy database.)
+func TestClaimBatchGivesEachStatementItsOwnTimeout(t *testing.T) {
+	ctx := t.Context()
+	counter := newStatementCounter(claimJobsSQL, claimManySQL)
+	q := tracedQueue(t, counter)
+	if _, err := q.EnqueueMany(ctx, []Job{{Queue: "a", Config: "{}"}, {Queue: "b", Config: "{}"}}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	counter.hook = func(string) { once.Do(func() { <-release }) }
+	var b claimBatch
+	const timeout = time.Second
+	var wg sync.WaitGroup
+	var aErr error
+	wg.Go(func() { _, _, aErr = b.claim(ctx, timeout, q, "a", 1) }) // leads; its statement is held
+	for counter.count(claimJobsSQL) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	var bJobs []*Job
+	var bErr error
+	wg.Go(func() { bJobs, _, bErr = b.claim(ctx, timeout, q, "b", 1) })
+	lineLength(t, &b, 1)
+	time.Sleep(timeout + 200*time.Millisecond) // the held statement outlives its timeout
+	close(release)
+	wg.Wait()
+	if aErr == nil {
+		t.Error("the held statement returned no error after its timeout")
+	}
+	if bErr != nil || len(bJobs) != 1 {
+		t.Errorf("the fetcher in line got %d jobs and %v, want its job", len(bJobs), bErr)
+	}
+}
+
+// TestClaimBatchDoesNotHoldTheLineForAGatedClaim: a queue with rules whose
+// claim waits for another worker's lock on it does not keep the other
+// queues of the worker from claiming. (Found in review: they waited for the
+// lock too.)
+func TestClaimBatchDoesNotHoldTheLineForAGatedClaim(t *testing.T) {
+	ctx := t.Context()
+	q := tracedQueue(t, newStatementCounter())
+	if _, err := q.EnqueueMany(ctx, []Job{{Queue: "ruled", Config: "{}"}, {Queue: "free", Config: "{}"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.SetQueueSettings(ctx, "ruled", QueueSettings{MaxRunning: 5}); err != nil {
+		t.Fatal(err)
+	}
+	// Another worker's gated claim of "ruled" holds its lock until the
+	// test ends.
+	tx, err := q.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck
+	if _, err := tx.Exec(ctx, lockGatedQueueSQL, "ruled", int64(lockClassClaim)); err != nil {
+		t.Fatal(err)
+	}
+	var b claimBatch
+	ruledDone := make(chan struct{})
+	go func() {
+		defer close(ruledDone)
+		b.claim(ctx, 30*time.Second, q, "ruled", 1) //nolint:errcheck
+	}()
+	// "ruled" claims alone, finds rules and waits for the lock: by then
+	// it has left the line.
+	waitGranted := func() bool {
+		var waiting bool
+		err := q.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`).Scan(&waiting)
+		return err == nil && waiting
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !waitGranted() {
+		if time.Now().After(deadline) {
+			t.Fatal("the gated claim did not wait for the lock within 20s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got, _, err := b.claim(ctx, 30*time.Second, q, "free", 1)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("queue without rules: %d jobs, %v; want its job while the other queue waits for its lock", len(got), err)
+	}
+	select {
+	case <-ruledDone:
+		t.Error("the gated claim returned while its lock was held")
+	default:
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-ruledDone
+}
+
+// TestWorkerOfOneQueuePollsByClaiming: a worker of one queue finds a job
+// written without a notification with its claim alone, no poll statement
+// first (found in review).
+func TestWorkerOfOneQueuePollsByClaiming(t *testing.T) {
+	counter := newStatementCounter(claimJobsSQL, claimManySQL, dueQueuesSQL)
+	q := tracedQueue(t, counter)
+	ran := make(chan struct{}, 1)
+	cfg := WorkerConfig{Queues: map[string]QueueConfig{"only": {Handler: func(context.Context, *Job) ([]string, error) {
+		ran <- struct{}{}
+		return nil, nil
+	}}}, PollInterval: 50 * time.Millisecond, PollOnly: true}
+	w, err := NewWorker(q, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	for counter.count(claimJobsSQL) < 3 { // its first claim and two polls
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := q.pool.Exec(t.Context(), `INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
+		VALUES (decode(md5('x'), 'hex'), 'queued', 'only', '{}', '{}', now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the job did not run within 20s")
+	}
+	if n := counter.count(dueQueuesSQL) + counter.count(claimManySQL); n != 0 {
+		t.Errorf("a worker of one queue sent %d poll or batched claim statements, want none", n)
 	}
 }

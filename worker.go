@@ -286,7 +286,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
 	}
-	intake.Go(w.pollDue)
+	if !w.pollsByClaim() {
+		intake.Go(w.pollDue)
+	}
 	intake.Go(w.maintenance)
 	if len(w.schedules) > 0 {
 		intake.Go(w.enqueuePeriodic)

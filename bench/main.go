@@ -53,11 +53,11 @@ type options struct {
 
 	rssJobs int
 
-	computeSQL     string        // run on every fresh compute database after its migration
-	notifyCooldown time.Duration // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
-	floodProducers int           // (f) goroutines, each with a connection
-	floodTime      time.Duration // (f) how long they enqueue
-	soak           soakConfig    // workload (s)
+	computeSQL     string          // run on every fresh compute database after its migration
+	notifyCooldown time.Duration   // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
+	floodProducers int             // (f) goroutines, each with a connection
+	floodTime      time.Duration   // (f) how long they enqueue
+	soak           soakConfig      // workload (s)
 	retention      retentionConfig // workload (r)
 
 	runs       int
