@@ -111,6 +111,7 @@ var commands = []*command{
 		{name: "follow", summary: "print journal events from the oldest retained (or --from), then follow", run: runEventsFollow},
 	}},
 	{name: "doctor", summary: "check the installation's health; exit 1 when a check fails", run: runDoctor},
+	{name: "ui", summary: "serve the dashboard (--addr HOST:PORT, --read-only)", run: runUI},
 	{name: "version", summary: "print the command's and the schema's versions", run: runVersion},
 }
 
