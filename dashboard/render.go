@@ -97,8 +97,10 @@ var funcs = template.FuncMap{
 	"dur":     formatDuration,
 	"time":    formatTime,
 	"isoTime": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"short":   func(id compute.JobID) string { return id.String()[:8] },
-	"pretty":  prettyConfig,
+	// short is the random end of a job id: its start is a time stamp,
+	// the same for jobs created together.
+	"short":  func(id compute.JobID) string { s := id.String(); return "…" + s[len(s)-12:] },
+	"pretty": prettyConfig,
 	"firstLine": func(s string) string {
 		first, _, _ := strings.Cut(s, "\n")
 		return first
