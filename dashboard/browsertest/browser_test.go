@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
@@ -328,6 +330,21 @@ func TestPagesLoadWithoutErrors(t *testing.T) {
 		b.screenshot(p.name)
 		b.noErrors(p.name)
 	}
+	// Dark mode follows the system's preference.
+	b.do(chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}},
+		})
+		return err
+	}))
+	b.open(f.url + "/")
+	if bg := eval[string](b, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(17, 20, 26)" {
+		t.Errorf("dark mode: the background is %s", bg)
+	}
+	b.screenshot("overview-dark")
+	b.open(f.url + "/jobs/" + f.panicked.String())
+	b.screenshot("job-failed-dark")
+
 	// The panicked attempt's stack is folded until opened.
 	b.open(f.url + "/jobs/" + f.panicked.String())
 	if eval[bool](b, `document.querySelector("ol.attempts details").open`) {
