@@ -1,7 +1,7 @@
 // Command compute is the operator's tool for a compute job queue: it
 // migrates the schema, enqueues jobs, lists, retries, cancels and deletes
 // them, pauses and configures queues, explains why a job waits, follows the
-// job journal and checks the installation's health.
+// job journal, checks the installation's health and serves the dashboard.
 //
 // Usage:
 //
