@@ -124,13 +124,11 @@ func (f jobFilter) QueryString() string {
 
 // jobsData is the Jobs page.
 type jobsData struct {
-	liveFrom
 	Filter jobFilter
 	Query  string // the filter as a query string
 	Jobs   []*compute.Job
 	Next   string // the after= value of the next page, "" on the last
 	First  bool   // whether this is the first page
-	Queues []string
 	// Bulk says which bulk actions the filter allows.
 	CanCancel, CanRetry, CanDelete bool
 	Empty                          bool // the filter is empty (bulk needs one)
@@ -143,8 +141,8 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// No live feed here: a refresh would lose the rows a user selected.
 	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("after") == "", Message: r.FormValue("msg")}
-	d.liveFrom = h.head(ctx, "")
 	if f.ID != "" {
 		id, err := compute.ParseJobID(f.ID)
 		if err != nil {
@@ -173,13 +171,6 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 			d.Jobs = d.Jobs[:pageSize]
 			d.Next = d.Jobs[pageSize-1].ID.String()
 		}
-	}
-	queues, err := h.q.Queues(ctx, false)
-	if err != nil {
-		return err
-	}
-	for _, qi := range queues {
-		d.Queues = append(d.Queues, qi.Name)
 	}
 	d.Empty = f.Filter == compute.Filter{}
 	s := f.Status
