@@ -150,7 +150,11 @@ func TestPagesRenderAndEscape(t *testing.T) {
 			t.Errorf("GET %s: the hostile config appears unescaped", path)
 		}
 	}
-	_, body := get(t, c, base+"/jobs/"+hostile.String())
+	_, body := get(t, c, base+"/")
+	if !strings.Contains(body, `k-failed"></span>failed 1`) {
+		t.Error("the overview's chart does not count the one failed job")
+	}
+	_, body = get(t, c, base+"/jobs/"+hostile.String())
 	if !strings.Contains(body, "&lt;img src=x onerror=alert(1)&gt;") {
 		t.Error("the job page does not show the hostile config as text")
 	}
