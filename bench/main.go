@@ -151,7 +151,7 @@ func parseFlags() options {
 	flag.StringVar(&o.userIDs, "user-ids", "random", "(u) compute's job ids: random (uuid_send(gen_random_uuid())) or sequential (a big-endian counter)")
 	flag.IntVar(&o.statements, "statements", 0, "(u) print the top N statements of pg_stat_statements of every phase on stderr (preloads it in (u)'s own server)")
 	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block and mutex profiles")
-	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it, e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
+	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it (also in (u)), e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
 	flag.DurationVar(&o.notifyCooldown, "notify-cooldown", 0, "(c) and (f) compute producers' WithNotifyCooldown: at most one wake-up notification per queue and period (0: the library's default; 1ns: one per enqueue)")
 	flag.DurationVar(&o.soak.duration, "soak", 3*time.Minute, "(s) how long the table-health soak runs (select it with -only s)")
 	flag.DurationVar(&o.soak.sample, "soak-sample", 10*time.Second, "(s) sampling interval")

@@ -51,6 +51,11 @@ type childResult struct {
 	HWMKiB     int64   `json:"hwm_kib"`      // VmHWM after it
 	RSSKiB     int64   `json:"rss_kib"`      // VmRSS after it
 	CPUSeconds float64 `json:"cpu_seconds"`  // user and system time of the burn-down
+	MaxConns   int32   `json:"max_conns"`    // the worker pool's size
+	// Acquires that found no idle connection and waited, and their
+	// total wait: whether the pool starved the worker.
+	EmptyAcquires  int64   `json:"empty_acquires"`
+	EmptyWaitMilli float64 `json:"empty_wait_ms"`
 }
 
 // run starts (or finds) the server and runs the selected workloads, each
@@ -396,9 +401,11 @@ func child(ctx context.Context, o options) error {
 	}
 	cpu = selfCPU() - cpu
 	hwm, rss := memStatus()
+	st := systemPool(s).Stat()
 	return json.NewEncoder(os.Stdout).Encode(childResult{
 		Seconds: b.elapsed.Seconds(), Jobs: o.jobs, Handled: b.handled, BaseRSSKiB: base, HWMKiB: hwm, RSSKiB: rss,
-		CPUSeconds: cpu.Seconds(),
+		CPUSeconds: cpu.Seconds(), MaxConns: st.MaxConns(), EmptyAcquires: st.EmptyAcquireCount(),
+		EmptyWaitMilli: float64(st.EmptyAcquireWaitTime()) / float64(time.Millisecond),
 	})
 }
 

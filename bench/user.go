@@ -138,6 +138,9 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	if s != nil {
 		defer s.close()
 	}
+	if err == nil && name == "compute" && o.computeSQL != "" {
+		_, err = s.(*computeSystem).q.Pool().Exec(ctx, o.computeSQL)
+	}
 	if err != nil {
 		return userResult{}, err
 	}
@@ -181,8 +184,8 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		return userResult{}, fmt.Errorf("first claim to last finish took %.3f s", seconds)
 	}
 	r := userResult{rate: float64(n) / seconds, child: cr}
-	progressf("(u) %s, %s jobs, %s: %.0f jobs/s (database clock), worker CPU %.0f ms per 1,000 jobs, peak RSS %d MiB",
-		name, human(n), v, r.rate, cr.cpuPerThousand(), cr.HWMKiB/1024)
+	progressf("(u) %s, %s jobs, %s: %.0f jobs/s (database clock), worker CPU %.0f ms per 1,000 jobs, peak RSS %d MiB, pool of %d: %d acquires waited %.0f ms in all",
+		name, human(n), v, r.rate, cr.cpuPerThousand(), cr.HWMKiB/1024, cr.MaxConns, cr.EmptyAcquires, cr.EmptyWaitMilli)
 	if o.statements > 0 {
 		err = printStatements(ctx, pool, dbname, o.statements)
 	}
@@ -370,6 +373,7 @@ func printUser(out io.Writer, o options, res *results) {
 	perSec := func(r userResult) float64 { return r.rate }
 	cpu := func(r userResult) float64 { return r.child.cpuPerThousand() }
 	rss := func(r userResult) float64 { return float64(r.child.HWMKiB) / 1024 }
+	waited := func(r userResult) float64 { return r.child.EmptyWaitMilli }
 	for _, n := range o.userSizes {
 		for _, v := range userVariants {
 			c, r := field(userKey{"compute", n, v}, perSec), field(userKey{"River", n, v}, perSec)
@@ -379,6 +383,8 @@ func printUser(out io.Writer, o options, res *results) {
 			row("    worker CPU ms per 1,000 jobs", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
 			c, r = field(userKey{"compute", n, v}, rss), field(userKey{"River", n, v}, rss)
 			row("    worker peak RSS MiB (VmHWM)", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
+			c, r = field(userKey{"compute", n, v}, waited), field(userKey{"River", n, v}, waited)
+			row("    pool acquires that waited, ms in all", cell(c, count), cell(r, count), "", "", "")
 		}
 	}
 	tw.Flush()
