@@ -58,6 +58,7 @@ type options struct {
 	userJobs   string // (u) sizes, comma-separated
 	userSizes  []int  // parsed -user-jobs
 	userIDs    string // (u) compute's job ids: random or sequential
+	userShapes string // (u) which of userVariants run: "1,2", "1" or "2"
 	statements int    // (u) top statements of pg_stat_statements to print per phase; 0: none
 	profileDir string // (u) where the worker processes write CPU, block and mutex profiles
 
@@ -148,6 +149,7 @@ func parseFlags() options {
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
 	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
 	flag.StringVar(&o.userJobs, "user-jobs", "100k,200k", "(u) burn-down sizes, comma-separated")
+	flag.StringVar(&o.userShapes, "user-shapes", "1,2", "(u) shapes to run: 1 = pgxpool's default pool and concurrency 1,000, 2 = pool 10 and concurrency 2,000")
 	flag.StringVar(&o.userIDs, "user-ids", "random", "(u) compute's job ids: random (uuid_send(gen_random_uuid())) or sequential (a big-endian counter)")
 	flag.IntVar(&o.statements, "statements", 0, "(u) print the top N statements of pg_stat_statements of every phase on stderr (preloads it in (u)'s own server)")
 	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block and mutex profiles")

@@ -302,6 +302,9 @@ func runUser(ctx context.Context, o options, res *results) error {
 	for r := range o.runs {
 		for _, n := range o.userSizes {
 			for vi, v := range userVariants {
+				if !listed(o.userShapes, strconv.Itoa(vi+1)) {
+					continue
+				}
 				order := []string{"compute", "River"}
 				if turn%2 == 1 {
 					order = []string{"River", "compute"}
@@ -376,6 +379,9 @@ func printUser(out io.Writer, o options, res *results) {
 	waited := func(r userResult) float64 { return r.child.EmptyWaitMilli }
 	for _, n := range o.userSizes {
 		for _, v := range userVariants {
+			if len(res.user[userKey{"compute", n, v}])+len(res.user[userKey{"River", n, v}]) == 0 {
+				continue
+			}
 			c, r := field(userKey{"compute", n, v}, perSec), field(userKey{"River", n, v}, perSec)
 			row(fmt.Sprintf("%s jobs, %s: jobs/s", human(n), v), cell(c, rate), cell(r, rate), ratioCell(c, r),
 				"compute/River ≥ 2", met(c, r, func(c, r float64) bool { return c >= 2*r }))
