@@ -83,7 +83,7 @@ func userServer(ctx context.Context, statements bool) (*testdb.Server, error) {
 	}
 	settings := []string{"fsync=on", "full_page_writes=on", "synchronous_commit=on"}
 	if statements {
-		settings = append(settings, "shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")
+		settings = append(settings, "shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all", "track_wal_io_timing=on")
 	}
 	return testdb.StartLocalWith(ctx, progressf, settings...)
 }
@@ -155,7 +155,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		return userResult{}, err
 	}
 	if o.statements > 0 {
-		if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()`); err != nil {
+		if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset(); SELECT pg_stat_reset_shared('wal')`); err != nil {
 			return userResult{}, fmt.Errorf("pg_stat_statements: %w", err)
 		}
 	}
@@ -188,6 +188,9 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		name, human(n), v, r.rate, cr.cpuPerThousand(), cr.HWMKiB/1024, cr.MaxConns, cr.EmptyAcquires, cr.EmptyWaitMilli)
 	if o.statements > 0 {
 		err = printStatements(ctx, pool, dbname, o.statements)
+	}
+	if o.statements > 0 && err == nil {
+		err = printWAL(ctx, pool)
 	}
 	return r, err
 }
@@ -263,6 +266,24 @@ func printStatements(ctx context.Context, pool *pgxpool.Pool, dbname string, top
 		return err
 	}
 	return tw.Flush()
+}
+
+// walSQL reads the server's WAL counters since the phase reset them (the
+// server runs one phase at a time): the WAL flushes commits waited for,
+// and their time (track_wal_io_timing is on in (u)'s own server).
+const walSQL = `
+SELECT wal_records, wal_fpi, wal_bytes::bigint, wal_write, wal_sync, round(wal_write_time)::bigint, round(wal_sync_time)::bigint
+FROM pg_stat_wal`
+
+// printWAL prints walSQL's counters on stderr.
+func printWAL(ctx context.Context, pool *pgxpool.Pool) error {
+	var records, fpi, bytes, writes, syncs, writeMS, syncMS int64
+	if err := pool.QueryRow(ctx, walSQL).Scan(&records, &fpi, &bytes, &writes, &syncs, &writeMS, &syncMS); err != nil {
+		return fmt.Errorf("pg_stat_wal: %w", err)
+	}
+	progressf("WAL since the worker started: %d records, %d full-page images, %d bytes; %d writes (%d ms), %d flushes (%d ms)",
+		records, fpi, bytes, writes, writeMS, syncs, syncMS)
+	return nil
 }
 
 // runChild runs this program again with args and reads its childResult.
