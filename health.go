@@ -29,8 +29,9 @@ type Health struct {
 	Listening bool `json:"listening"`
 	// LastContact is when the last statement of the worker's loops
 	// (claims, outcome writes, renewals, registry refreshes, maintenance)
-	// succeeded; LastClaim and LastWrite when the last claim and outcome
-	// write did. Zero means never.
+	// succeeded; LastClaim when the worker last looked for jobs (a claim,
+	// or its poll of all its queues), LastWrite when an outcome write last
+	// succeeded. Zero means never.
 	LastContact time.Time `json:"last_contact"`
 	LastClaim   time.Time `json:"last_claim"`
 	LastWrite   time.Time `json:"last_write"`

@@ -62,11 +62,12 @@ type options struct {
 	statements int    // (u) top statements of pg_stat_statements to print per phase; 0: none
 	profileDir string // (u) where the worker processes write CPU, block and mutex profiles
 
-	computeSQL     string        // run on every fresh compute database after its migration
-	notifyCooldown time.Duration // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
-	floodProducers int           // (f) goroutines, each with a connection
-	floodTime      time.Duration // (f) how long they enqueue
-	soak           soakConfig    // workload (s)
+	computeSQL     string          // run on every fresh compute database after its migration
+	notifyCooldown time.Duration   // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
+	floodProducers int             // (f) goroutines, each with a connection
+	floodTime      time.Duration   // (f) how long they enqueue
+	soak           soakConfig      // workload (s)
+	retention      retentionConfig // workload (r)
 
 	runs        int
 	workers     int
@@ -162,6 +163,10 @@ func parseFlags() options {
 	flag.IntVar(&o.soak.heartbeats, "soak-heartbeats", 0, "(s) Heartbeat calls per claimed batch before its Complete")
 	flag.IntVar(&o.soak.backlog, "soak-backlog", 50_000, "(s) queued jobs the producer keeps ahead of the claimers")
 	flag.BoolVar(&o.soak.holdXmin, "soak-hold-xmin", false, "(s) hold a REPEATABLE READ snapshot open in another session for the whole soak")
+	flag.IntVar(&o.retention.rate, "retention-rate", 3_000, "(r) jobs enqueued per second (select it with -only r)")
+	flag.DurationVar(&o.retention.duration, "retention-time", 5*time.Minute, "(r) how long the producer runs")
+	flag.DurationVar(&o.retention.after, "retention-after", 30*time.Second, "(r) Retention.DeleteCompleteAfter")
+	flag.DurationVar(&o.retention.sample, "retention-sample", 30*time.Second, "(r) sampling interval")
 	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b), (c) and (f), changing which system goes first; the table shows medians")
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
@@ -188,6 +193,7 @@ func parseFlags() options {
 		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
 		o.userJobs = "2k"
 		o.floodProducers, o.floodTime = 4, time.Second
+		o.retention = retentionConfig{rate: 200, duration: 3 * time.Second, after: time.Second, sample: time.Second}
 		o.timeout = 2 * time.Minute
 	}
 	return o
@@ -210,6 +216,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-user-ids %q: want random or sequential", o.userIDs)
 	case slices.Contains(o.userSizes, 0):
 		return fmt.Errorf("-user-jobs sizes must be positive")
+	case o.retention.rate < 1 || o.retention.duration <= 0 || o.retention.after <= 0 || o.retention.sample <= 0:
+		return errors.New("-retention-rate, -retention-time, -retention-after and -retention-sample must be positive")
 	case o.jobs < 1 || o.insertJobs < 1 || o.growthJobs < 1 || o.ceilingJobs < 1:
 		return fmt.Errorf("job counts must be positive")
 	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:

@@ -286,6 +286,11 @@ func run(ctx context.Context, o options) error {
 			progressf("FAILED: (u): %v", err)
 		}
 	}
+	if o.selected("r") {
+		phase("(r) retention at load", "compute", func(ctx context.Context, s system, _ string) error {
+			return s.(*computeSystem).retention(ctx, o.retention, os.Stdout)
+		})
+	}
 	if o.selected("rss") && o.rssJobs > 0 {
 		for _, name := range []string{"compute", "River"} {
 			if !o.takesPart(name) {

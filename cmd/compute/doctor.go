@@ -155,7 +155,7 @@ func checkNotify(ctx context.Context, q *compute.Queue) check {
 		// The wait was cut off mid-read: the connection cannot be reused.
 		_ = conn.Conn().Close(context.WithoutCancel(ctx))
 		return check{name, checkFail, fmt.Sprintf("a notification sent on one connection did not arrive on another within %s", notifyWait),
-			"behind PgBouncer in transaction mode LISTEN cannot work: set WorkerConfig.PollOnly, or connect workers directly"}
+			"behind PgBouncer in transaction mode LISTEN cannot work: give workers a direct connection string with compute.WithDirectURL (or let them poll)"}
 	}
 	_, _ = conn.Exec(ctx, `UNLISTEN *`)
 	if n.Channel != channel {
