@@ -411,7 +411,7 @@ func printUser(out io.Writer, o options, res *results) {
 			c, r = field(userKey{"compute", n, v}, rss), field(userKey{"River", n, v}, rss)
 			row("    worker peak RSS MiB (VmHWM)", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
 			c, r = field(userKey{"compute", n, v}, waited), field(userKey{"River", n, v}, waited)
-			row("    pool acquires that waited, ms in all", cell(c, count), cell(r, count), "", "", "")
+			row("    pool acquires that waited (connection opens included), ms in all", cell(c, count), cell(r, count), "", "", "")
 		}
 	}
 	tw.Flush()
