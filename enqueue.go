@@ -174,7 +174,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
 	var end func(error)
-	b.trace, end = q.opts.observer.traceEnqueue(ctx, len(jobs))
+	b.trace, end = q.opts.observer.traceEnqueue(ctx, jobs)
 	start := time.Now()
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
 		b.reset()
@@ -239,7 +239,7 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
 	var end func(error)
-	b.trace, end = q.opts.observer.traceEnqueue(ctx, len(jobs))
+	b.trace, end = q.opts.observer.traceEnqueue(ctx, jobs)
 	start := time.Now()
 	err = b.write(ctx, tx)
 	q.opts.observer.enqueued(len(jobs), time.Since(start), err, end)

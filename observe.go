@@ -55,15 +55,15 @@ type Observer struct {
 
 	// TraceEnqueue, for tracing, is called once per Submit or SubmitTx
 	// (and so every Enqueue variant) after the jobs were validated and
-	// before they are written, with the caller's ctx and how many jobs it
-	// was given. It returns the trace context to store with each job that
+	// before they are written, with the caller's ctx and the jobs it was
+	// given (to read during the call only). It returns the trace context to store with each job that
 	// has no TraceContext of its own (a propagator's carrier, such as W3C
 	// traceparent and tracestate; nil stores none), and end, called with
 	// the call's error once the jobs are written or not (nil: not called).
 	// A carrier that is larger than 1 KiB as JSON, or holds a NUL byte or
 	// invalid UTF-8, is dropped: the jobs are stored without one, since a
 	// trace must never cost a job.
-	TraceEnqueue func(ctx context.Context, n int) (carrier map[string]string, end func(err error))
+	TraceEnqueue func(ctx context.Context, jobs []Job) (carrier map[string]string, end func(err error))
 	// TraceAttempt, for tracing, is called as each attempt of a claimed
 	// job starts, in the goroutine that runs its handler, with the
 	// context the handler would get; job.TraceContext is the producer's
@@ -101,13 +101,13 @@ func (q *Queue) Observer() *Observer { return q.opts.observer }
 
 // The Observer's calls, each a no-op on a nil Observer or field.
 
-// traceEnqueue returns the Observer's encoded carrier for a batch of n
-// jobs ("" when none, or when it is dropped: see TraceEnqueue) and its end.
-func (o *Observer) traceEnqueue(ctx context.Context, n int) (string, func(error)) {
+// traceEnqueue returns the Observer's encoded carrier for a batch of jobs
+// ("" when none, or when it is dropped: see TraceEnqueue) and its end.
+func (o *Observer) traceEnqueue(ctx context.Context, jobs []Job) (string, func(error)) {
 	if o == nil || o.TraceEnqueue == nil {
 		return "", nil
 	}
-	carrier, end := o.TraceEnqueue(ctx, n)
+	carrier, end := o.TraceEnqueue(ctx, jobs)
 	enc, _ := encodeTraceContext(carrier)
 	return enc, end
 }

@@ -38,10 +38,10 @@ type spanKey struct{}
 
 func (tr *tracer) observer() *compute.Observer {
 	return &compute.Observer{
-		TraceEnqueue: func(_ context.Context, n int) (map[string]string, func(error)) {
+		TraceEnqueue: func(_ context.Context, jobs []compute.Job) (map[string]string, func(error)) {
 			tr.mu.Lock()
 			defer tr.mu.Unlock()
-			tr.enqueues = append(tr.enqueues, n)
+			tr.enqueues = append(tr.enqueues, len(jobs))
 			return tr.carrier, func(err error) {
 				tr.mu.Lock()
 				defer tr.mu.Unlock()
