@@ -25,6 +25,9 @@ type queueState struct {
 	// Concurrency, so the jobs a worker holds (running or unwritten) stay
 	// under twice Concurrency however far the completer falls behind.
 	unwritten atomic.Int32
+	// claimsFailing is when the fetcher's claims began to fail, 0 after a
+	// success (see Health); the fetcher writes it, Health reads it.
+	claimsFailing atomic.Int64
 }
 
 // fetch is one queue's claim loop. It claims as many jobs as there are free
@@ -61,7 +64,9 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
 			cancel()
 			if err == nil {
-				w.health.ok(&w.health.claim)
+				w.health.ok(&w.health.claim, &qs.claimsFailing)
+			} else {
+				w.health.failed(&qs.claimsFailing)
 			}
 			w.obs.claimed(qs.name, len(claimed), time.Since(sent), err)
 			if ctx.Err() != nil {
