@@ -39,9 +39,10 @@ type Health struct {
 	LastWrite   time.Time `json:"last_write"`
 	// ClaimsFailing is when the claims of some queue began to fail
 	// without a success since (the earliest such queue), WritesFailing
-	// when outcome writes did; zero while they succeed.
-	ClaimsFailing time.Time `json:"claims_failing"`
-	WritesFailing time.Time `json:"writes_failing"`
+	// when outcome writes did; zero (and left out of the JSON) while they
+	// succeed.
+	ClaimsFailing time.Time `json:"claims_failing,omitzero"`
+	WritesFailing time.Time `json:"writes_failing,omitzero"`
 	// Running jobs, and those of them that are stuck (see Live).
 	Jobs  int `json:"jobs"`
 	Stuck int `json:"stuck"`

@@ -56,14 +56,21 @@ func ObserveQueues(q *compute.Queue, provider metric.MeterProvider, every time.D
 	r := &queueReader{q: q, every: every}
 	return m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		for _, qi := range r.read(ctx) {
-			for status, n := range qi.Counts {
-				o.ObserveInt64(jobs, n, metric.WithAttributes(attribute.String("queue", qi.Name), attribute.String("status", string(status))))
+			// Every status, 0 when the queue has none: a series that
+			// vanished when a backlog drained would read as missing
+			// data, not as an empty queue.
+			for _, status := range statuses {
+				o.ObserveInt64(jobs, qi.Counts[status], metric.WithAttributes(attribute.String("queue", qi.Name), attribute.String("status", string(status))))
 			}
 			o.ObserveFloat64(oldest, qi.OldestRunnable.Seconds(), metric.WithAttributes(attribute.String("queue", qi.Name)))
 		}
 		return nil
 	}, jobs, oldest)
 }
+
+// statuses are the values of compute.jobs' status attribute.
+var statuses = []compute.Status{compute.StatusQueued, compute.StatusInProgress, compute.StatusComplete,
+	compute.StatusFailed, compute.StatusExpired}
 
 // readTimeout bounds one reading of the queues.
 const readTimeout = 5 * time.Second
