@@ -1,0 +1,101 @@
+package otelcompute_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/computetest"
+	"github.com/computeplatform/compute/otelcompute"
+)
+
+// burnDownJobs is how many no-op jobs each iteration of BenchmarkBurnDown
+// works.
+const burnDownJobs = 20000
+
+// BenchmarkBurnDown measures what the Observer costs a Worker's hot path:
+// each iteration enqueues burnDownJobs no-op jobs (untimed), then times a
+// Worker (Concurrency 100) from its start until every job's handler ran
+// and its outcome is written. "none" has no Observer; "otel" has
+// otelcompute's, recording metrics (a manual reader, never collected
+// here) and spans (sampled, batched to an exporter that drops them), and
+// every job carries a trace context, which each claim reads and decodes.
+// Run it with -benchtime=1x -count=3: the sub-benchmarks alternate.
+func BenchmarkBurnDown(b *testing.B) {
+	for _, name := range []string{"none", "otel"} {
+		b.Run(name, func(b *testing.B) {
+			var opts []compute.Option
+			if name == "otel" {
+				traces := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+				b.Cleanup(func() { _ = traces.Shutdown(context.Background()) })
+				obs, err := otelcompute.NewObserver(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())),
+					otelcompute.WithTracerProvider(traces), otelcompute.WithPropagator(propagation.TraceContext{}))
+				if err != nil {
+					b.Fatal(err)
+				}
+				opts = append(opts, compute.WithObserver(obs))
+			}
+			q := computetest.NewQueue(b, opts...)
+			jobs := make([]compute.Job, burnDownJobs)
+			for i := range jobs {
+				jobs[i] = compute.Job{Queue: "bench"}
+			}
+			var elapsed time.Duration
+			for range b.N {
+				if _, err := q.EnqueueMany(context.Background(), jobs); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := q.Pool().Exec(context.Background(), `VACUUM ANALYZE compute.jobs`); err != nil {
+					b.Fatal(err)
+				}
+				elapsed += burnDown(b, q)
+				if _, err := q.Pool().Exec(context.Background(), `DELETE FROM compute.jobs`); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*burnDownJobs)/elapsed.Seconds(), "jobs/s")
+		})
+	}
+}
+
+// burnDown works q's queue "bench" until burnDownJobs handlers ran, stops
+// the Worker (which writes the last outcomes) and returns the time taken.
+func burnDown(b *testing.B, q *compute.Queue) time.Duration {
+	var ran atomic.Int64
+	done := make(chan struct{})
+	w, err := compute.NewWorker(q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"bench": {Concurrency: 100, Handler: func(context.Context, *compute.Job) ([]string, error) {
+			if ran.Add(1) == burnDownJobs {
+				close(done)
+			}
+			return nil, nil
+		}},
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		b.Fatal("the burn-down did not finish in 5 minutes")
+	}
+	if err := w.Shutdown(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
