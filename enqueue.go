@@ -416,6 +416,7 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 		delays                                []int64
 		maxes                                 []int32
 	)
+	traced := b.trace != "" || b.traces != nil
 	for _, i := range idx {
 		if b.results[i].Duplicate {
 			continue
@@ -435,11 +436,13 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 		maxes = append(maxes, int32(cmpOr(j.MaxAttempts, DefaultMaxAttempts)))
 		uniques = append(uniques, j.Unique.Key)
 		keys = append(keys, j.PartitionKey)
-		trace := b.trace
-		if b.traces != nil && b.traces[i] != "" {
-			trace = b.traces[i]
+		if traced {
+			trace := b.trace
+			if b.traces != nil && b.traces[i] != "" {
+				trace = b.traces[i]
+			}
+			traces = append(traces, trace)
 		}
-		traces = append(traces, trace)
 	}
 	skip := ""
 	if b.silent {
@@ -449,8 +452,13 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 	case 0:
 		return nil, false
 	case 1:
-		return []any{jobIDs[0], queues[0], configs[0], files[0], priorities[0], runAts[0], delays[0], maxes[0], uniques[0], keys[0], skip, traces[0]}, true
+		trace := ""
+		if traced {
+			trace = traces[0]
+		}
+		return []any{jobIDs[0], queues[0], configs[0], files[0], priorities[0], runAts[0], delays[0], maxes[0], uniques[0], keys[0], skip, trace}, true
 	}
+	// Untraced, traces is nil, sent as NULL: unnest pads it with NULLs.
 	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip, traces}, false
 }
 

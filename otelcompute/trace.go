@@ -110,12 +110,14 @@ func oneQueue(jobs []compute.Job) (string, bool) {
 }
 
 // attempt starts a compute.work span (kind consumer) for one attempt of
-// job. It is a child of ctx's span (the worker's: usually none, so a new
-// trace) and links to the producer's span that job.TraceContext names;
+// job, at the root of a new trace (even if the context given to the
+// Worker's Run holds a span, which would otherwise parent every attempt),
+// linked to the producer's span that job.TraceContext names;
 // the producer's baggage, if any, reaches the handler. See the package
 // doc for why a link and not a parent.
 func (tr *tracing) attempt(ctx context.Context, job *compute.Job) (context.Context, func(compute.Outcome, error)) {
 	opts := []trace.SpanStartOption{
+		trace.WithNewRoot(),
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(systemCompute, keyOpType.String("process"), keyOpName.String("work"),
 			keyDestination.String(job.Queue), keyMessageID.String(job.ID.String()), keyAttempt.Int(job.Attempt)),

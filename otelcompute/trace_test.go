@@ -210,3 +210,23 @@ func logSpan(t *testing.T, s sdktrace.ReadOnlySpan) {
 		s.SpanContext().TraceID(), s.SpanContext().SpanID(), s.Parent().SpanID(), strings.Join(links, " "),
 		s.Status().Code, s.Status().Description, strings.Join(attrs, " "))
 }
+
+// TestAttemptSpanIsARootUnderASpan: a Worker run under a span (its Run's
+// context holds one) still starts each attempt's trace afresh, rather than
+// hanging every attempt under that long-lived span.
+func TestAttemptSpanIsARootUnderASpan(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	obs, err := otelcompute.NewObserver(nil, otelcompute.WithTracerProvider(provider))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, startup := provider.Tracer("test").Start(context.Background(), "startup")
+	defer startup.End()
+	handlerCtx, end := obs.TraceAttempt(ctx, &compute.Job{Queue: "q", Attempt: 1})
+	end(compute.OutcomeComplete, nil)
+	ended := spans.Ended()
+	if len(ended) != 1 || ended[0].Parent().IsValid() || !sameSpan(trace.SpanContextFromContext(handlerCtx), ended[0].SpanContext()) {
+		t.Fatalf("attempt spans %v, want one root span, the handler's", ended)
+	}
+}
