@@ -26,19 +26,23 @@ const burnDownJobs = 20000
 // and its outcome is written. "none" has no Observer; "otel" has
 // otelcompute's, recording metrics (a manual reader, never collected
 // here) and spans (sampled, batched to an exporter that drops them), and
-// every job carries a trace context, which each claim reads and decodes.
+// every job carries a trace context, which each claim reads and decodes;
+// "metrics" is otelcompute's without its trace hooks.
 // Run it with -benchtime=1x -count=3: the sub-benchmarks alternate.
 func BenchmarkBurnDown(b *testing.B) {
-	for _, name := range []string{"none", "otel"} {
+	for _, name := range []string{"none", "otel", "metrics"} {
 		b.Run(name, func(b *testing.B) {
 			var opts []compute.Option
-			if name == "otel" {
+			if name != "none" {
 				traces := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 				b.Cleanup(func() { _ = traces.Shutdown(context.Background()) })
 				obs, err := otelcompute.NewObserver(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())),
 					otelcompute.WithTracerProvider(traces), otelcompute.WithPropagator(propagation.TraceContext{}))
 				if err != nil {
 					b.Fatal(err)
+				}
+				if name == "metrics" {
+					obs.TraceEnqueue, obs.TraceAttempt = nil, nil
 				}
 				opts = append(opts, compute.WithObserver(obs))
 			}
