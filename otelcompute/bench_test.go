@@ -103,3 +103,40 @@ func burnDown(b *testing.B, q *compute.Queue) time.Duration {
 	}
 	return time.Since(start)
 }
+
+// BenchmarkObserverPerJob is the Observer's CPU cost per job, without a
+// database: what a Worker calls for one attempt (JobStarted,
+// TraceAttempt and its end, JobFinished) with otelcompute's metrics only,
+// and with its spans too (sampled, batched to an exporter that drops
+// them; the job carries a producer's trace context, so the span links).
+func BenchmarkObserverPerJob(b *testing.B) {
+	traces := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	b.Cleanup(func() { _ = traces.Shutdown(context.Background()) })
+	job := &compute.Job{Queue: "bench", Attempt: 1, TraceContext: map[string]string{
+		"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	for _, name := range []string{"metrics", "metrics+traces"} {
+		b.Run(name, func(b *testing.B) {
+			obs, err := otelcompute.NewObserver(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())),
+				otelcompute.WithTracerProvider(traces), otelcompute.WithPropagator(propagation.TraceContext{}))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if name == "metrics" {
+				obs.TraceAttempt = nil
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				obs.JobStarted(job.Queue, time.Millisecond)
+				var end func(compute.Outcome, error)
+				if obs.TraceAttempt != nil {
+					_, end = obs.TraceAttempt(ctx, job)
+				}
+				if end != nil {
+					end(compute.OutcomeComplete, nil)
+				}
+				obs.JobFinished(job.Queue, compute.OutcomeComplete, time.Millisecond)
+			}
+		})
+	}
+}
