@@ -71,18 +71,6 @@ func (tr *tracer) seen(ctx context.Context) {
 	}
 }
 
-func (tr *tracer) ended() []tracedAttempt {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []tracedAttempt
-	for _, a := range tr.attempts {
-		if a.ended {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
 // TestTraceContextTravelsWithJob enqueues a job under a traced Observer and
 // works it twice (the first attempt fails): the carrier TraceEnqueue gave is
 // stored with the job, read back by Get and by each claim, handed to

@@ -180,7 +180,7 @@ func sameSpan(a, b trace.SpanContext) bool {
 func attrMap(kvs []attribute.KeyValue) map[string]string {
 	out := map[string]string{}
 	for _, kv := range kvs {
-		out[string(kv.Key)] = kv.Value.Emit()
+		out[string(kv.Key)] = kv.Value.String()
 	}
 	return out
 }
@@ -204,7 +204,7 @@ func logSpan(t *testing.T, s sdktrace.ReadOnlySpan) {
 	}
 	var attrs []string
 	for _, kv := range s.Attributes() {
-		attrs = append(attrs, string(kv.Key)+"="+kv.Value.Emit())
+		attrs = append(attrs, string(kv.Key)+"="+kv.Value.String())
 	}
 	t.Logf("%s (%s) trace=%s span=%s parent=%s links=[%s] status=%s %q\n\t%s", s.Name(), s.SpanKind(),
 		s.SpanContext().TraceID(), s.SpanContext().SpanID(), s.Parent().SpanID(), strings.Join(links, " "),
