@@ -374,14 +374,15 @@ func benchPause(b *testing.B, d time.Duration) {
 	}
 }
 
-// benchWaitListening waits until the worker's listener has sent its first
-// probe (its last statement then stays "SELECT pg_notify(...)" in
-// pg_stat_activity), so no notify sample is found by a poll while the
-// listener is still connecting.
+// benchWaitListening waits until the worker's listener has its LISTEN in
+// place (its last statement is then the LISTEN, or later its own probe
+// "SELECT pg_notify(...)", in pg_stat_activity), so no notify sample is
+// found by a poll while the listener is still connecting.
 func benchWaitListening(b *testing.B, q *compute.Queue) {
 	const probed = `
 SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid() AND ltrim(query) LIKE 'SELECT pg_notify(%'`
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'
+  AND (query LIKE 'LISTEN %' OR ltrim(query) LIKE 'SELECT pg_notify(%')`
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var n int

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // claimUpdate is the second half of every claim: it moves the rows the
@@ -101,6 +102,12 @@ func (q *Queue) Claim(ctx context.Context, queue string, n int) ([]*Job, error) 
 // error are returned with it: the gated claim commits round by round, and
 // a retry of the call (do) claims only what is still missing.
 func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
+	return q.claimQueue(ctx, queue, n, false)
+}
+
+// claimQueue is claim; with gated true (a batched claim found rules) it
+// goes to the gated claim at once.
+func (q *Queue) claimQueue(ctx context.Context, queue string, n int, gated bool) (jobs []*Job, _ bool, err error) {
 	if err := validQueue(queue); err != nil {
 		return nil, false, err
 	}
@@ -108,23 +115,126 @@ func (q *Queue) claim(ctx context.Context, queue string, n int) (jobs []*Job, ga
 		return nil, false, fmt.Errorf("%w: claim count %d is outside 1..%d", ErrInvalidOption, n, maxClaim)
 	}
 	err = q.do(ctx, "compute: claim", func(ctx context.Context) error {
-		got, isGated, err := q.claimFast(ctx, queue, n-len(jobs))
-		jobs, gated = append(jobs, got...), gated || isGated
-		if err != nil || !isGated {
-			return err
+		if !gated {
+			got, isGated, err := q.claimFast(ctx, queue, n-len(jobs))
+			jobs, gated = append(jobs, got...), isGated
+			if err != nil || !isGated {
+				return err
+			}
 		}
-		got, err = q.claimGated(ctx, queue, n-len(jobs))
+		got, err := q.claimGated(ctx, queue, n-len(jobs))
 		jobs = append(jobs, got...)
 		return err
 	})
 	jobs = q.failUnreadable(ctx, jobs)
+	sortClaimed(jobs)
+	return jobs, gated, err
+}
+
+// claimUngated is the fast claim alone (claimJobsSQL): a queue with rules
+// claims nothing here and comes back gated. Rows that cannot be read are
+// failed, as at any claim.
+func (q *Queue) claimUngated(ctx context.Context, queue string, n int) (jobs []*Job, gated bool, err error) {
+	err = q.do(ctx, "compute: claim", func(ctx context.Context) (err error) {
+		jobs, gated, err = q.claimFast(ctx, queue, n)
+		return err
+	})
+	jobs = q.failUnreadable(ctx, jobs)
+	sortClaimed(jobs)
+	return jobs, gated, err
+}
+
+// sortClaimed puts claimed jobs in claim order.
+func sortClaimed(jobs []*Job) {
 	slices.SortFunc(jobs, func(a, b *Job) int {
 		if a.Priority != b.Priority {
 			return a.Priority - b.Priority
 		}
 		return a.RunAt.Compare(b.RunAt)
 	})
-	return jobs, gated, err
+}
+
+// claimManySQL is the fast claim of several queues in one statement, for a
+// worker serving many: up to $2[i] runnable jobs of queue $1[i], each queue
+// picked as pickRunnable picks one (the LATERAL sub-select walks jobs_claim
+// per queue), then claimUpdate. A queue with rules claims nothing here and
+// gets a row of its own with its name in gated and NULL job columns; its
+// claim takes the serialized path.
+const claimManySQL = statusChange + `
+WITH want AS (
+    SELECT * FROM unnest($1::text[], $2::int[]) AS w(queue, n)
+), gate AS (
+    SELECT s.name FROM compute.queues s WHERE s.name = ANY ($1::text[]) AND ` + hasRules + `
+), picked AS MATERIALIZED (
+    SELECT p.ctid FROM want w CROSS JOIN LATERAL (
+        SELECT ctid FROM compute.jobs
+        WHERE status = 'queued' AND queue = w.queue AND run_at <= statement_timestamp()
+        ORDER BY ` + claimOrder + `
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) p
+    WHERE NOT EXISTS (SELECT FROM gate WHERE gate.name = w.queue)
+), claimed AS (` + claimUpdate + `
+)
+SELECT g.gated, c.* FROM (SELECT name AS gated FROM gate UNION ALL SELECT NULL) g
+LEFT JOIN claimed c ON g.gated IS NULL
+WHERE g.gated IS NOT NULL OR c.job_id IS NOT NULL`
+
+// claimRequest is one queue's claim in a batch (claimMany): n jobs of
+// queue wanted; jobs, gated and err are its share of the result.
+type claimRequest struct {
+	queue string
+	n     int
+	jobs  []*Job
+	gated bool
+	err   error
+}
+
+// claimMany runs claimManySQL for the requests, whose queues must differ,
+// and gives each its jobs, or the statement's error. A request whose queue
+// has rules gets gated and no jobs. Rows that cannot be read are failed
+// (failUnreadable), as at any claim.
+func (q *Queue) claimMany(ctx context.Context, reqs []*claimRequest) {
+	queues, counts := make([]string, len(reqs)), make([]int32, len(reqs))
+	byQueue := make(map[string]*claimRequest, len(reqs))
+	for i, r := range reqs {
+		queues[i], counts[i] = r.queue, int32(r.n)
+		byQueue[r.queue] = r
+	}
+	var (
+		jobs        []*Job
+		gatedQueues []string
+	)
+	err := q.do(ctx, "compute: claim", func(ctx context.Context) (err error) {
+		gatedQueues = gatedQueues[:0]
+		jobs, err = queryPinned(ctx, q, claimManySQL, []any{queues, counts, q.opts.workerID, q.opts.lease.Microseconds(), q.opts.maxConfig},
+			func(row pgx.CollectableRow) (*Job, error) {
+				if raw := row.RawValues(); raw[1] == nil { // a gated queue's row: no job columns
+					gatedQueues = append(gatedQueues, string(raw[0]))
+					return nil, nil
+				}
+				return scanJob(row, new(pgtype.Text))
+			})
+		return err
+	})
+	if err != nil {
+		// As in claimFast, no job of a failed statement is returned.
+		for _, r := range reqs {
+			r.err = err
+		}
+		return
+	}
+	for _, name := range gatedQueues {
+		byQueue[name].gated = true
+	}
+	jobs = slices.DeleteFunc(jobs, func(j *Job) bool { return j == nil })
+	for _, j := range q.failUnreadable(ctx, jobs) {
+		r := byQueue[j.Queue]
+		r.jobs = append(r.jobs, j)
+	}
+	for _, r := range reqs {
+		sortClaimed(r.jobs)
+	}
 }
 
 // failUnreadable fails, for good, the claimed jobs whose rows hold a value

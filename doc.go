@@ -96,13 +96,7 @@
 //
 // # Operations
 //
-// PgBouncer in transaction mode: set [WorkerConfig.PollOnly], since LISTEN
-// needs a session of its own (a worker that finds notifications are not
-// delivered logs a warning and polls anyway), and run Migrate over a
-// direct connection, since goose's advisory lock is held by a session.
-// pgx caches prepared statements per connection: use PgBouncer 1.21 or
-// later with max_prepared_statements set, or add
-// default_query_exec_mode=exec to the connection string.
+// Connection poolers: see the next section.
 //
 // Permissions: the first Migrate needs a role with CREATE on the database
 // (it creates schema compute, which that role then owns; later migrations
@@ -154,6 +148,53 @@
 // succeeded within a lease, and its claims and outcome writes are not
 // failing for as long); [Worker.HealthHandler] serves it to /healthz and
 // /readyz probes.
+//
+// # Connection poolers
+//
+// A pooler in session mode is a direct connection as far as the library
+// is concerned. In transaction mode (PgBouncer's pool_mode=transaction,
+// or statement) each transaction may run on another server connection,
+// and what a session keeps is lost between them. Open and New find this
+// out with a probe: a statement prepared and run on two connections (on a
+// direct TCP connection, which the server sees as itself, only one), and
+// then:
+//
+//   - Prepared statements: pgx prepares each statement once per
+//     connection, which PgBouncer before 1.21 (or without
+//     max_prepared_statements) loses. Open then makes its pool again with
+//     default_query_exec_mode=exec, which needs no prepared statement,
+//     and logs it; New never changes the caller's pool and fails with
+//     [ErrTransactionPooler], naming the fix (default_query_exec_mode=exec,
+//     or PgBouncer 1.21+ with max_prepared_statements). Putting
+//     default_query_exec_mode=exec in the connection string skips Open's
+//     reconnect. A statement that still meets a lost prepared statement
+//     fails with [ErrTransactionPooler] and the same fix.
+//   - Everything that lives in one transaction works: enqueues, unique
+//     jobs (their advisory locks are transaction locks), claims (the gated
+//     claim's lock is a transaction lock too), Complete, Fail, Heartbeat,
+//     the worker, Wait and Follow, retention.
+//   - LISTEN needs a session: through the pooler it would stay on a
+//     server connection that then serves other clients, who would get the
+//     notifications. Workers then do not LISTEN and find jobs by polling
+//     ([WorkerConfig.PollInterval]); the Observer's Listening and
+//     [Health].Listening say false, and one warning is logged. Wait and
+//     Follow check every 5 s instead of being woken.
+//   - Migrate's advisory lock is held by a session across the migrations'
+//     transactions, so Migrate (and [WithMigrate]) fails with
+//     [ErrTransactionPooler].
+//
+// [WithDirectURL] gives the library a direct connection string for these
+// sessions, while the pool goes through the pooler: workers and Wait and
+// Follow listen on it, and Migrate locks and migrates on it.
+//
+//	q, err := compute.Open(ctx, pgbouncerURL,
+//		compute.WithDirectURL(directURL), compute.WithMigrate())
+//
+// The probe relies on PgBouncer's default reuse of the server connection
+// released last: on a pooler busy with other clients' traffic it may miss
+// it. A listener then still finds out, within 5 s of connecting: its
+// first probe is sent from the pool, and a pooler in transaction mode
+// never hands it back to the listening connection; it warns and polls.
 //
 // # Semantics
 //
@@ -266,6 +307,48 @@
 // when it is behind the copied events, Events, Head and Follow fail with
 // [ErrJournalFromAnotherCluster]. Call RebaseJournal once, right after the
 // copy, and start readers again from the zero Cursor or from Head.
+//
+// # Failover
+//
+// Give every process all servers of a streaming pair in one connection
+// string, "postgres://a:5432,b:5432/db?target_session_attrs=read-write"
+// or "host=a,b": Open then connects only to a server that accepts writes
+// (it asks for that itself when target_session_attrs is not set). When
+// the primary stops and the standby is promoted, the workers' pools,
+// their listeners and the journal's listener reconnect on their own
+// (statements fail meanwhile with [ErrUnavailable], and the Worker retries
+// them; a write that reaches a standby not yet promoted, error 25006,
+// counts as unavailable too). A listener that reconnects wakes every
+// queue, so jobs are picked up at once, not at the next poll.
+//
+// With synchronous replication (synchronous_standby_names naming the
+// standby, synchronous_commit on) nothing acknowledged is lost: an
+// enqueue, claim or outcome whose reply did not arrive is retried on the
+// new primary (jobs with a ContentID or a Unique key are not made twice),
+// and each job completes once. Make sure the promoted server does not
+// itself list a synchronous standby it no longer has, or its commits wait
+// for ever.
+//
+// With asynchronous replication the new primary lacks the transactions the
+// old one had not yet sent, and the library cannot know which:
+//   - acknowledged enqueues are gone: keep the source of truth and submit
+//     again with ContentID or Unique (duplicates are skipped);
+//   - acknowledged completions and failures are gone: the job is back in
+//     progress (its lease expires and it runs again) or queued (it runs
+//     again at once, possibly with the same attempt number; a worker that
+//     claims a job it still runs drops the older run, and the fence keeps
+//     a stale result out), so handlers must tolerate running twice, which
+//     at-least-once asks of them anyway;
+//   - journal events a reader has seen may be gone, and the new primary
+//     assigns their transaction ids again: Follow and Events fail with
+//     [ErrJournalFromAnotherCluster] while the cursor is ahead of the new
+//     primary, and a reader that comes back after that skips the events
+//     written since under those ids. Start readers again from Head and
+//     reconcile with Get or List.
+//
+// A test in internal/faulttest measures both (COMPUTE_FAILOVER_ASYNC=1 for
+// the asynchronous one): with 0.7 s of replication lag, every enqueue and
+// completion acknowledged in that window was lost.
 //
 // # Why isn't my job running?
 //

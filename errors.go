@@ -93,7 +93,8 @@ func (e *BadRowError) Is(target error) bool { return target == ErrBadRow }
 var ErrWrongStatus = errors.New("compute: job status does not allow this")
 
 // [ErrUnavailable] is matched by errors caused by a database that cannot be
-// reached or went away (refused or cut connections, a restarting server).
+// reached or went away (refused or cut connections, a restarting server),
+// or that is a read-only standby (during a failover, before its promotion).
 // Nothing is lost: retry later, or check the connection string and that the
 // server runs.
 var ErrUnavailable = errors.New("compute: database unavailable")
@@ -106,7 +107,10 @@ var ErrClosed = errors.New("compute: queue closed")
 // ids this server has not assigned yet: they were written by another
 // cluster, and the database was copied (pg_dump and pg_restore, or a
 // switchover to a logical replica). Call [Queue.RebaseJournal] once, then
-// start readers again from the zero Cursor or from Head.
+// start readers again from the zero Cursor or from Head. A cursor read
+// on a primary whose asynchronous standby was then promoted without those
+// transactions matches it too (see Failover in the package documentation):
+// start again from Head.
 var ErrJournalFromAnotherCluster = errors.New("compute: journal written by another cluster")
 
 // [ErrNotMigrated] is returned when a table or column a call needs is missing:
@@ -122,7 +126,27 @@ const (
 	codeUndefinedTable       = "42P01"
 	codeUndefinedColumn      = "42703"
 	codeInvalidSchema        = "3F000"
+	codeReadOnlyTransaction  = "25006"
 )
+
+// Postgres error codes of lost and doubled prepared statements: what pgx's
+// statement cache meets behind a pooler that hands each transaction another
+// server connection.
+const (
+	codeInvalidStatementName       = "26000"
+	codeDuplicatePreparedStatement = "42P05"
+)
+
+// statementLost reports whether err is a prepared statement that a pooler
+// in transaction mode lost (or found already made on the server
+// connection it handed out). Only pgx's cached statements and the pooler
+// probe's are recognised: both have names of their own.
+func statementLost(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) &&
+		(pgErr.Code == codeInvalidStatementName || pgErr.Code == codeDuplicatePreparedStatement) &&
+		(strings.Contains(pgErr.Message, `"stmtcache_`) || strings.Contains(pgErr.Message, `"`+poolerProbePrefix))
+}
 
 // retryable reports whether err is a serialization failure or deadlock, which
 // the library retries instead of surfacing.
@@ -136,7 +160,8 @@ func retryable(err error) bool {
 
 // translate turns a driver error into one users can match: context errors
 // stay as they are, a missing schema becomes [ErrNotMigrated], and lost or
-// refused connections match [ErrUnavailable]. Every other error (a scan or
+// refused connections match [ErrUnavailable], and a prepared statement that
+// a pooler lost matches [ErrTransactionPooler]. Every other error (a scan or
 // JSON error, pgx.ErrNoRows, any other server error) keeps its identity,
 // wrapped with the operation's name, so it never reads as an unavailable
 // database. It is the one place that looks inside pgx errors. what names
@@ -161,8 +186,11 @@ func translate(what string, err error) error {
 			return fmt.Errorf("%s: %w: %w", what, ErrNotMigrated, err)
 		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, starting up
-			pgErr.Code == "53300": // too many connections
+			pgErr.Code == "53300",                 // too many connections
+			pgErr.Code == codeReadOnlyTransaction: // a standby, until it is promoted
 			return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+		case statementLost(err):
+			return fmt.Errorf("%s: %w, and %s: %w", what, ErrTransactionPooler, statementsLostHint, err)
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}

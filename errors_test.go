@@ -122,6 +122,7 @@ func TestTranslateClassifiesErrors(t *testing.T) {
 		{"SQLSTATE 57P02", raise("57P02"), ErrUnavailable},
 		{"SQLSTATE 57P03", raise("57P03"), ErrUnavailable},
 		{"SQLSTATE 53300", raise("53300"), ErrUnavailable},
+		{"read-only transaction (a standby)", raise("25006"), ErrUnavailable},
 		{"undefined table", exec(conn, ctx, `SELECT * FROM no_such_table`), ErrNotMigrated},
 		{"undefined column", exec(conn, ctx, `SELECT no_such_column FROM (SELECT 1) s`), ErrNotMigrated},
 		{"invalid schema", exec(conn, ctx, `CREATE TABLE no_such_schema.t (a int)`), ErrNotMigrated},

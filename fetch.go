@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/computeplatform/compute/internal/backoff"
 )
@@ -32,13 +37,16 @@ type queueState struct {
 
 // fetch is one queue's claim loop. It claims as many jobs as there are free
 // slots in one statement, and then waits for a reason to claim again: a
-// notification, a freed slot while a backlog is likely, or the jittered
-// poll timer. Claim errors are logged and retried with backoff. Whatever a
-// claim returns is run, even alongside an error (the gated claim commits
-// round by round). After an error, a claim may still have committed
-// without its reply reaching us; until the worker has looked, each turn
-// first adopts the queue's jobs that the database says this worker holds
-// and it does not know of (adopt).
+// notification, a freed slot while a backlog is likely, or a wake-up from
+// the worker's poll (pollDue), which looks for runnable jobs in all the
+// worker's queues at once, so that an idle queue costs no statement of its
+// own. Claim errors are logged and retried with backoff. Whatever a claim
+// returns is run, even alongside an error (the gated claim commits round
+// by round). After an error, a claim may still have committed without its
+// reply reaching us; until the worker has looked, each turn first adopts
+// the queue's jobs that the database says this worker holds and it does
+// not know of (adopt), and the loop comes back to look after a backoff
+// even when nothing wakes it.
 func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueState) {
 	more := true   // jobs may be waiting: claim as soon as a slot is free
 	gated := false // the queue has rules: a freed slot may lift a limit
@@ -59,10 +67,8 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			// flight may still commit on the server, and its jobs would
 			// wait in progress for their leases to run out. What it
 			// returns after a stop is handed back at once.
-			claimCtx, cancel := context.WithTimeout(claimsCtx, w.callTimeout())
 			sent := time.Now() // the leases start no earlier
-			claimed, isGated, err := w.q.claim(claimCtx, qs.name, free)
-			cancel()
+			claimed, isGated, err := w.claims.claim(claimsCtx, w.callTimeout(), w.q, qs.name, free)
 			if err == nil {
 				w.health.ok(&w.health.claim, &qs.claimsFailing)
 			} else {
@@ -93,9 +99,21 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			// as a slot frees up.
 			more = len(claimed) == free
 		}
-		poll := time.NewTimer(w.cfg.PollInterval/2 + rand.N(w.cfg.PollInterval/2+1))
+		// Only an unfinished adoption needs a timer of its own: the jobs
+		// it looks for are in progress, so no poll would find them.
+		retry := time.NewTimer(backoff.Wait(max(failures, 1), 30*time.Second))
+		if unsure.IsZero() {
+			retry.Stop()
+		}
+		// A worker of one queue polls by claiming, as a poll of its own
+		// would cost one more statement before the claim.
+		poll := time.NewTimer(w.pollWait())
+		if !w.pollsByClaim() {
+			poll.Stop()
+		}
 		select {
 		case <-ctx.Done():
+			retry.Stop()
 			poll.Stop()
 			return
 		case <-qs.notified:
@@ -104,10 +122,62 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			// Under a cluster-wide cap a short batch means "at the
 			// limit", and this slot's job counted against it.
 			more = more || gated
+		case <-retry.C:
 		case <-poll.C:
 			more = true
 		}
+		retry.Stop()
 		poll.Stop()
+	}
+}
+
+// dueQueuesSQL names the queues of $1 that have a job runnable now and are
+// not paused: per queue, the first runnable row in claim order, which the
+// ORDER BY and LIMIT make a walk of jobs_claim that stops there (as an
+// EXISTS, the planner was free to hash every runnable row of the table, or
+// to take jobs_partition). It runs after pinJoinsSQL, like the claims. A
+// worker's poll is so one statement per interval however many queues it
+// serves. A queue whose rules hold its jobs back is still named: only its
+// gated claim can tell.
+const dueQueuesSQL = `
+SELECT w.q FROM unnest($1::text[]) AS w(q)
+CROSS JOIN LATERAL (
+    SELECT FROM compute.jobs j
+    WHERE j.status = 'queued' AND j.queue = w.q AND j.run_at <= statement_timestamp()
+    ORDER BY ` + claimOrder + `
+    LIMIT 1
+) runnable
+WHERE NOT EXISTS (SELECT FROM compute.queues s WHERE s.name = w.q AND s.paused)`
+
+// dueQueues returns the queues of names with a job runnable now.
+func (q *Queue) dueQueues(ctx context.Context, names []string) ([]string, error) {
+	var due []string
+	err := q.do(ctx, "compute: poll", func(ctx context.Context) (err error) {
+		due, err = queryPinned(ctx, q, dueQueuesSQL, []any{names}, pgx.RowTo[string])
+		return err
+	})
+	return due, err
+}
+
+// pollDue is the worker's poll: every PollInterval (jittered, so that
+// workers spread out) it asks which of its queues have runnable jobs
+// (jobs that came without a notification: scheduled ones whose time came,
+// retries, rescued jobs, or any job while the listener is away) and wakes
+// their fetchers. A failed poll is logged and tried again at the next.
+func (w *Worker) pollDue(ctx context.Context) {
+	names := slices.Sorted(maps.Keys(w.queues))
+	for backoff.Sleep(ctx, w.pollWait()) {
+		callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
+		due, err := w.q.dueQueues(callCtx, names)
+		cancel()
+		if err != nil {
+			w.logFailure(ctx, "polling for runnable jobs failed; trying again at the next poll", err)
+			continue
+		}
+		w.health.ok(nil, nil)
+		for _, name := range due {
+			w.wakeQueue(name)
+		}
 	}
 }
 
@@ -210,4 +280,113 @@ func (w *Worker) wakeAll() {
 	for name := range w.queues {
 		w.wakeQueue(name)
 	}
+}
+
+// pollWait is how long a worker waits between polls: random in [1/2, 1]
+// of PollInterval, so that workers spread out.
+func (w *Worker) pollWait() time.Duration {
+	return w.cfg.PollInterval/2 + rand.N(w.cfg.PollInterval/2+1)
+}
+
+// pollsByClaim reports whether the worker's one fetcher polls by claiming
+// (a worker of one queue) instead of being woken by pollDue.
+func (w *Worker) pollsByClaim() bool { return len(w.queues) == 1 }
+
+// claimBatch lets the fetchers of a Worker's queues claim together. One
+// claim statement runs at a time; the fetchers that ask meanwhile wait,
+// and the first of them then claims for all of them in one statement
+// (claimMany), up to maxClaim jobs. A worker serving a thousand queues so
+// sends a few claim statements where it would send a thousand, and a
+// worker serving one queue claims exactly as Claim does. No goroutine of
+// its own: the fetcher whose turn it is runs the statement.
+type claimBatch struct {
+	mu      sync.Mutex
+	busy    bool         // a fetcher is claiming
+	waiting []*batchTurn // fetchers waiting for the next statement, in order
+}
+
+// batchTurn is one fetcher's place in a claimBatch. done is closed when
+// the claim has run, or when this fetcher is to run the next one (lead).
+type batchTurn struct {
+	claimRequest
+	done chan struct{}
+	lead bool
+}
+
+// claim claims up to n jobs of queue through the batch, as claim does.
+// Each statement gets timeout from when it starts, under ctx. A queue
+// found to have rules is claimed by its own fetcher after the batch (the
+// gated claim may wait for another worker's), so it never holds up the
+// line.
+func (b *claimBatch) claim(ctx context.Context, timeout time.Duration, q *Queue, queue string, n int) ([]*Job, bool, error) {
+	t := &batchTurn{claimRequest: claimRequest{queue: queue, n: n}, done: make(chan struct{})}
+	b.mu.Lock()
+	b.waiting = append(b.waiting, t)
+	if b.busy {
+		b.mu.Unlock()
+		<-t.done // bounded by the running statement's timeout
+		b.mu.Lock()
+		if !t.lead {
+			b.mu.Unlock()
+			return t.finish(ctx, timeout, q)
+		}
+	}
+	b.busy = true
+	// The batch: this fetcher's turn (first in line) and those after it,
+	// up to maxClaim jobs.
+	total, take := 0, 0
+	for _, w := range b.waiting {
+		if take > 0 && total+w.n > maxClaim {
+			break
+		}
+		total += w.n
+		take++
+	}
+	batch := slices.Clone(b.waiting[:take])
+	b.waiting = slices.Delete(b.waiting, 0, take)
+	b.mu.Unlock()
+	handed := false
+	handOff := func() { // the next in line leads; the others get their results
+		if handed {
+			return
+		}
+		handed = true
+		b.mu.Lock()
+		if len(b.waiting) > 0 {
+			b.waiting[0].lead = true
+			close(b.waiting[0].done)
+		} else {
+			b.busy = false
+		}
+		b.mu.Unlock()
+		for _, w := range batch[1:] {
+			close(w.done)
+		}
+	}
+	defer handOff() // even if the claim panics
+
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if len(batch) == 1 {
+		t.jobs, t.gated, t.err = q.claimUngated(callCtx, queue, n)
+	} else {
+		reqs := make([]*claimRequest, len(batch))
+		for i, w := range batch {
+			reqs[i] = &w.claimRequest
+		}
+		q.claimMany(callCtx, reqs)
+	}
+	handOff()
+	return t.finish(ctx, timeout, q)
+}
+
+// finish returns a batched claim's result; a queue found to have rules is
+// claimed now, by the gated claim, with a timeout of its own.
+func (t *batchTurn) finish(ctx context.Context, timeout time.Duration, q *Queue) ([]*Job, bool, error) {
+	if t.gated && t.err == nil {
+		callCtx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return q.claimQueue(callCtx, t.queue, t.n, true)
+	}
+	return t.jobs, t.gated, t.err
 }

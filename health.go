@@ -32,8 +32,8 @@ type Health struct {
 	Listening bool `json:"listening"`
 	// LastContact is when the last statement of the worker's loops
 	// (claims, outcome writes, renewals, registry refreshes, maintenance)
-	// succeeded; LastClaim and LastWrite when the last claim and outcome
-	// write did. Zero means never.
+	// succeeded (an idle worker's polls count); LastClaim and LastWrite
+	// when the last claim and outcome write did. Zero means never.
 	LastContact time.Time `json:"last_contact"`
 	LastClaim   time.Time `json:"last_claim"`
 	LastWrite   time.Time `json:"last_write"`

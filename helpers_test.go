@@ -293,16 +293,18 @@ func runToEnd(t *testing.T, qc compute.QueueConfig, jobs ...compute.Job) []*comp
 const promptly = 10 * time.Second
 
 // listenerPID returns the backend pid of the worker's LISTEN connection on
-// q's database once it is up and idle (it has sent its probe), ignoring the
-// backend notPID. Only the listener runs the probe statement, and its
-// connection carries the pool's application_name.
+// q's database once it is up and idle (its LISTEN is in place, so
+// notifications reach it), ignoring the backend notPID. Only the listener
+// runs LISTEN and its own probe statement (the probe the pool sends is
+// shaped otherwise), and its connection carries the pool's
+// application_name.
 func listenerPID(t *testing.T, q *compute.Queue, notPID int32) (int32, bool) {
 	t.Helper()
 	var pid int32
 	err := q.Pool().QueryRow(context.Background(), `
 		SELECT pid FROM pg_stat_activity
 		WHERE datname = current_database() AND application_name = 'compute' AND state = 'idle'
-		  AND query LIKE 'SELECT pg_notify(%' AND pid <> $1
+		  AND (query LIKE 'LISTEN %' OR query = 'SELECT pg_notify($1, $2)') AND pid <> $1
 		LIMIT 1`, notPID).Scan(&pid)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false

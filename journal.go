@@ -114,7 +114,8 @@ func (o origin) err(c Cursor) error {
 			"the database was copied (pg_dump, or a logical replica): call Queue.RebaseJournal once, then start readers "+
 			"again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, o.newest, o.next)
 	case o.foreignCursor:
-		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached; "+
+		return fmt.Errorf("%w: cursor %s names transaction %d, which this server (next transaction %s) has not reached "+
+			"(the database was copied, or an asynchronous standby was promoted without the transactions this cursor read); "+
 			"start again from the zero Cursor or from Head", ErrJournalFromAnotherCluster, c, c.xid, o.next)
 	}
 	return nil
@@ -414,6 +415,11 @@ func (q *Queue) journalHub() (*eventHub, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	h := &eventHub{ch: make(chan struct{}), stop: stop, done: make(chan struct{})}
+	q.hub = h
+	if !q.canListen() {
+		close(h.done) // no listener: waiters wake at their 5 s checks
+		return h, nil
+	}
 	// compute_jobs too: new jobs are journaled without a notification of
 	// their own, since the insert trigger already sends this one.
 	l := q.newListener(q.opts.logger, []string{channelEvents, channelJobs},
@@ -423,7 +429,6 @@ func (q *Queue) journalHub() (*eventHub, error) {
 		defer close(h.done)
 		l.Run(ctx)
 	}()
-	q.hub = h
 	return h, nil
 }
 

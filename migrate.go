@@ -24,8 +24,11 @@ const versionTable = "compute.goose_db_version"
 // Migrate brings the compute schema to the latest version this library
 // knows. Any number of processes may call it at once: an advisory lock makes
 // one of them migrate while the others wait, and then find nothing to do.
-// It needs a direct connection (not PgBouncer in transaction mode) and a role
-// that may create schemas and tables; ctx bounds the whole run.
+// Its lock is held by a session across the migrations' transactions, so
+// it needs a direct connection: behind a pooler in transaction mode it
+// takes the [WithDirectURL] connection, and without one fails with
+// [ErrTransactionPooler]. It needs a role that may create schemas and
+// tables; ctx bounds the whole run.
 func (q *Queue) Migrate(ctx context.Context) error {
 	return q.MigrateTo(ctx, -1)
 }
@@ -37,10 +40,20 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 	if q.closed.Load() {
 		return fmt.Errorf("compute: migrate: %w", ErrClosed)
 	}
+	if q.behindPooler && q.opts.direct == nil {
+		return fmt.Errorf("compute: migrate: %w, where a session lock is not held by any session of ours; give a direct connection string with WithDirectURL, or migrate from a Queue opened with one",
+			ErrTransactionPooler)
+	}
 	if err := q.createSchema(ctx); err != nil {
 		return translate("compute: migrate: create schema", err)
 	}
-	db := stdlib.OpenDBFromPool(q.pool)
+	// goose takes its lock on one connection of db and migrates on it.
+	var db *sql.DB
+	if q.opts.direct != nil {
+		db = stdlib.OpenDB(*q.opts.direct.Copy())
+	} else {
+		db = stdlib.OpenDBFromPool(q.pool)
+	}
 	defer db.Close()
 	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
 		goose.WithTableName(versionTable),
@@ -66,7 +79,7 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 		}
 	}
 	if err != nil {
-		return translate("compute: migrate", err)
+		return q.redactSession(translate("compute: migrate", err))
 	}
 	if version == 0 {
 		return translate("compute: migrate: drop schema", q.dropSchema(ctx))

@@ -21,16 +21,28 @@ const (
 	channelEvents = "compute_events"
 )
 
-// newListener returns a listener (internal/listen) on the Queue's
-// connection settings, outside its pool, for the given channels; notify
-// gets every notification, reconnected every (re)connect.
+// probeFromPoolSQL sends a listener's first probe from a pooled
+// connection. It is shaped unlike the listener's own probe (listen's
+// "SELECT pg_notify($1, $2)"), so that pg_stat_activity tells the
+// listening connection from the pooled ones.
+const probeFromPoolSQL = `SELECT 1 FROM pg_notify($1, $2)`
+
+// newListener returns a listener (internal/listen) outside the Queue's
+// pool, on the direct URL's settings or else the pool's, for the given
+// channels; notify gets every notification, reconnected every (re)connect.
+// Its first probe of each session comes from the pool, so that it proves
+// notifications reach the listener from the connections that send them.
 func (q *Queue) newListener(log *slog.Logger, channels []string, notify func(channel, payload string), reconnected func()) *listen.Listener {
 	return &listen.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
-			conn, err := pgx.ConnectConfig(ctx, q.pool.Config().ConnConfig.Copy())
-			return conn, redactError(err, q.password)
+			conn, err := pgx.ConnectConfig(ctx, q.sessionConfig())
+			return conn, q.redactSession(err)
 		},
-		Redact:      func(err error) error { return redactError(err, q.password) },
+		SendProbe: func(ctx context.Context, channel, payload string) error {
+			_, err := q.pool.Exec(ctx, probeFromPoolSQL, channel, payload)
+			return err
+		},
+		Redact:      q.redactSession,
 		Log:         log,
 		Channels:    channels,
 		Notify:      notify,
@@ -38,6 +50,21 @@ func (q *Queue) newListener(log *slog.Logger, channels []string, notify func(cha
 		Idle:        10 * time.Second,
 		ProbeWait:   5 * time.Second,
 	}
+}
+
+// canListen reports whether a listener may LISTEN: not through a pooler in
+// transaction mode (found when the Queue connected) without a direct URL.
+// There LISTEN would run on a server connection the pooler then hands to
+// other clients, which would get the notifications. The first caller
+// that cannot logs why, once per Queue.
+func (q *Queue) canListen() bool {
+	if !q.behindPooler || q.opts.direct != nil {
+		return true
+	}
+	q.warnPooler.Do(func() {
+		q.opts.logger.Warn("the connection goes through a pooler in transaction mode, where LISTEN cannot work: workers find jobs by polling only, and Wait and Follow check every 5 s; give a direct connection string with compute.WithDirectURL for notifications")
+	})
+	return false
 }
 
 // listening is the Worker's hook for its listener's state.

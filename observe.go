@@ -50,7 +50,8 @@ type Observer struct {
 	Rescued func(n int)
 	// Listening reports a Worker's listener: true once it delivers
 	// notifications, false while the worker finds jobs by polling only
-	// (reported once at Run's start with PollOnly).
+	// (reported once at Run's start with PollOnly, or behind a pooler in
+	// transaction mode without WithDirectURL).
 	Listening func(listening bool)
 
 	// TraceEnqueue, for tracing, is called once per Submit or SubmitTx

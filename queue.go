@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -27,6 +28,11 @@ type Queue struct {
 	opts     options
 	closed   atomic.Bool
 	wakeups  *wakeups // the notification cooldown of enqueues
+
+	// behindPooler: the pool goes through a pooler in transaction mode
+	// (see checkPooler), so sessions need the direct URL.
+	behindPooler bool
+	warnPooler   sync.Once // the warning that LISTEN is off because of it
 
 	// hub is the journal listener of Wait and Follow, started by the
 	// first of them (under hubMu) and stopped by Close.
@@ -83,6 +89,7 @@ type options struct {
 	lease     time.Duration
 	cooldown  time.Duration
 	observer  *Observer
+	direct    *pgx.ConnConfig // WithDirectURL; nil: sessions use the pool's settings
 	errs      []error
 }
 
@@ -186,7 +193,11 @@ func buildOptions(opts []Option) (options, error) {
 
 // Open connects to the database named by connString: a postgres:// URL, a
 // key=value string ("host=... dbname=..."), or "" to use the PG* environment
-// variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). It checks that
+// variables (PGHOST, PGDATABASE, PGUSER, PGPASSWORD, ...). Given several
+// hosts ("host=a,b", "postgres://a,b/db") and no target_session_attrs (or
+// "any"), it connects only to a server that accepts writes, as with
+// target_session_attrs=read-write: after a failover, the promoted standby
+// (see Failover in the package documentation). It checks that
 // the server answers before it returns; ctx bounds that check and, with
 // [WithMigrate], the migration. [Errors] match [ErrInvalidOption], [ErrUnavailable]
 // or [ErrNotMigrated]; no error or log line holds the connection's password.
@@ -200,17 +211,19 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 		return nil, fmt.Errorf("%w: cannot parse the connection string (%s); use a postgres:// URL, key=value pairs, or \"\" for the PG* environment variables",
 			ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...))
 	}
-	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
-		cfg.ConnConfig.RuntimeParams["application_name"] = "compute"
+	// Given several hosts and no target_session_attrs, the driver takes
+	// the first that answers, which may be a standby: every claim,
+	// completion and enqueue there fails until the pool drops the
+	// connection (up to MaxConnLifetime). Take one that accepts writes.
+	if cfg.ConnConfig.ValidateConnect == nil && multiHost(&cfg.ConnConfig.Config) {
+		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
-	// Spread reconnects after a database restart instead of a storm.
-	cfg.MaxConnLifetimeJitter = cfg.MaxConnLifetime / 10
 	// pgxpool's background connects otherwise wait up to two minutes on
 	// a blackholed network, holding pool slots; connect_timeout in the
 	// connection string overrides this.
-	if cfg.ConnConfig.ConnectTimeout == 0 {
-		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
-	}
+	setConnDefaults(cfg.ConnConfig)
+	// Spread reconnects after a database restart instead of a storm.
+	cfg.MaxConnLifetimeJitter = cfg.MaxConnLifetime / 10
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, redactError(translate("compute: open", err), cfg.ConnConfig.Password)
@@ -218,10 +231,21 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 	q := &Queue{pool: pool, ownsPool: true, password: cfg.ConnConfig.Password, opts: o}
 	q.wakeups = newWakeups(q, o.cooldown)
 	if err := q.connect(ctx); err != nil {
-		pool.Close()
+		q.pool.Close() // connect may have made it again (checkPooler)
 		return nil, redactError(err, q.password)
 	}
 	return q, nil
+}
+
+// multiHost reports whether cfg names more than one server: its fallbacks
+// also hold the same server again with another TLS setting (sslmode=prefer).
+func multiHost(cfg *pgconn.Config) bool {
+	for _, f := range cfg.Fallbacks {
+		if f.Host != cfg.Host || f.Port != cfg.Port {
+			return true
+		}
+	}
+	return false
 }
 
 // New makes a Queue on a pool the caller owns; Close does not close it. It
@@ -242,10 +266,14 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 	return q, nil
 }
 
-// connect checks the connection and migrates when asked to.
+// connect checks the connection, looks for a pooler in transaction mode
+// (checkPooler) and migrates when asked to.
 func (q *Queue) connect(ctx context.Context) error {
 	if err := q.pool.Ping(ctx); err != nil {
 		return translate("compute: connect", err)
+	}
+	if err := q.checkPooler(ctx); err != nil {
+		return err
 	}
 	if q.opts.migrate {
 		return q.Migrate(ctx)

@@ -53,10 +53,14 @@ type WorkerConfig struct {
 	Middleware []Middleware
 	// PollInterval bounds how long a queue waits before looking for jobs
 	// when no notification came: each wait is random in [1/2, 1] of it.
-	// Default 1 s.
+	// Default 1 s. A worker polls all its queues with one statement, so
+	// an idle worker costs about one statement per poll however many
+	// queues it serves.
 	PollInterval time.Duration
-	// PollOnly turns off LISTEN, for PgBouncer in transaction mode; jobs
-	// are then found by polling alone.
+	// PollOnly turns off LISTEN; jobs are then found by polling alone.
+	// Behind a pooler in transaction mode without [WithDirectURL] the
+	// worker does not LISTEN anyway (see Connection poolers in the
+	// package documentation).
 	PollOnly bool
 	// StopTimeout is how long running jobs may finish after Run's context
 	// ends, before their contexts are cancelled and they are handed back.
@@ -128,6 +132,9 @@ type Worker struct {
 	// a stop ends whatever the database does.
 	final       context.Context
 	cancelFinal context.CancelFunc
+
+	// claims batches the fetchers' claims (see claimBatch).
+	claims claimBatch
 
 	// obs is the Queue's Observer (nil: none); health is what Health
 	// reads, stored by the loops that learn it.
@@ -268,7 +275,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer abortClaims()
 	defer w.cancelFinal()
 
-	if !w.cfg.PollOnly {
+	if !w.cfg.PollOnly && w.q.canListen() {
 		l := w.q.newListener(w.log, []string{channelJobs, channelCancel}, w.notified, w.wakeAll)
 		l.Listening = w.listening
 		intake.Go(l.Run)
@@ -278,6 +285,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.health.running.Store(true)
 	for _, qs := range w.queues {
 		intake.Go(func(ctx context.Context) { w.fetch(ctx, claimsCtx, jobs, qs) })
+	}
+	if !w.pollsByClaim() {
+		intake.Go(w.pollDue)
 	}
 	intake.Go(w.maintenance)
 	if len(w.schedules) > 0 {

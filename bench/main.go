@@ -16,12 +16,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -52,21 +55,30 @@ type options struct {
 
 	rssJobs int
 
-	computeSQL     string        // run on every fresh compute database after its migration
-	notifyCooldown time.Duration // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
-	floodProducers int           // (f) goroutines, each with a connection
-	floodTime      time.Duration // (f) how long they enqueue
-	soak           soakConfig    // workload (s)
+	userJobs   string // (u) sizes, comma-separated
+	userSizes  []int  // parsed -user-jobs
+	userIDs    string // (u) compute's job ids: random or sequential
+	userShapes string // (u) which of userVariants run: "1,2", "1" or "2"
+	statements int    // (u) top statements of pg_stat_statements to print per phase; 0: none
+	profileDir string // (u) where the worker processes write CPU, block and mutex profiles
 
-	runs       int
-	workers    int
-	conns      int
-	only       string
-	systems    string
-	smoke      bool
-	timeout    time.Duration
-	verbose    bool
-	cpuProfile string // -cpuprofile: where to write this process's CPU profile
+	computeSQL     string          // run on every fresh compute database after its migration
+	notifyCooldown time.Duration   // compute's WithNotifyCooldown for the (c) and (f) producers; 0 is the library's default
+	floodProducers int             // (f) goroutines, each with a connection
+	floodTime      time.Duration   // (f) how long they enqueue
+	soak           soakConfig      // workload (s)
+	retention      retentionConfig // workload (r)
+
+	runs        int
+	workers     int
+	conns       int
+	only        string
+	systems     string
+	smoke       bool
+	timeout     time.Duration
+	verbose     bool
+	cpuProfile  string // -cpuprofile: where to write this process's CPU profile
+	lockProfile string // -lockprofile: prefix of this process's block and mutex profiles
 
 	// Set only when the program runs itself as a child for the RSS
 	// measurement.
@@ -98,6 +110,14 @@ server and prints one table with both figures and their ratio:
       for River. A notifying commit waits for every other one of the server
       across its WAL flush, so run it against a server with fsync on
       (DATABASE_URL) to see what notifications cost a durable database
+  (u) the user's shape: a worker process of its own (this program with
+      -system), jobs written by plain SQL (compute's with random 16-byte
+      ids), a durable server, both rates from the database's clock (first
+      claim to last finish); -user-jobs sizes, each with pgxpool's default
+      pool and concurrency 1,000, and with a pool of 10 and concurrency
+      2,000; worker CPU and peak RSS per system. Without DATABASE_URL it
+      starts a server of its own with fsync, full_page_writes and
+      synchronous_commit on
   rss: peak RSS (VmHWM) of a -rss-jobs burn-down, each system in a child
       process of this program, so neither sees the other's memory
 
@@ -129,7 +149,12 @@ func parseFlags() options {
 	flag.IntVar(&o.ceilingGoroutines, "ceiling-goroutines", 4, "(e) goroutines of the bare loop")
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
 	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
-	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it, e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
+	flag.StringVar(&o.userJobs, "user-jobs", "100k,200k", "(u) burn-down sizes, comma-separated")
+	flag.StringVar(&o.userShapes, "user-shapes", "1,2", "(u) shapes to run: 1 = pgxpool's default pool and concurrency 1,000, 2 = pool 10 and concurrency 2,000")
+	flag.StringVar(&o.userIDs, "user-ids", "random", "(u) compute's job ids: random (uuid_send(gen_random_uuid())) or sequential (a big-endian counter)")
+	flag.IntVar(&o.statements, "statements", 0, "(u) print the top N statements of pg_stat_statements of every phase on stderr (preloads it in (u)'s own server)")
+	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block and mutex profiles")
+	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it (also in (u)), e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
 	flag.DurationVar(&o.notifyCooldown, "notify-cooldown", 0, "(c) and (f) compute producers' WithNotifyCooldown: at most one wake-up notification per queue and period (0: the library's default; 1ns: one per enqueue)")
 	flag.DurationVar(&o.soak.duration, "soak", 3*time.Minute, "(s) how long the table-health soak runs (select it with -only s)")
 	flag.DurationVar(&o.soak.sample, "soak-sample", 10*time.Second, "(s) sampling interval")
@@ -138,16 +163,21 @@ func parseFlags() options {
 	flag.IntVar(&o.soak.heartbeats, "soak-heartbeats", 0, "(s) Heartbeat calls per claimed batch before its Complete")
 	flag.IntVar(&o.soak.backlog, "soak-backlog", 50_000, "(s) queued jobs the producer keeps ahead of the claimers")
 	flag.BoolVar(&o.soak.holdXmin, "soak-hold-xmin", false, "(s) hold a REPEATABLE READ snapshot open in another session for the whole soak")
+	flag.IntVar(&o.retention.rate, "retention-rate", 3_000, "(r) jobs enqueued per second (select it with -only r)")
+	flag.DurationVar(&o.retention.duration, "retention-time", 5*time.Minute, "(r) how long the producer runs")
+	flag.DurationVar(&o.retention.after, "retention-after", 30*time.Second, "(r) Retention.DeleteCompleteAfter")
+	flag.DurationVar(&o.retention.sample, "retention-sample", 30*time.Second, "(r) sampling interval")
 	flag.IntVar(&o.runs, "runs", 1, "runs of (a), (b), (c) and (f), changing which system goes first; the table shows medians")
 	flag.IntVar(&o.workers, "workers", riverBenchMaxWorkers, "jobs run at once: compute's Concurrency and River's MaxWorkers (River's bench uses 2,000)")
 	flag.IntVar(&o.conns, "conns", 10, "pool_max_conns of each system's worker pool")
 	flag.IntVar(&o.floodProducers, "flood-producers", 32, "(f) producer goroutines, each with its own connection")
 	flag.DurationVar(&o.floodTime, "flood-time", 5*time.Second, "(f) how long the producers enqueue")
-	flag.StringVar(&o.only, "only", "a,b,c,d,e,f,rss", "workloads to run, comma-separated")
+	flag.StringVar(&o.only, "only", "a,b,c,d,e,f,u,rss", "workloads to run, comma-separated")
 	flag.StringVar(&o.systems, "systems", "compute,River", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")
+	flag.StringVar(&o.lockProfile, "lockprofile", "", "write block and mutex profiles of this process to this prefix + .block.pprof and .mutex.pprof")
 	flag.BoolVar(&o.verbose, "v", false, "log the systems' warnings and info on stderr (default: errors only), and sample compute's rows in progress every second of a burn-down")
 	flag.StringVar(&o.system, "system", "", "internal: run one burn-down of an already loaded database as a child process (compute or river)")
 	flag.StringVar(&o.db, "db", "", "internal: the child's connection string")
@@ -161,7 +191,9 @@ func parseFlags() options {
 		o.rate, o.producers, o.steady, o.warmup, o.drain = 500, 4, 2*time.Second, time.Second, 5*time.Second
 		o.growth, o.growthQueued, o.growthJobs = "1k", "1k", 2_000
 		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
+		o.userJobs = "2k"
 		o.floodProducers, o.floodTime = 4, time.Second
+		o.retention = retentionConfig{rate: 200, duration: 3 * time.Second, after: time.Second, sample: time.Second}
 		o.timeout = 2 * time.Minute
 	}
 	return o
@@ -176,7 +208,16 @@ func (o *options) check() error {
 	if o.growthQueuedN, err = parseCount(strings.ToLower(o.growthQueued)); err != nil {
 		return fmt.Errorf("-growth-queued: %w", err)
 	}
+	if o.userSizes, err = parseSizes(o.userJobs); err != nil {
+		return fmt.Errorf("-user-jobs: %w", err)
+	}
 	switch {
+	case o.userIDs != "random" && o.userIDs != "sequential":
+		return fmt.Errorf("-user-ids %q: want random or sequential", o.userIDs)
+	case slices.Contains(o.userSizes, 0):
+		return fmt.Errorf("-user-jobs sizes must be positive")
+	case o.retention.rate < 1 || o.retention.duration <= 0 || o.retention.after <= 0 || o.retention.sample <= 0:
+		return errors.New("-retention-rate, -retention-time, -retention-after and -retention-sample must be positive")
 	case o.jobs < 1 || o.insertJobs < 1 || o.growthJobs < 1 || o.ceilingJobs < 1:
 		return fmt.Errorf("job counts must be positive")
 	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:
@@ -224,6 +265,10 @@ func main() {
 		}
 		defer f.Close()
 	}
+	if o.lockProfile != "" {
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		runtime.SetMutexProfileFraction(10)
+	}
 	var err error
 	if o.system != "" {
 		err = child(ctx, o)
@@ -232,10 +277,22 @@ func main() {
 	}
 	stop()
 	pprof.StopCPUProfile() // a no-op without -cpuprofile
+	if o.lockProfile != "" {
+		err = errors.Join(err, writeProfile("block", o.lockProfile+".block.pprof"), writeProfile("mutex", o.lockProfile+".mutex.pprof"))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// writeProfile writes the named runtime profile to path.
+func writeProfile(name, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(pprof.Lookup(name).WriteTo(f, 0), f.Close())
 }
 
 // selected reports whether workload w is in -only.

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -31,6 +29,9 @@ type results struct {
 	ceil   float64        // (e) jobs/s
 	rss    map[string]childResult
 	flood  map[string][]floodResult // (f), keyed compute, River, and floodEvery
+	user   map[userKey][]userResult // (u)
+
+	userHeader string // (u)'s server settings
 
 	failures []string // phases that failed, with why
 }
@@ -49,6 +50,12 @@ type childResult struct {
 	BaseRSSKiB int64   `json:"base_rss_kib"` // VmRSS before the burn-down
 	HWMKiB     int64   `json:"hwm_kib"`      // VmHWM after it
 	RSSKiB     int64   `json:"rss_kib"`      // VmRSS after it
+	CPUSeconds float64 `json:"cpu_seconds"`  // user and system time of the burn-down
+	MaxConns   int32   `json:"max_conns"`    // the worker pool's size
+	// Acquires that found no idle connection and waited, and their
+	// total wait: whether the pool starved the worker.
+	EmptyAcquires  int64   `json:"empty_acquires"`
+	EmptyWaitMilli float64 `json:"empty_wait_ms"`
 }
 
 // run starts (or finds) the server and runs the selected workloads, each
@@ -124,6 +131,7 @@ func run(ctx context.Context, o options) error {
 	res := &results{
 		burn: map[string][]float64{}, reruns: map[string]int{}, bulk: map[string][]float64{},
 		steady: map[string][]steadyResult{}, rss: map[string]childResult{}, flood: map[string][]floodResult{},
+		user: map[userKey][]userResult{},
 	}
 	// phase runs one workload on a fresh database of the named system
 	// within -timeout. A failed phase is reported and the others still run,
@@ -272,6 +280,17 @@ func run(ctx context.Context, o options) error {
 			return s.(*computeSystem).soak(ctx, o.soak, conn, os.Stdout)
 		})
 	}
+	if o.selected("u") {
+		if err := runUser(ctx, o, res); err != nil {
+			res.failures = append(res.failures, fmt.Sprintf("(u): %v", err))
+			progressf("FAILED: (u): %v", err)
+		}
+	}
+	if o.selected("r") {
+		phase("(r) retention at load", "compute", func(ctx context.Context, s system, _ string) error {
+			return s.(*computeSystem).retention(ctx, o.retention, os.Stdout)
+		})
+	}
 	if o.selected("rss") && o.rssJobs > 0 {
 		for _, name := range []string{"compute", "River"} {
 			if !o.takesPart(name) {
@@ -346,31 +365,13 @@ func rssChild(ctx context.Context, s system, conn string, o options) (childResul
 	if err := s.vacuum(ctx); err != nil {
 		return childResult{}, err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return childResult{}, err
-	}
 	sys := "compute"
 	if s.name() == "River" {
 		sys = "river"
 	}
-	args := []string{"-system", sys, "-db", conn, "-jobs", strconv.Itoa(o.rssJobs),
-		"-workers", strconv.Itoa(o.workers), "-timeout", o.timeout.String()}
-	if o.verbose {
-		args = append(args, "-v")
-	}
-	cmd := exec.CommandContext(ctx, exe, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, os.Stderr
 	progressf("%s RSS: burn-down of %d jobs in a child process", s.name(), o.rssJobs)
-	if err := cmd.Run(); err != nil {
-		return childResult{}, fmt.Errorf("child process: %w", err)
-	}
-	var cr childResult
-	if err := json.Unmarshal(out.Bytes(), &cr); err != nil {
-		return childResult{}, fmt.Errorf("child output %q: %w", out.String(), err)
-	}
-	return cr, nil
+	return runChild(ctx, o, []string{"-system", sys, "-db", conn, "-jobs", strconv.Itoa(o.rssJobs),
+		"-workers", strconv.Itoa(o.workers), "-timeout", o.timeout.String()})
 }
 
 // child is the child process of rssChild: it works the jobs already loaded
@@ -398,13 +399,18 @@ func child(ctx context.Context, o options) error {
 	}
 	defer s.close()
 	_, base := memStatus()
+	cpu := selfCPU()
 	b, err := s.burnDown(ctx, o.jobs)
 	if err != nil {
 		return err
 	}
+	cpu = selfCPU() - cpu
 	hwm, rss := memStatus()
+	st := systemPool(s).Stat()
 	return json.NewEncoder(os.Stdout).Encode(childResult{
 		Seconds: b.elapsed.Seconds(), Jobs: o.jobs, Handled: b.handled, BaseRSSKiB: base, HWMKiB: hwm, RSSKiB: rss,
+		CPUSeconds: cpu.Seconds(), MaxConns: st.MaxConns(), EmptyAcquires: st.EmptyAcquireCount(),
+		EmptyWaitMilli: float64(st.EmptyAcquireWaitTime()) / float64(time.Millisecond),
 	})
 }
 

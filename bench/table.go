@@ -171,6 +171,8 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	fmt.Fprintln(out, "time after the warm-up while the producers ran: the whole machine's (Postgres, this process and anything")
 	fmt.Fprintln(out, "else running) and this process's own.")
 
+	printUser(out, o, res)
+
 	if o.runs > 1 {
 		fmt.Fprintln(out, "\nPer run (in run order):")
 		for _, sys := range []string{"compute", "River"} {

@@ -1,7 +1,7 @@
 // Command compute is the operator's tool for a compute job queue: it
 // migrates the schema, enqueues jobs, lists, retries, cancels and deletes
 // them, pauses and configures queues, explains why a job waits, follows the
-// job journal and checks the installation's health.
+// job journal, checks the installation's health and serves the dashboard.
 //
 // Usage:
 //
@@ -111,6 +111,7 @@ var commands = []*command{
 		{name: "follow", summary: "print journal events from the oldest retained (or --from), then follow", run: runEventsFollow},
 	}},
 	{name: "doctor", summary: "check the installation's health; exit 1 when a check fails", run: runDoctor},
+	{name: "ui", summary: "serve the dashboard (--addr HOST:PORT, --read-only)", run: runUI},
 	{name: "version", summary: "print the command's and the schema's versions", run: runVersion},
 }
 

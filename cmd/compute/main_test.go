@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -806,7 +808,7 @@ func TestUsageErrors(t *testing.T) {
 	}
 	// --help at every level prints usage on stdout and exits 0.
 	for _, args := range [][]string{{"--help"}, {"help"}, {"help", "jobs"}, {"jobs", "--help"}, {"jobs", "list", "--help"},
-		{"queues", "set", "-h"}, {"events", "follow", "--help"}, {"doctor", "--help"}, {"migrate", "--help"}} {
+		{"queues", "set", "-h"}, {"events", "follow", "--help"}, {"doctor", "--help"}, {"migrate", "--help"}, {"ui", "--help"}} {
 		r := cli(t, "", args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Usage: compute") {
 			t.Errorf("compute %s: exit %d, stdout:\n%s", strings.Join(args, " "), r.code, r.stdout)
@@ -923,5 +925,61 @@ func TestJobsListShowsThePageBeforeAnUnreadableRow(t *testing.T) {
 	if !strings.Contains(r.stdout, id) || !strings.Contains(r.stderr, "column input_files") ||
 		!strings.Contains(r.stderr, "--after ffffffff-ffff-ffff-ffff-ffffffffffff") {
 		t.Errorf("jobs list beside an unreadable row:\nstdout:\n%s\nstderr:\n%s\nwant the job %s listed and the row named", r.stdout, r.stderr, id)
+	}
+}
+
+// TestUIServesTheDashboard starts "compute ui" on a free port, reads the
+// address it prints, fetches the overview and a job's page, and stops it
+// the way Ctrl-C does (its context ends); read-only refuses a change.
+func TestUIServesTheDashboard(t *testing.T) {
+	db, q := migrated(t)
+	id, err := q.Enqueue(t.Context(), compute.Job{Queue: "ui-test", Config: `{"n":1}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, readOnly := range []bool{false, true} {
+		args := []string{"ui", "--addr", "127.0.0.1:0", "--database-url", db}
+		if readOnly {
+			args = append(args, "--read-only")
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		out, w := io.Pipe()
+		var errOut bytes.Buffer
+		done := make(chan int, 1)
+		go func() {
+			code := run(ctx, args, strings.NewReader(""), w, &errOut)
+			w.Close()
+			done <- code
+		}()
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			cancel()
+			t.Fatalf("compute ui printed no address: %v\nstderr: %s", err, errOut.String())
+		}
+		go func() { _, _ = io.Copy(io.Discard, out) }()
+		base := strings.TrimSpace(line[strings.Index(line, "http://"):strings.Index(line, " (Ctrl-C")])
+		for _, path := range []string{"", "jobs/" + id.String()} {
+			res, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK || !strings.Contains(string(body), "ui-test") {
+				t.Errorf("GET %s%s: %d\n%s", base, path, res.StatusCode, body)
+			}
+		}
+		res, err := http.PostForm(base+"queues/ui-test/pause", url.Values{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusForbidden {
+			t.Errorf("read-only=%v: a POST without a token: %d, want 403", readOnly, res.StatusCode)
+		}
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("compute ui exited %d after its context ended\nstderr: %s", code, errOut.String())
+		}
 	}
 }

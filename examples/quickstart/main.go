@@ -10,6 +10,10 @@
 //
 //	go run ./examples/quickstart
 //	go run ./examples/quickstart -jobs 20000 -concurrency 32
+//	go run ./examples/quickstart -ui
+//
+// With -ui it then keeps the database (and the worker) and serves the
+// dashboard on -addr, printing its URL, until Ctrl-C.
 package main
 
 import (
@@ -19,6 +23,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,6 +32,7 @@ import (
 	"time"
 
 	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/dashboard"
 	"github.com/computeplatform/compute/internal/testdb"
 )
 
@@ -38,6 +45,8 @@ const (
 func main() {
 	total := flag.Int("jobs", 5000, "how many jobs to enqueue, split between the two queues")
 	concurrency := flag.Int("concurrency", 10, "how many jobs of each queue run at once")
+	ui := flag.Bool("ui", false, "after the demo, serve the dashboard until Ctrl-C")
+	addr := flag.String("addr", "127.0.0.1:8080", "with -ui, the HOST:PORT of the dashboard (port 0 picks a free one)")
 	flag.Parse()
 	if *total < 1 || *total > 1_000_000 || *concurrency < 1 || *concurrency > 1000 {
 		fmt.Fprintln(os.Stderr, "quickstart: -jobs must be in 1..1000000 and -concurrency in 1..1000")
@@ -46,7 +55,7 @@ func main() {
 	// run returns before os.Exit so that its deferred cleanup (stopping
 	// the worker, removing the throwaway server) always runs; a panic in
 	// run unwinds through the same defers.
-	if err := run(*total, *concurrency); err != nil {
+	if err := run(*total, *concurrency, *ui, *addr); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted")
 		}
@@ -55,7 +64,7 @@ func main() {
 	}
 }
 
-func run(total, concurrency int) error {
+func run(total, concurrency int, ui bool, addr string) error {
 	// The first Ctrl-C (or SIGTERM) cancels ctx. Until stop runs, which
 	// is the last deferred call, later signals are caught too, so a
 	// second Ctrl-C cannot kill the process before the server is removed.
@@ -154,10 +163,45 @@ func run(total, concurrency int) error {
 	}
 	elapsed := time.Since(began)
 
-	return report(ctx, q, idBytes, summary{
+	if err := report(ctx, q, idBytes, summary{
 		total: total, concurrency: concurrency, setup: setup,
 		enqueue: enqueueTime, elapsed: elapsed,
-	})
+	}); err != nil || !ui {
+		return err
+	}
+	return serveDashboard(ctx, q, addr)
+}
+
+// serveDashboard serves the dashboard until ctx ends (Ctrl-C); the worker
+// keeps running meanwhile, and the deferred cleanup of run removes the
+// throwaway server afterwards.
+func serveDashboard(ctx context.Context, q *compute.Queue, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("-addr %s: %w (choose another with -addr, or 127.0.0.1:0)", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           dashboard.New(q, dashboard.Config{}),
+		ReadHeaderTimeout: 10 * time.Second,
+		// The dashboard's live feeds end with ctx, so Ctrl-C does not
+		// wait for open browser tabs.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	fmt.Printf("\ndashboard   http://%s/  (Ctrl-C to stop and remove the database)\n", ln.Addr())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return err
+	}
+	<-served
+	return nil
 }
 
 // makeThumbnail stands in for real work: it reads the job's config and

@@ -125,6 +125,15 @@ func newClusterOn(t *testing.T, srv *testdb.Server, dbName string) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return clusterAt(t, srv, dbURL)
+}
+
+// clusterAt opens the test's queue on the database at dbURL (served by srv),
+// and stops the workers the test starts at cleanup.
+func clusterAt(t *testing.T, srv *testdb.Server, dbURL string) *cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	// The test's own connections carry their own application_name, so
 	// terminating the workers' backends ('compute') spares them.
 	u, err := url.Parse(dbURL)

@@ -56,6 +56,16 @@ type Listener struct {
 	// Idle is how long the connection may be silent before a probe checks
 	// that it still delivers; ProbeWait is how long the probe may take.
 	Idle, ProbeWait time.Duration
+	// SendProbe, when set, sends each session's first probe from another
+	// connection (the pool's), so that its arrival proves notifications
+	// of other sessions reach this one. Behind a pooler in transaction
+	// mode they never do, whoever else uses the pooler: the LISTEN ran on
+	// a server connection this client no longer holds. Without it, the
+	// first probe goes out on the listening connection itself, which
+	// through such a pooler comes back whenever the probe happens to land
+	// on the server connection that ran LISTEN. Later probes, which only
+	// check that the listening connection still works, are sent on it.
+	SendProbe func(ctx context.Context, channel, payload string) error
 	// Announce, when set, runs on the listening connection once LISTEN is
 	// in place and again every AnnounceEvery while the session lasts: the
 	// journal hub uses it to tell the journal trigger that someone
@@ -66,13 +76,15 @@ type Listener struct {
 }
 
 // Run keeps a LISTEN connection up until ctx ends: it connects with
-// backoff, checks with a self-addressed probe that notifications really
-// arrive (they do not through PgBouncer in transaction mode), and re-probes
-// after every quiet spell, which also finds half-open connections. When
-// notifications do not arrive it warns and retries much later; polling
+// backoff, checks with a probe sent from another connection (SendProbe)
+// that notifications really arrive (they do not through PgBouncer in
+// transaction mode), and re-probes after every quiet spell, which also
+// finds half-open connections. When notifications do not arrive it warns
+// (once, until a session works again) and retries much later; polling
 // carries the load meanwhile.
 func (l *Listener) Run(ctx context.Context) {
 	failures := 0
+	warned := false // about undelivered notifications, since the last working session
 	for ctx.Err() == nil {
 		delivered, err := l.session(ctx)
 		if ctx.Err() != nil {
@@ -82,13 +94,18 @@ func (l *Listener) Run(ctx context.Context) {
 			l.Listening(false)
 		}
 		if delivered {
-			failures = 0 // a working session: the next loss is a fresh start
+			failures, warned = 0, false // a working session: the next loss is a fresh start
 		}
 		failures++
 		wait := backoff.Wait(failures, 30*time.Second)
 		if !delivered && errors.Is(err, ErrNoDelivery) {
 			wait = 5 * time.Minute
-			l.Log.Warn("LISTEN does not deliver notifications (a pooler in transaction mode?); polling only", "retry_in", wait)
+			if !warned {
+				l.Log.Warn("LISTEN does not deliver notifications from other sessions (a pooler in transaction mode? give the listener a direct connection with compute.WithDirectURL, or set PollOnly); polling only", "retry_in", wait)
+			} else {
+				l.Log.Debug("LISTEN still does not deliver notifications; polling only", "retry_in", wait)
+			}
+			warned = true
 		} else {
 			l.Log.Warn("listener connection lost; polling until it is back", "err", l.Redact(err), "retry_in", wait)
 		}
@@ -125,7 +142,7 @@ func (l *Listener) session(ctx context.Context) (delivered bool, err error) {
 		return false, err
 	}
 	announced := time.Now()
-	if err := l.probe(ctx, conn); err != nil {
+	if err := l.probe(ctx, conn, l.SendProbe); err != nil {
 		return false, err
 	}
 	l.Log.Debug("listening for notifications")
@@ -154,7 +171,7 @@ func (l *Listener) session(ctx context.Context) (delivered bool, err error) {
 				break // the second call or the announcement is due
 			}
 			// Quiet for Idle: make sure the connection still works.
-			if err := l.probe(ctx, conn); err != nil {
+			if err := l.probe(ctx, conn, nil); err != nil {
 				return true, err
 			}
 		case err != nil:
@@ -192,28 +209,46 @@ func (l *Listener) runAnnounce(ctx context.Context, conn *pgx.Conn) error {
 	return err
 }
 
-// probe sends a notification to this connection and waits for it, passing
-// on whatever else arrives meanwhile. A dead or half-open connection fails
-// the round trip within ProbeWait; a pooler that swallows notifications
-// gives ErrNoDelivery.
-func (l *Listener) probe(ctx context.Context, conn *pgx.Conn) error {
+// probeSQL sends a probe on the listening connection: to itself, which
+// proves the connection works, not that others' notifications reach it.
+const probeSQL = "SELECT pg_notify($1, $2)"
+
+// probe sends a notification to this connection, with send (from another
+// connection) or else on conn, and waits for it, passing on whatever else
+// arrives meanwhile. A dead or half-open connection fails the round trip
+// within ProbeWait; a pooler that swallows notifications gives
+// ErrNoDelivery.
+func (l *Listener) probe(ctx context.Context, conn *pgx.Conn, send func(ctx context.Context, channel, payload string) error) error {
 	sendCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
 	defer cancel()
 	token := fmt.Sprintf("%016x", rand.Uint64())
-	if _, err := conn.Exec(sendCtx, "SELECT pg_notify($1, $2)", ProbeChannel, token); err != nil {
+	var err error
+	if send != nil {
+		err = send(sendCtx, ProbeChannel, token)
+	} else {
+		_, err = conn.Exec(sendCtx, probeSQL, ProbeChannel, token)
+	}
+	if err != nil {
 		return err
 	}
 	// The wait gets its own budget: a slow round trip on a loaded server
 	// must not pass for notifications that never come.
-	ctx, cancel = context.WithTimeout(ctx, l.ProbeWait)
+	waitCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
 	defer cancel()
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		n, err := conn.WaitForNotification(waitCtx)
 		if err != nil {
-			if ctx.Err() != nil && !conn.IsClosed() {
-				return ErrNoDelivery
+			if waitCtx.Err() == nil || ctx.Err() != nil || conn.IsClosed() {
+				return err
 			}
-			return err
+			// Nothing came: notifications are not delivered, or the
+			// connection is dead, which one round trip tells.
+			pingCtx, cancel := context.WithTimeout(ctx, l.ProbeWait)
+			defer cancel()
+			if err := conn.Ping(pingCtx); err != nil {
+				return err
+			}
+			return ErrNoDelivery
 		}
 		if n.Channel == ProbeChannel && n.Payload == token {
 			return nil

@@ -60,7 +60,7 @@ func (p *process) exited() bool {
 var errPortInUse = errors.New("port already in use")
 
 // startLocal creates a fresh cluster in a temp dir and starts it on a free port.
-func startLocal(ctx context.Context, binDir string, logf func(string, ...any)) (*Server, error) {
+func startLocal(ctx context.Context, binDir string, logf func(string, ...any), settings ...string) (*Server, error) {
 	began := time.Now()
 	cred, err := serverCredential()
 	if err != nil {
@@ -73,13 +73,14 @@ func startLocal(ctx context.Context, binDir string, logf func(string, ...any)) (
 		return nil, fmt.Errorf("testdb: creating temp dir: %w", err)
 	}
 	s := &Server{
-		kind:    kindLocal,
-		logf:    logf,
-		binDir:  binDir,
-		tempDir: tempDir,
-		dataDir: filepath.Join(tempDir, "data"),
-		logPath: filepath.Join(tempDir, "postgres.log"),
-		cred:    cred,
+		kind:     kindLocal,
+		logf:     logf,
+		binDir:   binDir,
+		settings: settings,
+		tempDir:  tempDir,
+		dataDir:  filepath.Join(tempDir, "data"),
+		logPath:  filepath.Join(tempDir, "postgres.log"),
+		cred:     cred,
 	}
 	started := false
 	defer func() {
@@ -185,7 +186,7 @@ func (s *Server) spawn() (*process, int64, error) {
 	}
 
 	args := []string{"-D", s.dataDir, "-p", strconv.Itoa(s.port), "-k", s.tempDir, "-c", "listen_addresses=127.0.0.1"}
-	for _, setting := range serverSettings {
+	for _, setting := range append(slices.Clone(serverSettings), s.settings...) {
 		args = append(args, "-c", setting)
 	}
 	cmd := exec.Command(filepath.Join(s.binDir, "postgres"), args...)

@@ -69,11 +69,12 @@ type Server struct {
 	port     int
 
 	// kindLocal only.
-	binDir  string
-	tempDir string // compute-pg-*; holds data/, the socket and postgres.log
-	dataDir string
-	logPath string
-	cred    *credential // user the server runs as; nil when we are not root
+	binDir   string
+	settings []string // -c settings after serverSettings (StartLocalWith); the later of two wins
+	tempDir  string   // compute-pg-*; holds data/, the socket and postgres.log
+	dataDir  string
+	logPath  string
+	cred     *credential // user the server runs as; nil when we are not root
 
 	// kindDocker only.
 	containerID string
@@ -128,12 +129,19 @@ func start(ctx context.Context, logf func(format string, args ...any), withDocke
 // able to crash, restart and pause the server. It returns an error wrapping
 // ErrNoPostgres if no binaries are found. The caller must Close the server.
 func StartLocal(ctx context.Context, logf func(format string, args ...any)) (*Server, error) {
+	return StartLocalWith(ctx, logf)
+}
+
+// StartLocalWith is StartLocal with settings ("name=value") added after
+// the harness's own, which they override: a benchmark that must measure a
+// durable server starts one with "fsync=on" and "full_page_writes=on".
+func StartLocalWith(ctx context.Context, logf func(format string, args ...any), settings ...string) (*Server, error) {
 	logf = orNop(logf)
 	binDir, err := findBinaries()
 	if err != nil {
 		return nil, err
 	}
-	return startLocal(ctx, binDir, logf)
+	return startLocal(ctx, binDir, logf, settings...)
 }
 
 // startExternal uses the server named by DATABASE_URL. It checks that the

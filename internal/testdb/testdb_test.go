@@ -46,11 +46,11 @@ func queryInt(t *testing.T, conn *pgx.Conn, sql string, args ...any) int {
 	return n
 }
 
-// startLocal starts a private server, skipping like New does when there are
-// no binaries.
-func startLocal(t *testing.T) *testdb.Server {
+// startLocal starts a private server with settings added to the harness's
+// (StartLocalWith), skipping like New does when there are no binaries.
+func startLocal(t *testing.T, settings ...string) *testdb.Server {
 	t.Helper()
-	srv, err := testdb.StartLocal(testContext(t), t.Logf)
+	srv, err := testdb.StartLocalWith(testContext(t), t.Logf, settings...)
 	if errors.Is(err, testdb.ErrNoPostgres) && os.Getenv("CI") != "true" {
 		t.Skip(err.Error())
 	}
@@ -63,6 +63,23 @@ func startLocal(t *testing.T) *testdb.Server {
 		}
 	})
 	return srv
+}
+
+// The bench's durable server: settings given to StartLocalWith override the
+// harness's fsync=off and full_page_writes=off.
+func TestStartLocalWithOverridesSettings(t *testing.T) {
+	t.Parallel()
+	srv := startLocal(t, "fsync=on", "full_page_writes=on")
+	conn := connect(t, srv.ConnString("postgres"))
+	for _, name := range []string{"fsync", "full_page_writes", "synchronous_commit"} {
+		var v string
+		if err := conn.QueryRow(testContext(t), "SELECT current_setting($1)", name).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		if v != "on" {
+			t.Errorf("%s = %s, want on", name, v)
+		}
+	}
 }
 
 func TestNewGivesWorkingEmptyDatabase(t *testing.T) {

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Many worker processes against one server (issue 18, "Many hosts"): insert
+# a burn-down of no-op jobs with plain SQL, start PROCS processes of
+# examples/worker with -concurrency CONC each, wait until no job is live,
+# and report from the database's clock (first claim to last completion)
+# the rate, the jobs claimed more than once, the jobs not complete, and the
+# most connections the database had during the drain.
+#
+# Usage (from the repository root):
+#   bench/scripts/manyhosts.sh PROCS CONC [JOBS]        e.g. bench/scripts/manyhosts.sh 10 100 200000
+# Environment: ADMIN_URL, a superuser URL of the server
+# (default postgres://postgres@127.0.0.1:5432/postgres); DB, the database
+# to create and drop (default hosts10; an existing one is dropped first).
+set -euo pipefail
+
+procs=${1:?usage: bench/scripts/manyhosts.sh PROCS CONC [JOBS]}
+conc=${2:?usage: bench/scripts/manyhosts.sh PROCS CONC [JOBS]}
+jobs=${3:-200000}
+admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=${DB:-hosts10}
+dburl=${admin%/*}/$db
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+go build -o "$work/worker" ./examples/worker
+go build -o "$work/compute" ./cmd/compute
+psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\"" >/dev/null
+DATABASE_URL=$dburl "$work/compute" migrate >/dev/null
+
+# The v1 columns only, as another program would insert them.
+psql -q "$dburl" <<SQL
+INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
+SELECT decode(md5(i::text), 'hex'), 'queued', 'burn', '{}', '{}', now(), now()
+FROM generate_series(1, $jobs) i;
+VACUUM ANALYZE compute.jobs;
+CHECKPOINT;
+SQL
+
+for i in $(seq "$procs"); do
+	DATABASE_URL=$dburl "$work/worker" -queues burn -concurrency "$conc" 2>"$work/w$i.log" &
+	pids+=($!)
+done
+
+# Poll twice a second: live jobs, and the database's connections.
+maxconns=0
+while :; do
+	read -r live conns < <(psql -Atq -F ' ' "$dburl" -c "
+SELECT (SELECT count(*) FROM compute.jobs WHERE status IN ('queued', 'in-progress')),
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())")
+	((conns > maxconns)) && maxconns=$conns
+	((live == 0)) && break
+	sleep 0.5
+done
+
+psql -Atq "$dburl" -c "
+SELECT format('procs=%s concurrency=%s jobs=%s seconds=%s jobs_per_s=%s claimed_twice=%s not_complete=%s max_connections_seen=%s',
+  $procs, $conc, count(*),
+  round(extract(epoch FROM max(finished) - min(grabbed))::numeric, 2),
+  round(count(*) / extract(epoch FROM max(finished) - min(grabbed))::numeric),
+  count(*) FILTER (WHERE attempt <> 1), count(*) FILTER (WHERE status <> 'complete'), $maxconns)
+FROM compute.jobs"

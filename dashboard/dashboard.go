@@ -1,0 +1,264 @@
+// Package dashboard is a web dashboard for a compute job queue: an
+// http.Handler that a program mounts next to its own routes, and that the
+// compute command's "ui" serves.
+//
+// Pages: Overview (every queue with counts per status, rules, workers, the
+// age of its oldest runnable job, and a chart of jobs finished per minute
+// over the last hour, read from the journal), Jobs (filters, keyset paging,
+// bulk cancel, retry and delete), Job (config, files, attempts and their
+// errors, the journal timeline, Explain's reasons, actions), Queue (rules,
+// pause and resume, settings), Workers, Periodic and Health (the compute
+// command's doctor checks). Counts and a job's status follow the journal
+// live, through server-sent events.
+//
+// Mount it under a path prefix by giving the same prefix as BasePath; the
+// handler strips it itself, so no http.StripPrefix is needed:
+//
+//	mux.Handle("/admin/queue/", dashboard.New(q, dashboard.Config{BasePath: "/admin/queue"}))
+//
+// Every page is rendered on the server with html/template, so every value
+// from a job is escaped. Every change is a POST carrying a token bound to
+// this handler (an HMAC over a time stamp, valid for a day) and is refused
+// when the browser says it comes from another origin. ReadOnly refuses
+// every change, and Authorize can refuse any request, both with 403.
+package dashboard
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/computeplatform/compute"
+)
+
+// Action names what a request wants to do, for [Config.Authorize].
+type Action string
+
+// The actions of the dashboard. ActionView covers every page and the live
+// feed; the others change jobs or queues.
+const (
+	ActionView     Action = "view"
+	ActionCancel   Action = "cancel"
+	ActionRetry    Action = "retry"
+	ActionDelete   Action = "delete"
+	ActionPause    Action = "pause"
+	ActionResume   Action = "resume"
+	ActionSettings Action = "settings" // edit a queue's rules
+)
+
+// changes reports whether the action changes the database.
+func (a Action) changes() bool { return a != ActionView }
+
+// Config holds the dashboard's options. The zero value serves every page
+// and action at the root path, to anyone who can reach it: put it behind
+// your own authentication, or set Authorize.
+type Config struct {
+	// ReadOnly refuses every change with 403 and hides the buttons.
+	ReadOnly bool
+	// Authorize, when set, is called before every request with the
+	// action it asks for; an error refuses it with 403 and its text.
+	// Use it for per-user access (for example, view for everyone,
+	// changes for operators).
+	Authorize func(r *http.Request, action Action) error
+	// BasePath is the path prefix the handler is mounted under, such as
+	// "/admin/queue" (no trailing slash; "" for the root). The handler
+	// strips it from requests and puts it in front of every link.
+	BasePath string
+	// Logger receives errors the pages meet; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler serves the dashboard. Make one with [New].
+type Handler struct {
+	q      *compute.Queue
+	cfg    Config
+	log    *slog.Logger
+	mux    *http.ServeMux
+	secret []byte // signs the forms' tokens
+	origin *http.CrossOriginProtection
+	pages  *pages
+}
+
+// New returns the dashboard of q. It panics when BasePath does not start
+// with "/" or ends with one, a programming error.
+func New(q *compute.Queue, cfg Config) *Handler {
+	if cfg.BasePath != "" && (!strings.HasPrefix(cfg.BasePath, "/") || strings.HasSuffix(cfg.BasePath, "/")) {
+		panic(fmt.Sprintf("dashboard: BasePath %q must start with / and not end with one", cfg.BasePath))
+	}
+	h := &Handler{q: q, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), secret: make([]byte, 32),
+		origin: http.NewCrossOriginProtection()}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	_, _ = rand.Read(h.secret) // never fails (crypto/rand)
+	h.pages = loadPages()
+	h.routes()
+	return h
+}
+
+// ServeHTTP strips BasePath, checks the request (origin, token,
+// read-only, Authorize) and serves it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+	if h.cfg.BasePath != "" {
+		rest, ok := strings.CutPrefix(path, h.cfg.BasePath)
+		if !ok || rest != "" && !strings.HasPrefix(rest, "/") {
+			http.NotFound(w, r)
+			return
+		}
+		if rest == "" {
+			http.Redirect(w, r, h.cfg.BasePath+"/", http.StatusFound)
+			return
+		}
+		r = r.Clone(r.Context())
+		r.URL.Path, r.URL.RawPath = rest, ""
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "same-origin")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+	h.mux.ServeHTTP(w, r)
+}
+
+// routes registers every page and action.
+func (h *Handler) routes() {
+	view := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
+		h.mux.Handle(pattern, h.guard(ActionView, fn))
+	}
+	view("GET /{$}", h.overview)
+	view("GET /jobs", h.jobs)
+	view("GET /jobs/{id}", h.job)
+	view("GET /queues/{name}", h.queue)
+	view("GET /workers", h.workers)
+	view("GET /periodic", h.periodic)
+	view("GET /health", h.health)
+	view("GET /live", h.live)
+	h.mux.Handle("GET /static/", h.guard(ActionView, h.static))
+
+	h.mux.Handle("POST /jobs/{id}/cancel", h.guard(ActionCancel, h.jobAction(ActionCancel)))
+	h.mux.Handle("POST /jobs/{id}/retry", h.guard(ActionRetry, h.jobAction(ActionRetry)))
+	h.mux.Handle("POST /jobs/{id}/delete", h.guard(ActionDelete, h.jobAction(ActionDelete)))
+	for _, a := range []Action{ActionCancel, ActionRetry, ActionDelete} {
+		h.mux.Handle("POST /bulk/"+string(a), h.guard(a, h.bulk(a)))
+	}
+	h.mux.Handle("POST /queues/{name}/pause", h.guard(ActionPause, h.pause(true)))
+	h.mux.Handle("POST /queues/{name}/resume", h.guard(ActionResume, h.pause(false)))
+	h.mux.Handle("POST /queues/{name}/settings", h.guard(ActionSettings, h.settings))
+}
+
+// errForbidden is a refused request; its text is shown to the user.
+type errForbidden struct{ why string }
+
+func (e *errForbidden) Error() string { return e.why }
+
+// errBadRequest is a wrong form value or id; its text is shown.
+type errBadRequest struct{ why string }
+
+func (e *errBadRequest) Error() string { return e.why }
+
+// guard checks a request before fn runs: for changes the origin, the
+// token and read-only mode; for every request Authorize. It renders fn's
+// error as a page with the fitting status.
+func (h *Handler) guard(action Action, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h.allow(r, action)
+		if err == nil {
+			err = fn(w, r)
+		}
+		if err != nil {
+			h.fail(w, r, err)
+		}
+	})
+}
+
+// allow decides whether a request may run.
+func (h *Handler) allow(r *http.Request, action Action) error {
+	if action.changes() {
+		if h.cfg.ReadOnly {
+			return &errForbidden{"the dashboard is read-only"}
+		}
+		if err := h.origin.Check(r); err != nil {
+			return &errForbidden{"refused a cross-origin request: " + err.Error()}
+		}
+		if !h.validToken(r.PostFormValue("csrf"), time.Now()) {
+			return &errForbidden{"the form's token is missing or stale: reload the page and try again"}
+		}
+	}
+	if h.cfg.Authorize != nil {
+		if err := h.cfg.Authorize(r, action); err != nil {
+			return &errForbidden{"not allowed to " + string(action) + ": " + err.Error()}
+		}
+	}
+	return nil
+}
+
+// fail renders an error page: 403, 400, 404 or 500.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var forbidden *errForbidden
+	var bad *errBadRequest
+	code := http.StatusInternalServerError
+	switch {
+	case errors.As(err, &forbidden):
+		code = http.StatusForbidden
+	case errors.As(err, &bad), errors.Is(err, compute.ErrInvalid), errors.Is(err, compute.ErrWrongStatus):
+		code = http.StatusBadRequest
+	case errors.Is(err, compute.ErrNotFound):
+		code = http.StatusNotFound
+	case r.Context().Err() != nil:
+		return // the client went away
+	default:
+		h.log.Error("dashboard: a page failed", "path", r.URL.Path, "err", err)
+	}
+	h.render(w, r, code, "error", "Error", map[string]any{"Code": code, "Status": http.StatusText(code), "Message": err.Error()})
+}
+
+// tokenTTL is how long a form's token stays valid.
+const tokenTTL = 24 * time.Hour
+
+// token returns a form token for now: the time in seconds and its HMAC
+// under the handler's secret. Another site cannot read it, so it cannot
+// forge a form that carries one.
+func (h *Handler) token(now time.Time) string {
+	ts := strconv.FormatInt(now.Unix(), 10)
+	return ts + "." + base64.RawURLEncoding.EncodeToString(h.sign(ts))
+}
+
+func (h *Handler) sign(ts string) []byte {
+	m := hmac.New(sha256.New, h.secret)
+	m.Write([]byte("compute-dashboard-form\x00" + ts))
+	return m.Sum(nil)
+}
+
+// validToken checks a token's HMAC and age.
+func (h *Handler) validToken(tok string, now time.Time) bool {
+	ts, mac, ok := strings.Cut(tok, ".")
+	if !ok {
+		return false
+	}
+	sum, err := base64.RawURLEncoding.DecodeString(mac)
+	if err != nil || !hmac.Equal(sum, h.sign(ts)) {
+		return false
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return false
+	}
+	age := now.Sub(time.Unix(sec, 0))
+	return age > -time.Minute && age < tokenTTL
+}
+
+// link is a path inside the dashboard, with BasePath in front.
+func (h *Handler) link(path string) string { return h.cfg.BasePath + path }
+
+// seeOther sends the browser to a dashboard page after a change.
+func (h *Handler) seeOther(w http.ResponseWriter, r *http.Request, path string) {
+	http.Redirect(w, r, h.link(path), http.StatusSeeOther)
+}

@@ -1,0 +1,84 @@
+package dashboard
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/computeplatform/compute"
+)
+
+// liveEvent is what the feed sends per batch of journal events that pass
+// its filter: how many, and the last one's job and status. The page's
+// script reacts by fetching itself again and swapping its live parts.
+type liveEvent struct {
+	Events int            `json:"events"`
+	JobID  string         `json:"job_id"`
+	Status compute.Status `json:"status"`
+}
+
+// live is the server-sent event feed of the journal, from the cursor the
+// page was rendered at (after=, or the Last-Event-ID the browser sends when
+// it reconnects), optionally narrowed to one job (job=) or queue (queue=).
+// Follow runs in the request's own goroutine and ends with its context:
+// when the browser leaves the page, or the server shuts down.
+func (h *Handler) live(w http.ResponseWriter, r *http.Request) error {
+	from := r.Header.Get("Last-Event-ID")
+	if from == "" {
+		from = r.FormValue("after")
+	}
+	after, err := compute.ParseCursor(from)
+	if err != nil {
+		return &errBadRequest{"after: " + err.Error()}
+	}
+	var job compute.JobID
+	if s := r.FormValue("job"); s != "" {
+		if job, err = compute.ParseJobID(s); err != nil {
+			return &errBadRequest{"job: " + err.Error()}
+		}
+	}
+	queue := r.FormValue("queue")
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		return errors.New("the server cannot stream responses (no http.Flusher)")
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	// A comment first, so the browser sees the stream open.
+	if _, err := fmt.Fprint(w, ": live\n\n"); err != nil {
+		return nil
+	}
+	flusher.Flush()
+	err = h.q.Follow(r.Context(), after, func(events []compute.Event) error {
+		var ev liveEvent
+		for _, e := range events {
+			if job != (compute.JobID{}) && e.JobID != job || queue != "" && e.Queue != queue {
+				continue
+			}
+			ev.Events++
+			ev.JobID, ev.Status = e.JobID.String(), e.Status
+		}
+		last := events[len(events)-1].Cursor
+		if ev.Events == 0 {
+			// Still move the browser's resume point past these.
+			_, err := fmt.Fprintf(w, "id: %s\n\n", last)
+			return err
+		}
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, "id: %s\ndata: %s\n\n", last, data); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	})
+	if err != nil && r.Context().Err() == nil {
+		h.log.Warn("dashboard: the live feed stopped", "err", err)
+	}
+	return nil // the stream has started: nothing more can be sent
+}

@@ -1,0 +1,212 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// [ErrTransactionPooler] is matched by the errors of what cannot work
+// through a pooler in transaction mode (PgBouncer's pool_mode=transaction
+// or statement): New with a pool whose prepared statements the pooler
+// loses, Migrate without [WithDirectURL], and any statement that fails
+// because the pooler lost pgx's prepared statement. Each error names the
+// fix.
+var ErrTransactionPooler = errors.New("compute: the connection goes through a pooler in transaction mode")
+
+// statementsLostHint says how to run pgx's statements through a pooler
+// that does not keep prepared statements.
+const statementsLostHint = "pgx's prepared statements do not survive it: add default_query_exec_mode=exec to the connection string (or set the pool config's ConnConfig.DefaultQueryExecMode to pgx.QueryExecModeExec), or use PgBouncer 1.21 or later with max_prepared_statements set"
+
+// [WithDirectURL] gives the library a connection string that reaches the
+// server directly (or through a pooler in session mode), for the sessions
+// it needs while its pool goes through a pooler in transaction mode such
+// as PgBouncer: the LISTEN connections of Workers and of Wait and Follow,
+// and Migrate's advisory lock, which is held by a session across the
+// migrations' transactions. Without it they use the pool's connection
+// settings; behind a transaction pooler workers then poll, Wait and Follow
+// check every 5 s, and Migrate fails with [ErrTransactionPooler]. The
+// string takes the same forms as Open's; its password never reaches an
+// error or a log line. A string that cannot be parsed makes Open and New
+// fail with [ErrInvalidOption].
+func WithDirectURL(connString string) Option {
+	return func(o *options) {
+		cfg, err := pgx.ParseConfig(connString)
+		if err != nil {
+			o.errs = append(o.errs, fmt.Errorf("%w: WithDirectURL: cannot parse the connection string (%s); use a postgres:// URL or key=value pairs",
+				ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...)))
+			return
+		}
+		setConnDefaults(cfg)
+		o.direct = cfg
+	}
+}
+
+// setConnDefaults gives a connection config the library's defaults where
+// the connection string left them out: the application name, and a
+// connect timeout (pgx otherwise waits up to two minutes on a blackholed
+// network).
+func setConnDefaults(cfg *pgx.ConnConfig) {
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
+		cfg.RuntimeParams["application_name"] = "compute"
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+}
+
+// sessionConfig returns the settings of a connection that needs a session
+// of its own (a listener, Migrate's lock): the direct URL's, or else the
+// pool's.
+func (q *Queue) sessionConfig() *pgx.ConnConfig {
+	if q.opts.direct != nil {
+		return q.opts.direct.Copy()
+	}
+	return q.pool.Config().ConnConfig.Copy()
+}
+
+// redactSession is redactError for the errors of connections that may
+// use the direct URL, whose password may differ from the pool's.
+func (q *Queue) redactSession(err error) error {
+	err = redactError(err, q.password)
+	if q.opts.direct != nil {
+		err = redactError(err, q.opts.direct.Password)
+	}
+	return err
+}
+
+// poolerProbePrefix begins the names of the probe's prepared statements.
+const poolerProbePrefix = "compute_pooler_probe_"
+
+// poolerProbeSQL reads the server backend behind a connection and the
+// client port that backend sees: two open connections served by one
+// backend go through a pooler in transaction mode, and a port equal to the
+// connection's own proves it reaches the server directly.
+const poolerProbeSQL = `SELECT pg_backend_pid(), coalesce(inet_client_port(), 0)`
+
+// poolerProbeAttempts bounds the probe's tries when a connection does not
+// prove itself direct: a busy pooler may hand the second connection
+// another server connection than the first just released.
+const poolerProbeAttempts = 3
+
+// pooler is what the probe found out about the pool's connections.
+type pooler struct {
+	// transaction: they go through a pooler in transaction (or statement)
+	// mode, which hands each transaction any of its server connections.
+	transaction bool
+	// losesStatements: that pooler does not carry named prepared
+	// statements from one transaction to the next (PgBouncer before 1.21,
+	// or without max_prepared_statements).
+	losesStatements bool
+}
+
+// probePooler finds out, on two of the pool's connections, whether they
+// go through a pooler in transaction mode, and whether it keeps prepared
+// statements. The first connection prepares a statement of a fresh name
+// and runs it: if the server sees the connection's own port, it is direct
+// and the probe ends there. Otherwise a second connection prepares and
+// runs a statement of the same name, and only then are both dropped. A
+// pooler like PgBouncer reuses the server connection released last, so
+// the second lands where the first ran, and PgBouncer before 1.21 then
+// reports the statement already there (or, on a busy pooler, the first's
+// missing). A pool that may hold only one connection is not probed.
+func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
+	if pool.Config().MaxConns < 2 {
+		return pooler{}, nil
+	}
+	var conns [2]*pgxpool.Conn
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Release()
+			}
+		}
+	}()
+	for range poolerProbeAttempts {
+		name := fmt.Sprintf("%s%016x", poolerProbePrefix, rand.Uint64())
+		var pids [2]int32
+		var err error
+		for i := range conns {
+			if conns[i] == nil {
+				if conns[i], err = pool.Acquire(ctx); err != nil {
+					return pooler{}, err
+				}
+			}
+			var port int32
+			if pids[i], port, err = probeBackend(ctx, conns[i].Conn(), name); err != nil {
+				break
+			}
+			if i == 0 && port != 0 && port == localPort(conns[0].Conn()) {
+				// The server sees this very connection: direct.
+				return pooler{}, conns[0].Conn().Deallocate(ctx, name)
+			}
+		}
+		// Only now, so that the second met the first's statement.
+		// Closing a statement that is not there is no error.
+		for _, c := range conns {
+			if c != nil {
+				err = errors.Join(err, c.Conn().Deallocate(ctx, name))
+			}
+		}
+		switch {
+		case statementLost(err):
+			return pooler{transaction: true, losesStatements: true}, nil
+		case err != nil:
+			return pooler{}, err
+		case pids[0] == pids[1]:
+			return pooler{transaction: true}, nil
+		}
+	}
+	return pooler{}, nil
+}
+
+// probeBackend prepares poolerProbeSQL as name on conn and runs it.
+func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid, port int32, err error) {
+	if _, err := conn.Prepare(ctx, name, poolerProbeSQL); err != nil {
+		return 0, 0, err
+	}
+	err = conn.QueryRow(ctx, name).Scan(&pid, &port)
+	return pid, port, err
+}
+
+// localPort is conn's own TCP port, or 0 on a unix socket.
+func localPort(conn *pgx.Conn) int32 {
+	if addr, ok := conn.PgConn().Conn().LocalAddr().(*net.TCPAddr); ok {
+		return int32(addr.Port)
+	}
+	return 0
+}
+
+// checkPooler probes the pool (see probePooler). Behind a pooler that
+// loses prepared statements, a pool that Open made and that caches them
+// is made again with default_query_exec_mode=exec, which needs none; a
+// caller's pool (New) is never changed: New fails with the fix instead.
+func (q *Queue) checkPooler(ctx context.Context) error {
+	found, err := probePooler(ctx, q.pool)
+	if err != nil {
+		return translate("compute: connect: probing for a pooler", err)
+	}
+	q.behindPooler = found.transaction
+	if !found.losesStatements || q.pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeCacheStatement {
+		return nil
+	}
+	if !q.ownsPool {
+		return fmt.Errorf("compute: new: %w, and %s", ErrTransactionPooler, statementsLostHint)
+	}
+	cfg := q.pool.Config()
+	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return translate("compute: open", err)
+	}
+	q.pool.Close()
+	q.pool = pool
+	q.opts.logger.Info("the connection goes through a pooler in transaction mode that loses prepared statements; using default_query_exec_mode=exec (add it to the connection string to skip this check's reconnect)")
+	return nil
+}
