@@ -183,10 +183,13 @@ func (w *Worker) write(batch []outcome) error {
 		if errors.As(err, &lost) {
 			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "err", lost)
 		} else if err != nil {
+			w.health.failed(&w.health.writesFailing)
 			return err
 		}
 	}
-	w.health.ok(&w.health.write)
+	if len(done)+len(failed) > 0 { // else nothing was sent: no news of the database
+		w.health.ok(&w.health.write, &w.health.writesFailing)
+	}
 	for _, o := range batch {
 		w.running.forget(o.job)
 	}

@@ -135,15 +135,19 @@
 // long reports on a replica, and watch replication slots. Migration 5 makes
 // autovacuum of compute.jobs unthrottled and more frequent.
 //
-// Metrics and health: [WithObserver] sets an [Observer], functions the
-// Queue and its Workers call inline as they enqueue, claim, finish
-// attempts, write outcomes, renew leases, rescue jobs and lose or regain
-// their listener (the module github.com/computeplatform/compute/otelcompute
-// turns them into OpenTelemetry metrics, so this package never links
+// Metrics, traces and health: [WithObserver] sets an [Observer], functions
+// the Queue and its Workers call inline as they enqueue, claim, run and
+// finish attempts, write outcomes, renew leases, rescue jobs and lose or
+// regain their listener; its trace hooks store the enqueuer's trace
+// context with each job ([Job.TraceContext]) and wrap each attempt's
+// handler context (the module
+// github.com/computeplatform/compute/otelcompute turns them into
+// OpenTelemetry metrics and spans, so this package never links
 // OpenTelemetry). [Worker.Health] says whether a worker is live (no
-// handler stuck past its Timeout) and ready (running, and its last
-// statement succeeded within a lease); [Worker.HealthHandler] serves it
-// to /healthz and /readyz probes.
+// handler stuck past its Timeout) and ready (running, its last statement
+// succeeded within a lease, and its claims and outcome writes are not
+// failing for as long); [Worker.HealthHandler] serves it to /healthz and
+// /readyz probes.
 //
 // # Connection poolers
 //

@@ -22,12 +22,13 @@ import (
 // in it would look old to UniqueWithinWindow at its commit (and its delay
 // would count from the transaction's start). run_at is the caller's time
 // when given. Empty keys are stored as NULL, which
-// keeps those jobs out of the partial index jobs_unique. $11 'on' tells the
+// keeps those jobs out of the partial index jobs_unique, and so is an empty
+// trace context ($12). $11 'on' tells the
 // insert trigger to skip its notification (see wakeups); the uncorrelated
 // sub-select runs once, before the trigger, which reads and clears it.
 const insertJobsSQL = insertRows + `
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::timestamptz[],
-            $7::bigint[], $8::integer[], $9::text[], $10::text[])
+            $7::bigint[], $8::integer[], $9::text[], $10::text[], $12::text[])
      AS ` + insertedRow + `
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
@@ -39,7 +40,7 @@ ON CONFLICT (job_id) DO NOTHING`
 // 377 (medians of six alternating sets of 4,000, harness server).
 const insertJobSQL = insertRows + `
 FROM (SELECT $1::bytea, $2::text, $3::text, $4::text, $5::smallint, $6::timestamptz,
-             $7::bigint, $8::integer, $9::text, $10::text)
+             $7::bigint, $8::integer, $9::text, $10::text, $12::text)
      AS ` + insertedRow + `
 WHERE (SELECT set_config('compute.skip_notify', $11, true)) IS NOT NULL
 ON CONFLICT (job_id) DO NOTHING`
@@ -49,13 +50,14 @@ ON CONFLICT (job_id) DO NOTHING`
 // both statements' parameters and in batch.columns.
 const insertRows = `
 INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
-                          priority, run_at, max_attempts, unique_key, partition_key)
+                          priority, run_at, max_attempts, unique_key, partition_key, trace_context)
 SELECT d.job_id, 'queued', d.queue, d.config, d.input_files::varchar[], statement_timestamp(), statement_timestamp(),
        d.priority, coalesce(d.run_at, statement_timestamp() + d.delay_us * interval '1 microsecond'), d.max_attempts,
-       nullif(d.unique_key, ''), nullif(d.partition_key, '')`
+       nullif(d.unique_key, ''), nullif(d.partition_key, ''), nullif(d.trace_context, '')::jsonb`
 
-// insertedRow names the columns of one job's parameters, in parameter order.
-const insertedRow = `d(job_id, queue, config, input_files, priority, run_at, delay_us, max_attempts, unique_key, partition_key)`
+// insertedRow names the columns of one job's parameters, in parameter order
+// ($11 is not a column: the trace context is $12).
+const insertedRow = `d(job_id, queue, config, input_files, priority, run_at, delay_us, max_attempts, unique_key, partition_key, trace_context)`
 
 // returningID makes an insert return the ids it created, for batches with
 // content ids: the rest already existed.
@@ -171,6 +173,8 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 	}
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
+	var end func(error)
+	b.trace, end = q.opts.observer.traceEnqueue(ctx, jobs)
 	start := time.Now()
 	err = q.do(ctx, "compute: enqueue", func(ctx context.Context) error {
 		b.reset()
@@ -179,7 +183,7 @@ func (q *Queue) Submit(ctx context.Context, jobs ...Job) ([]Enqueued, error) {
 		}
 		return q.readCommitted(ctx, func(tx pgx.Tx) error { return b.write(ctx, tx) })
 	})
-	q.opts.observer.enqueued(len(jobs), time.Since(start), err)
+	q.opts.observer.enqueued(len(jobs), time.Since(start), err, end)
 	if b.silent {
 		q.wakeups.owe(queues, false)
 	}
@@ -234,9 +238,11 @@ func (q *Queue) SubmitTx(ctx context.Context, tx pgx.Tx, jobs ...Job) ([]Enqueue
 	// transaction, which only the caller can retry.
 	queues := b.queues()
 	b.silent = q.wakeups.silence(queues)
+	var end func(error)
+	b.trace, end = q.opts.observer.traceEnqueue(ctx, jobs)
 	start := time.Now()
 	err = b.write(ctx, tx)
-	q.opts.observer.enqueued(len(jobs), time.Since(start), err)
+	q.opts.observer.enqueued(len(jobs), time.Since(start), err, end)
 	if b.silent {
 		q.wakeups.owe(queues, true)
 	}
@@ -271,6 +277,11 @@ type submission struct {
 	content bool    // some job has a chosen id
 	batches [][]int // job indexes per insert statement (maxBatchBytes)
 	silent  bool    // the insert trigger skips its notification (wakeups)
+	// traces holds the encoded TraceContext the caller set on a job ("":
+	// none); nil when no job has one. trace is the Observer's carrier,
+	// encoded, for the other jobs ("": none).
+	traces []string
+	trace  string
 }
 
 // queues returns the batch's queue names, each once.
@@ -399,11 +410,13 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 	var (
 		jobIDs                                []([]byte)
 		queues, configs, files, uniques, keys []string
+		traces                                []string
 		priorities                            []int16
 		runAts                                []*time.Time
 		delays                                []int64
 		maxes                                 []int32
 	)
+	traced := b.trace != "" || b.traces != nil
 	for _, i := range idx {
 		if b.results[i].Duplicate {
 			continue
@@ -423,6 +436,13 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 		maxes = append(maxes, int32(cmpOr(j.MaxAttempts, DefaultMaxAttempts)))
 		uniques = append(uniques, j.Unique.Key)
 		keys = append(keys, j.PartitionKey)
+		if traced {
+			trace := b.trace
+			if b.traces != nil && b.traces[i] != "" {
+				trace = b.traces[i]
+			}
+			traces = append(traces, trace)
+		}
 	}
 	skip := ""
 	if b.silent {
@@ -432,9 +452,14 @@ func (b *submission) columns(idx []int) (args []any, one bool) {
 	case 0:
 		return nil, false
 	case 1:
-		return []any{jobIDs[0], queues[0], configs[0], files[0], priorities[0], runAts[0], delays[0], maxes[0], uniques[0], keys[0], skip}, true
+		trace := ""
+		if traced {
+			trace = traces[0]
+		}
+		return []any{jobIDs[0], queues[0], configs[0], files[0], priorities[0], runAts[0], delays[0], maxes[0], uniques[0], keys[0], skip, trace}, true
 	}
-	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip}, false
+	// Untraced, traces is nil, sent as NULL: unnest pads it with NULLs.
+	return []any{jobIDs, queues, configs, files, priorities, runAts, delays, maxes, uniques, keys, skip, traces}, false
 }
 
 // prepare validates every job, assigns ids, finds duplicates within the
@@ -451,10 +476,17 @@ func (q *Queue) prepare(jobs []Job) (*submission, error) {
 	for i := range jobs {
 		j := &jobs[i]
 		if err := validJob(j, q.opts.maxConfig); err != nil {
-			if len(jobs) > 1 {
-				return b, fmt.Errorf("job %d: %w", i, err)
+			return b, jobError(len(jobs), i, err)
+		}
+		if j.TraceContext != nil {
+			enc, err := validTraceContext(j.TraceContext)
+			if err != nil {
+				return b, jobError(len(jobs), i, err)
 			}
-			return b, err
+			if b.traces == nil {
+				b.traces = make([]string, n)
+			}
+			b.traces[i] = enc
 		}
 		b.firstOf[i] = i
 		switch {
@@ -495,4 +527,12 @@ func (q *Queue) prepare(jobs []Job) (*submission, error) {
 	}
 	b.reset()
 	return b, nil
+}
+
+// jobError names job i in err when the batch has more than one.
+func jobError(n, i int, err error) error {
+	if n > 1 {
+		return fmt.Errorf("job %d: %w", i, err)
+	}
+	return err
 }

@@ -30,6 +30,9 @@ type queueState struct {
 	// Concurrency, so the jobs a worker holds (running or unwritten) stay
 	// under twice Concurrency however far the completer falls behind.
 	unwritten atomic.Int32
+	// claimsFailing is when the fetcher's claims began to fail, 0 after a
+	// success (see Health); the fetcher writes it, Health reads it.
+	claimsFailing atomic.Int64
 }
 
 // fetch is one queue's claim loop. It claims as many jobs as there are free
@@ -67,7 +70,9 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 			sent := time.Now() // the leases start no earlier
 			claimed, isGated, err := w.claims.claim(claimsCtx, w.callTimeout(), w.q, qs.name, free)
 			if err == nil {
-				w.health.ok(&w.health.claim)
+				w.health.ok(&w.health.claim, &qs.claimsFailing)
+			} else {
+				w.health.failed(&qs.claimsFailing)
 			}
 			w.obs.claimed(qs.name, len(claimed), time.Since(sent), err)
 			if ctx.Err() != nil {
@@ -169,7 +174,7 @@ func (w *Worker) pollDue(ctx context.Context) {
 			w.logFailure(ctx, "polling for runnable jobs failed; trying again at the next poll", err)
 			continue
 		}
-		w.health.ok(nil)
+		w.health.ok(nil, nil)
 		for _, name := range due {
 			w.wakeQueue(name)
 		}

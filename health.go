@@ -16,10 +16,13 @@ type Health struct {
 	// context), so its slot is lost until the process restarts.
 	Live bool `json:"live"`
 	// Ready is true while Run works (it was called and has not begun to
-	// stop) and the worker's last successful statement is less than one
-	// lease ([WithLease]) old. A running worker sends one at least every
-	// third of a lease (the registry refresh), so a stale one means the
-	// database does not answer it.
+	// stop), the worker's last successful statement is less than one
+	// lease ([WithLease]) old, and neither its claims (of some queue) nor
+	// its outcome writes have been failing for a lease or longer. A
+	// running worker sends a statement at least every third of a lease
+	// (the registry refresh), so a stale one means the database does not
+	// answer it; failing claims or writes mean it answers but the worker
+	// cannot take or finish jobs (a lock, a permission, a trigger).
 	Ready bool `json:"ready"`
 	// Running is true from Run's start until it begins to stop.
 	Running bool `json:"running"`
@@ -34,28 +37,47 @@ type Health struct {
 	LastContact time.Time `json:"last_contact"`
 	LastClaim   time.Time `json:"last_claim"`
 	LastWrite   time.Time `json:"last_write"`
+	// ClaimsFailing is when the claims of some queue began to fail
+	// without a success since (the earliest such queue), WritesFailing
+	// when outcome writes did; zero (and left out of the JSON) while they
+	// succeed.
+	ClaimsFailing time.Time `json:"claims_failing,omitzero"`
+	WritesFailing time.Time `json:"writes_failing,omitzero"`
 	// Running jobs, and those of them that are stuck (see Live).
 	Jobs  int `json:"jobs"`
 	Stuck int `json:"stuck"`
 }
 
 // healthState is what Health reads: the worker's loops store into it
-// (each its own field), Health loads; times are Unix nanoseconds.
+// (each its own field), Health loads; times are Unix nanoseconds. The
+// claims' failures are per queue (queueState.claimsFailing), since one
+// queue's fetcher succeeding says nothing of another's.
 type healthState struct {
-	running   atomic.Bool
-	listening atomic.Bool
-	contact   atomic.Int64
-	claim     atomic.Int64
-	write     atomic.Int64
+	running       atomic.Bool
+	listening     atomic.Bool
+	contact       atomic.Int64
+	claim         atomic.Int64
+	write         atomic.Int64
+	writesFailing atomic.Int64 // the completer's
 }
 
-// ok records a successful statement now, and in also (claim or write).
-func (h *healthState) ok(also *atomic.Int64) {
+// ok records a successful statement now, and in also (claim or write),
+// ending the streak of failures that failing (if not nil) holds.
+func (h *healthState) ok(also, failing *atomic.Int64) {
 	now := time.Now().UnixNano()
 	h.contact.Store(now)
 	if also != nil {
 		also.Store(now)
 	}
+	if failing != nil {
+		failing.Store(0)
+	}
+}
+
+// failed records a failed claim or write: failing holds when their
+// streak of failures began.
+func (h *healthState) failed(failing *atomic.Int64) {
+	failing.CompareAndSwap(0, time.Now().UnixNano())
 }
 
 func unixTime(ns int64) time.Time {
@@ -75,9 +97,18 @@ func (w *Worker) Health() Health {
 		LastClaim:   unixTime(w.health.claim.Load()),
 		LastWrite:   unixTime(w.health.write.Load()),
 	}
+	for _, qs := range w.queues {
+		if since := qs.claimsFailing.Load(); since != 0 && (h.ClaimsFailing.IsZero() || since < h.ClaimsFailing.UnixNano()) {
+			h.ClaimsFailing = unixTime(since)
+		}
+	}
+	h.WritesFailing = unixTime(w.health.writesFailing.Load())
 	h.Jobs, h.Stuck = w.running.stuck(w.queues, handlerReturnWait)
 	h.Live = h.Stuck == 0
-	h.Ready = h.Running && !h.LastContact.IsZero() && time.Since(h.LastContact) < w.q.opts.lease
+	lease := w.q.opts.lease
+	recent := func(t time.Time) bool { return !t.IsZero() && time.Since(t) < lease }
+	failingLong := func(since time.Time) bool { return !since.IsZero() && !recent(since) }
+	h.Ready = h.Running && recent(h.LastContact) && !failingLong(h.ClaimsFailing) && !failingLong(h.WritesFailing)
 	return h
 }
 

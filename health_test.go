@@ -106,3 +106,61 @@ func TestWorkerUnreadyWhileTheDatabaseIsAway(t *testing.T) {
 	p.Blackhole(false)
 	waitUntil(t, liveness, "the worker to be ready again", func() bool { return w.Health().Ready })
 }
+
+// TestWorkerUnreadyWhileClaimsOrWritesFail: a database that answers the
+// worker's other statements (registry, maintenance) but refuses its claims,
+// or its outcome writes, makes the worker unready within about a lease, and
+// ready again once they succeed.
+func TestWorkerUnreadyWhileClaimsOrWritesFail(t *testing.T) {
+	t.Parallel()
+	for _, refused := range []string{"in-progress", "complete"} {
+		t.Run(refused, func(t *testing.T) {
+			t.Parallel()
+			q := newQueue(t, compute.WithLease(2*time.Second))
+			w := startWorker(t, q, compute.WorkerConfig{PollInterval: 100 * time.Millisecond, Queues: map[string]compute.QueueConfig{
+				"q": {Handler: func(context.Context, *compute.Job) ([]string, error) { return nil, nil }},
+			}})
+			waitUntil(t, liveness, "the worker to be ready and listening", func() bool {
+				got := w.Health()
+				return got.Ready && got.Listening
+			})
+			// Updates of a job to the refused status fail: the claim's
+			// (in-progress) or Complete's (complete).
+			mustExec(t, q.Pool(), `CREATE FUNCTION compute.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+				BEGIN
+					IF NEW.status = TG_ARGV[0] THEN RAISE EXCEPTION 'refused by the test'; END IF;
+					RETURN NEW;
+				END $$`)
+			mustExec(t, q.Pool(), `CREATE TRIGGER refuse BEFORE UPDATE ON compute.jobs FOR EACH ROW EXECUTE FUNCTION compute.refuse('`+refused+`')`)
+			enqueue(t, q, compute.Job{Queue: "q"})
+			waitUntil(t, liveness, "the worker to be unready", func() bool { return !w.Health().Ready })
+			got := w.Health()
+			if failing := map[string]time.Time{"in-progress": got.ClaimsFailing, "complete": got.WritesFailing}[refused]; failing.IsZero() || !got.Running {
+				t.Errorf("unready while updates to %s fail: %+v, want running, and the failures' start", refused, got)
+			}
+			mustExec(t, q.Pool(), `DROP TRIGGER refuse ON compute.jobs`)
+			waitUntil(t, liveness, "the worker to be ready again", func() bool { return w.Health().Ready })
+		})
+	}
+}
+
+// TestWorkerNotListeningAfterRun: once Run returned, Health (and so the
+// Observer's listener gauge) no longer says the worker listens.
+func TestWorkerNotListeningAfterRun(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	q := newQueue(t, compute.WithObserver(rec.observer()))
+	w := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"q": {Handler: func(context.Context, *compute.Job) ([]string, error) { return nil, nil }},
+	}})
+	waitUntil(t, liveness, "the listener", func() bool { return w.Health().Listening })
+	w.stop(t)
+	if w.Health().Listening {
+		t.Error("Health says listening after Run returned")
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if n := len(rec.listening); n == 0 || rec.listening[n-1] {
+		t.Errorf("the Observer's listener states %v, want a last false", rec.listening)
+	}
+}

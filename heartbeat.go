@@ -66,7 +66,7 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	if err != nil {
 		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)
 	} else {
-		w.health.ok(nil)
+		w.health.ok(nil, nil)
 	}
 	marked := w.running.renewed(held, sent, err == nil, lost, w.q.opts.lease)
 	w.obs.renewed(len(held), marked, time.Since(sent), err)

@@ -589,3 +589,25 @@ func TestRulesDecideRoomAndWhatHolds(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteOfNothingIsNoContact: an outcome write whose jobs were all
+// lost meanwhile sends no statement, so it must not count as a successful
+// write (or contact) for Health: while the database is away it would keep
+// an unready worker ready.
+func TestWriteOfNothingIsNoContact(t *testing.T) {
+	q := openMigrated(t)
+	w, err := NewWorker(q, WorkerConfig{Queues: map[string]QueueConfig{
+		"q": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()                            // any statement would fail now
+	lost := &Job{Queue: "q", Attempt: 1} // not in the running set: lost
+	if err := w.write([]outcome{{job: lost, qs: w.queues["q"]}}); err != nil {
+		t.Fatalf("write of a lost job: %v, want nil (nothing to send)", err)
+	}
+	if h := w.Health(); !h.LastWrite.IsZero() || !h.LastContact.IsZero() {
+		t.Errorf("a write that sent nothing was recorded: last write %v, last contact %v", h.LastWrite, h.LastContact)
+	}
+}

@@ -84,8 +84,8 @@ const (
 )
 
 // Job is a unit of work. On enqueue the caller sets Queue, Config, InputFiles
-// and, optionally, Priority, RunAt or Delay, MaxAttempts, PartitionKey, and
-// ContentID or Unique; every other field is set by the queue and ignored on
+// and, optionally, Priority, RunAt or Delay, MaxAttempts, PartitionKey,
+// TraceContext, and ContentID or Unique; every other field is set by the queue and ignored on
 // enqueue.
 type Job struct {
 	// Queue names the queue: 1 to 32 characters from a-z, A-Z, 0-9, '_',
@@ -129,6 +129,16 @@ type Job struct {
 	// count and rotate by it; elsewhere it is only stored. At most 256
 	// bytes; empty means none.
 	PartitionKey string
+	// TraceContext is the trace context of the code that enqueued the job
+	// (a propagator's carrier: W3C traceparent and tracestate), so that
+	// the spans of its attempts can link to the producer's span. On
+	// enqueue it is usually left nil and filled by the Observer's
+	// TraceEnqueue; one set by the caller wins, and must be at most 1 KiB
+	// as a JSON object, of storable text (no NUL, valid UTF-8), or the
+	// enqueue fails with [ErrInvalidJob]. A read job has nil when it was
+	// enqueued without one (by plain SQL, say) or the stored value is not
+	// a JSON object of strings.
+	TraceContext map[string]string
 
 	// ID identifies the job.
 	ID JobID

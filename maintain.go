@@ -19,7 +19,7 @@ func (w *Worker) maintain(ctx context.Context) {
 	if n, err := w.q.RequeueStale(callCtx); err != nil {
 		w.logFailure(ctx, "requeue of stale jobs failed", err)
 	} else {
-		w.health.ok(nil)
+		w.health.ok(nil, nil)
 		if n > 0 {
 			w.log.Info("requeued stale jobs", "jobs", n)
 			w.obs.rescued(n)

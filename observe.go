@@ -1,6 +1,9 @@
 package compute
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Observer receives the facts a Queue and its Workers learn as they run:
 // for metrics (the otelcompute module turns them into OpenTelemetry
@@ -50,6 +53,28 @@ type Observer struct {
 	// (reported once at Run's start with PollOnly, or behind a pooler in
 	// transaction mode without WithDirectURL).
 	Listening func(listening bool)
+
+	// TraceEnqueue, for tracing, is called once per Submit or SubmitTx
+	// (and so every Enqueue variant) after the jobs were validated and
+	// before they are written, with the caller's ctx and the jobs it was
+	// given (to read during the call only). It returns the trace context to store with each job that
+	// has no TraceContext of its own (a propagator's carrier, such as W3C
+	// traceparent and tracestate; nil stores none), and end, called with
+	// the call's error once the jobs are written or not (nil: not called).
+	// A carrier that is larger than 1 KiB as JSON, or holds a NUL byte or
+	// invalid UTF-8, is dropped: the jobs are stored without one, since a
+	// trace must never cost a job.
+	TraceEnqueue func(ctx context.Context, jobs []Job) (carrier map[string]string, end func(err error))
+	// TraceAttempt, for tracing, is called as each attempt of a claimed
+	// job starts, in the goroutine that runs its handler, with the
+	// context the handler would get; job.TraceContext is the producer's
+	// carrier, or nil. It returns the context to give the handler instead
+	// (one that carries a span, say; it must not end sooner than ctx),
+	// and end, called once the handler has returned and the worker
+	// decided the attempt's outcome, with that outcome and the handler's
+	// error (nil end: not called). A handler that never returns never
+	// ends. computetest's WorkOne and Drain call it as a Worker does.
+	TraceAttempt func(ctx context.Context, job *Job) (context.Context, func(outcome Outcome, err error))
 }
 
 // Outcome is how an attempt ended, as [Observer].JobFinished reports it.
@@ -70,9 +95,29 @@ const (
 // it; nil (the default) observes nothing.
 func WithObserver(o *Observer) Option { return func(opts *options) { opts.observer = o } }
 
+// Observer returns the Observer set with [WithObserver], or nil: for
+// packages that run a job's attempt outside a Worker (computetest's
+// WorkOne) and report it as a Worker would.
+func (q *Queue) Observer() *Observer { return q.opts.observer }
+
 // The Observer's calls, each a no-op on a nil Observer or field.
 
-func (o *Observer) enqueued(n int, d time.Duration, err error) {
+// traceEnqueue returns the Observer's encoded carrier for a batch of jobs
+// ("" when none, or when it is dropped: see TraceEnqueue) and its end.
+func (o *Observer) traceEnqueue(ctx context.Context, jobs []Job) (string, func(error)) {
+	if o == nil || o.TraceEnqueue == nil {
+		return "", nil
+	}
+	carrier, end := o.TraceEnqueue(ctx, jobs)
+	enc, _ := encodeTraceContext(carrier)
+	return enc, end
+}
+
+// enqueued reports a Submit of n jobs that took d, and ends its trace.
+func (o *Observer) enqueued(n int, d time.Duration, err error, end func(error)) {
+	if end != nil {
+		end(err)
+	}
 	if o != nil && o.Enqueued != nil {
 		o.Enqueued(n, d, err)
 	}
@@ -90,7 +135,21 @@ func (o *Observer) jobStarted(job *Job) {
 	}
 }
 
-func (o *Observer) jobFinished(queue string, outcome Outcome, d time.Duration) {
+// traceAttempt returns the context for job's handler and the end of its
+// trace (nil when not traced).
+func (o *Observer) traceAttempt(ctx context.Context, job *Job) (context.Context, func(Outcome, error)) {
+	if o == nil || o.TraceAttempt == nil {
+		return ctx, nil
+	}
+	return o.TraceAttempt(ctx, job)
+}
+
+// jobFinished reports an attempt's outcome and handler run time d, and
+// ends its trace with the handler's err.
+func (o *Observer) jobFinished(queue string, outcome Outcome, d time.Duration, err error, end func(Outcome, error)) {
+	if end != nil {
+		end(outcome, err)
+	}
 	if o != nil && o.JobFinished != nil {
 		o.JobFinished(queue, outcome, d)
 	}

@@ -46,7 +46,7 @@ func (w *Worker) register(ctx context.Context, timeout time.Duration) {
 	if _, err := w.q.pool.Exec(callCtx, registerWorkerSQL, w.q.opts.workerID, names); err != nil {
 		w.logFailure(ctx, "worker registry update failed", err)
 	} else {
-		w.health.ok(nil)
+		w.health.ok(nil, nil)
 	}
 }
 

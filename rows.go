@@ -16,10 +16,13 @@ import (
 // (claimColumns). octet_length reads only a value's header, even when it
 // is stored out of line, so a claim that leaves out a config too large
 // still tells how large it was. Columns are qualified: statements alias
-// compute.jobs as j.
+// compute.jobs as j. A new job column is added here, in scanJob, in
+// insertRows and in a migration. trace_context is at most 1 KiB (see
+// maxTraceContext) and NULL for most jobs, so reading it costs a claim
+// next to nothing.
 const jobFields = `j.job_id, j.status, j.queue, j.input_files, j.created, j.last_accessed,
 	j.grabbed, j.finished, j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker,
-	j.lease_expires, j.errors, j.unique_key, j.partition_key, j.snoozes, octet_length(j.config)`
+	j.lease_expires, j.errors, j.unique_key, j.partition_key, j.snoozes, j.trace_context, octet_length(j.config)`
 
 // jobColumns is jobFields and the whole config.
 const jobColumns = jobFields + `, j.config`
@@ -38,14 +41,14 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 		created, lastAccessed, runAt    pgtype.Timestamptz
 		grabbed, finished, leaseExpires pgtype.Timestamptz
 		inputs, outputs                 []pgtype.Text
-		errs                            []byte
+		errs, trace                     []byte
 		size                            pgtype.Int4
 	)
 	// Nullable columns scan into pgtype values, not pointers: a pointer per
 	// column is an allocation per column of every claimed job.
 	err := row.Scan(append(before, &id, &j.Status, &j.Queue, &inputs, &created, &lastAccessed,
 		&grabbed, &finished, &outputs, &j.Priority, &runAt, &j.Attempt, &j.MaxAttempts,
-		&worker, &leaseExpires, &errs, &unique, &part, &j.Snoozes, &size, &config)...)
+		&worker, &leaseExpires, &errs, &unique, &part, &j.Snoozes, &trace, &size, &config)...)
 	if err != nil {
 		return nil, err
 	}
@@ -53,6 +56,7 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 	j.Config, j.Worker = config.String, worker.String
 	j.Unique.Key, j.PartitionKey = unique.String, part.String
 	j.Errors = attemptErrors(errs)
+	j.TraceContext = decodeTraceContext(trace)
 	bad := func(column, problem string) {
 		if j.bad == nil {
 			j.bad = &BadRowError{ID: j.ID, Column: column, Problem: problem}

@@ -170,10 +170,13 @@ func (w *Worker) launch(jobs *group, qs *queueState, job *Job, sent time.Time) {
 	jobs.wg.Go(func() {
 		defer cancel(nil)
 		defer qs.release()
+		// The handler's context may carry the Observer's span; finish
+		// reads the cause of the worker's own.
+		handlerCtx, end := w.obs.traceAttempt(ctx, job)
 		start := time.Now()
-		outputs, err := w.call(ctx, qs, job)
+		outputs, err := w.call(handlerCtx, qs, job)
 		outcome := w.finish(ctx, qs, job, outputs, err)
-		w.obs.jobFinished(qs.name, outcome, time.Since(start))
+		w.obs.jobFinished(qs.name, outcome, time.Since(start), err, end)
 	})
 }
 

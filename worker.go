@@ -324,6 +324,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		abortClaims()
 		intake.wg.Wait()
 	}
+	if !w.cfg.PollOnly {
+		w.listening(false) // the listener stopped without saying so
+	}
 	graceOver := !jobs.waitUntil(grace.Done())
 	arm()
 	if graceOver {

@@ -94,7 +94,10 @@ var (
 // the claim. A plain error is retried after the backoff while attempts
 // remain, compute.Permanent fails the job, compute.Snooze queues it again
 // without spending an attempt, and output file names Complete refuses fail
-// the job for good. It fails the test when no job is runnable (listing the
+// the job for good. The attempt is reported to the Queue's Observer
+// ([compute.WithObserver]) as a Worker's is: JobStarted, TraceAttempt
+// (the handler gets its context, so a span) and JobFinished; the claim and
+// the write go through the Queue's own calls, which report nothing. It fails the test when no job is runnable (listing the
 // queue's jobs) or a database call fails, not when the handler does: that
 // is the Outcome.
 //
@@ -136,8 +139,13 @@ func WorkOne(t testing.TB, q *compute.Queue, queue string, h compute.Handler, op
 	}
 	job := claimed[0]
 
+	obs := q.Observer()
+	handlerCtx, end := observeStart(ctx, obs, job)
+	start := time.Now()
 	out := Outcome{}
-	out.Outputs, out.Err = run(ctx, q, job, h, cfg)
+	out.Outputs, out.Err = run(handlerCtx, q, job, h, cfg)
+	ran := time.Since(start)
+	handlerErr := out.Err
 	lost := errors.Is(out.Err, errLeaseLost)
 	recorded := out.Err
 	if !lost {
@@ -155,14 +163,48 @@ func WorkOne(t testing.TB, q *compute.Queue, queue string, h compute.Handler, op
 		out.Result = Complete
 	case stored.Snoozes > job.Snoozes:
 		out.Result = Snoozed // the handler's own error: a Worker does not wrap a Snooze
-		return out
+		recorded = out.Err
 	case stored.Status == compute.StatusFailed:
 		out.Result = Failed
 	default:
 		out.Result = Retried
 	}
 	out.Err = recorded
+	observeEnd(obs, end, job.Queue, out.Result, ran, handlerErr)
 	return out
+}
+
+// outcomes maps WorkOne's results to the Worker's outcomes, for the Observer.
+var outcomes = map[Result]compute.Outcome{
+	Complete: compute.OutcomeComplete, Retried: compute.OutcomeRetry, Snoozed: compute.OutcomeSnoozed,
+	Failed: compute.OutcomeFailed, Lost: compute.OutcomeLost,
+}
+
+// observeStart reports a claimed job to the Queue's Observer as a
+// Worker's job goroutine does (JobStarted, TraceAttempt) and returns the
+// handler's context and the end of the attempt's trace.
+func observeStart(ctx context.Context, obs *compute.Observer, job *compute.Job) (context.Context, func(compute.Outcome, error)) {
+	if obs == nil {
+		return ctx, nil
+	}
+	if obs.JobStarted != nil && !job.Grabbed.IsZero() && !job.RunAt.IsZero() {
+		obs.JobStarted(job.Queue, max(job.Grabbed.Sub(job.RunAt), 0))
+	}
+	if obs.TraceAttempt != nil {
+		return obs.TraceAttempt(ctx, job)
+	}
+	return ctx, nil
+}
+
+// observeEnd reports the attempt's outcome, as a Worker does once the
+// handler returned: its trace ends and JobFinished is called.
+func observeEnd(obs *compute.Observer, end func(compute.Outcome, error), queue string, result Result, ran time.Duration, handlerErr error) {
+	if end != nil {
+		end(outcomes[result], handlerErr)
+	}
+	if obs != nil && obs.JobFinished != nil {
+		obs.JobFinished(queue, outcomes[result], ran)
+	}
 }
 
 // run calls the handler as the Worker's call does, renewing the lease

@@ -26,8 +26,12 @@ const DefaultRefresh = 5 * time.Second
 // statistics ANALYZE keeps), never a count over the finished rows.
 //
 // A collection reads the database at most once per every (0:
-// DefaultRefresh), within the collection's context and at most 5 s; between readings, and
-// after a failed one, it reports the last reading. Register it in one
+// DefaultRefresh), within the collection's context and at most 5 s, and
+// between readings reports the last one. After a failed reading it
+// reports nothing until a reading succeeds: the series go stale (and an
+// alert on their absence can fire) rather than repeat numbers the
+// database no longer confirms, which would hide an outage from an alert
+// on compute.queue.oldest. Register it in one
 // place per process (not per Worker): each registration reads on its own.
 // Unregister the returned registration before closing q. provider nil
 // means the global MeterProvider.
@@ -52,14 +56,21 @@ func ObserveQueues(q *compute.Queue, provider metric.MeterProvider, every time.D
 	r := &queueReader{q: q, every: every}
 	return m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		for _, qi := range r.read(ctx) {
-			for status, n := range qi.Counts {
-				o.ObserveInt64(jobs, n, metric.WithAttributes(attribute.String("queue", qi.Name), attribute.String("status", string(status))))
+			// Every status, 0 when the queue has none: a series that
+			// vanished when a backlog drained would read as missing
+			// data, not as an empty queue.
+			for _, status := range statuses {
+				o.ObserveInt64(jobs, qi.Counts[status], metric.WithAttributes(attribute.String("queue", qi.Name), attribute.String("status", string(status))))
 			}
 			o.ObserveFloat64(oldest, qi.OldestRunnable.Seconds(), metric.WithAttributes(attribute.String("queue", qi.Name)))
 		}
 		return nil
 	}, jobs, oldest)
 }
+
+// statuses are the values of compute.jobs' status attribute.
+var statuses = []compute.Status{compute.StatusQueued, compute.StatusInProgress, compute.StatusComplete,
+	compute.StatusFailed, compute.StatusExpired}
 
 // readTimeout bounds one reading of the queues.
 const readTimeout = 5 * time.Second
@@ -85,8 +96,6 @@ func (r *queueReader) read(ctx context.Context) []compute.QueueInfo {
 	r.at = time.Now()
 	ctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
-	if infos, err := r.q.Queues(ctx, false); err == nil {
-		r.last = infos
-	}
+	r.last, _ = r.q.Queues(ctx, false) // nil after a failure: nothing to report
 	return r.last
 }

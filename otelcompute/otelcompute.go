@@ -1,8 +1,9 @@
 // Package otelcompute records what a compute Queue and its Workers do as
-// OpenTelemetry metrics. It is a module of its own, so a program that
+// OpenTelemetry metrics and traces. It is a module of its own, so a program that
 // imports only compute never downloads or links OpenTelemetry.
 //
-// Three lines give a Queue its metrics:
+// Three lines give a Queue its metrics (and its traces, through the
+// global TracerProvider unless [WithTracerProvider] says otherwise):
 //
 //	obs, err := otelcompute.NewObserver(provider) // nil: the global MeterProvider
 //	q, err := compute.Open(ctx, "", compute.WithObserver(obs))
@@ -39,6 +40,36 @@
 //
 // Claims, writes, renewals and enqueues that fail carry error.type
 // (lease_lost, unavailable or other).
+//
+// # Traces
+//
+// The Observer makes two spans, with the attributes of OpenTelemetry's
+// messaging conventions that fit (messaging.system "compute",
+// messaging.destination.name the queue, messaging.operation.type,
+// messaging.message.id the job id):
+//
+//   - compute.enqueue (kind producer), one per Submit (every Enqueue
+//     variant), a child of the caller's span, with
+//     messaging.batch.message_count, and the queue when the jobs share
+//     one. Its context, injected by the propagator ([WithPropagator];
+//     the global one by default: set W3C trace context with
+//     otel.SetTextMapPropagator), is stored with each job
+//     ([compute.Job.TraceContext]).
+//   - compute.work (kind consumer), one per attempt, the span the
+//     handler's context carries, with compute.job.attempt and
+//     compute.job.outcome ([compute.Outcome]); a retry, a failure or a
+//     lost lease sets an error status and error.type.
+//
+// Each attempt's span starts a trace of its own and links to the
+// producer's compute.enqueue span; it is not its child. A job may run
+// hours after the request that enqueued it, and several times: as
+// children, its attempts would stretch the request's trace over all that
+// time. The messaging conventions require the link and leave the parent
+// optional; otelriver carries the trace context in a job's metadata and
+// links to it too, and OpenTelemetry's Oban integration starts a new
+// trace per job. The producer's baggage, if the propagator carries any,
+// reaches the handler's context. A job enqueued without a trace context
+// (by plain SQL, or before this version) gets a root span without links.
 package otelcompute
 
 import (
@@ -83,10 +114,15 @@ type instruments struct {
 func (in *instruments) note(err error) { in.err = errors.Join(in.err, err) }
 
 // NewObserver returns a [compute.Observer] that records into meters of
-// provider (nil: the global MeterProvider); pass it to
+// provider (nil: the global MeterProvider) and makes the spans of
+// enqueues and attempts (see Traces in the package doc); pass it to
 // [compute.WithObserver]. It fails only when an instrument cannot be
 // made.
-func NewObserver(provider metric.MeterProvider) (*compute.Observer, error) {
+func NewObserver(provider metric.MeterProvider, opts ...Option) (*compute.Observer, error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
 	if provider == nil {
 		provider = otel.GetMeterProvider()
 	}
@@ -126,13 +162,16 @@ func NewObserver(provider metric.MeterProvider) (*compute.Observer, error) {
 	if in.err != nil {
 		return nil, in.err
 	}
-	return in.observer(), nil
+	return in.observer(newTracing(c)), nil
 }
 
-// observer returns the compute.Observer that records into in.
-func (in *instruments) observer() *compute.Observer {
+// observer returns the compute.Observer that records into in and makes
+// spans with tr.
+func (in *instruments) observer(tr *tracing) *compute.Observer {
 	ctx := context.Background()
 	return &compute.Observer{
+		TraceEnqueue: tr.enqueue,
+		TraceAttempt: tr.attempt,
 		Enqueued: func(n int, d time.Duration, err error) {
 			set := in.set("", "", err)
 			in.enqueued.Add(ctx, int64(n), set)

@@ -216,12 +216,18 @@ func TestMetricsOfAWorkerRun(t *testing.T) {
 	if sum["kind=complete"] != 3 || sum["kind=fail"] != 3 {
 		t.Errorf("jobs written: %v, want 3 complete and 3 fail", sum)
 	}
-	if l := gauges[int64](t, got["compute.listener.listening"]); len(l) != 1 || l[""] != 1 {
-		t.Errorf("compute.listener.listening: %v, want 1", l)
+	// Read after Run returned: its listener stopped (that it reported 1
+	// while it ran is TestWorkerNotListeningAfterRun's).
+	if l := gauges[int64](t, got["compute.listener.listening"]); len(l) != 1 || l[""] != 0 {
+		t.Errorf("compute.listener.listening after Run: %v, want 0", l)
 	}
 	jobs := gauges[int64](t, got["compute.jobs"])
 	if jobs["queue=idle,status=queued"] != 1 || jobs["queue=permanent,status=failed"] != 1 {
 		t.Errorf("compute.jobs: %v, want 1 queued in idle and 1 failed in permanent", jobs)
+	}
+	// A drained queue reports 0 queued, not no series.
+	if n, ok := jobs["queue=ok,status=queued"]; !ok || n != 0 {
+		t.Errorf("compute.jobs{queue=ok,status=queued}: %d (reported %t), want 0", n, ok)
 	}
 	if oldest := gauges[float64](t, got["compute.queue.oldest"]); oldest["queue=idle"] < 60 {
 		t.Errorf("compute.queue.oldest: %v, want idle at a minute or more", oldest)
