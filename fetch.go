@@ -26,9 +26,12 @@ type queueState struct {
 	notified chan struct{} // a notification or reconnect
 	freed    chan struct{} // a slot was released or outcomes were written
 	// unwritten counts the queue's finished jobs whose outcome waits for
-	// the completer. The fetcher claims nothing while it reaches
+	// the completer. The fetcher claims nothing while it reaches twice
 	// Concurrency, so the jobs a worker holds (running or unwritten) stay
-	// under twice Concurrency however far the completer falls behind.
+	// under three times Concurrency however far the completer falls
+	// behind. (At Concurrency, claims and outcome writes took turns with
+	// quick handlers: a claim's jobs all finished before their write, and
+	// the fetcher waited for it.)
 	unwritten atomic.Int32
 	// claimsFailing is when the fetcher's claims began to fail, 0 after a
 	// success (see Health); the fetcher writes it, Health reads it.
@@ -262,10 +265,10 @@ func (qs *queueState) release() {
 	signal(qs.freed)
 }
 
-// heldBack reports whether Concurrency of the queue's outcomes wait
+// heldBack reports whether twice Concurrency of the queue's outcomes wait
 // unwritten: its fetcher then claims nothing until the completer writes.
 func (qs *queueState) heldBack() bool {
-	return int(qs.unwritten.Load()) >= cap(qs.slots)
+	return int(qs.unwritten.Load()) >= 2*cap(qs.slots)
 }
 
 // wakeQueue is the listener's hook for a notification about queue.
