@@ -424,19 +424,20 @@ func TestClaimPlanFromAnEmptyTableKeepsTheTidScan(t *testing.T) {
 	}
 }
 
-// TestCompleterDoesNotMakeAHeldBackFetcherWait: a queue whose Concurrency
-// outcomes wait unwritten claims nothing until they are written, so the
-// completer writes them at once instead of waiting out writeGap. The gap is
-// an hour here: the jobs get written only if the completer does not wait.
-// Once the queue runs dry, fewer than Concurrency outcomes may wait out the
-// gap (a claim can find a slot not yet released and take one job), so all
-// but Concurrency-1 jobs must complete.
+// TestCompleterDoesNotMakeAHeldBackFetcherWait: a queue whose twice
+// Concurrency outcomes wait unwritten claims nothing until they are
+// written, so the completer writes them at once instead of waiting out
+// writeGap. The gap is an hour here: the jobs get written only if the
+// completer does not wait. Once the queue runs dry, fewer than twice
+// Concurrency outcomes may wait out the gap (a claim can find a slot not
+// yet released and take one job), so all but 2*Concurrency-1 jobs must
+// complete.
 func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 	// Not parallel: a test of package compute paused in t.Parallel would
 	// count as a leaked goroutine in TestWorkerLeavesNoGoroutinesBehind.
 	ctx := t.Context()
 	q := openMigrated(t)
-	const total = 20
+	const total, concurrency = 20, 2
 	jobs := make([]Job, total)
 	for i := range jobs {
 		jobs[i] = Job{Queue: "held"}
@@ -445,7 +446,7 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, err := NewWorker(q, WorkerConfig{Queues: map[string]QueueConfig{
-		"held": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }, Concurrency: 2},
+		"held": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }, Concurrency: concurrency},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -466,11 +467,11 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 		if err := q.pool.QueryRow(ctx, `SELECT count(*) FROM compute.jobs WHERE status = 'complete'`).Scan(&done); err != nil {
 			t.Fatal(err)
 		}
-		if done >= total-1 {
+		if done >= total-(2*concurrency-1) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d jobs complete after 20 s, want at least %d: the completer waited out its gap while the fetcher was held back", done, total, total-1)
+			t.Fatalf("%d of %d jobs complete after 20 s, want at least %d: the completer waited out its gap while the fetcher was held back", done, total, total-(2*concurrency-1))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
