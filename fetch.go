@@ -166,17 +166,25 @@ func (q *Queue) dueQueues(ctx context.Context, names []string) ([]string, error)
 // workers spread out) it asks which of its queues have runnable jobs
 // (jobs that came without a notification: scheduled ones whose time came,
 // retries, rescued jobs, or any job while the listener is away) and wakes
-// their fetchers. A failed poll is logged and tried again at the next.
+// their fetchers. A failed poll is logged and tried again after a backoff
+// that grows to 30 s, as a failed claim is: while the database is away, a
+// worker neither floods it nor its log (its listener wakes every queue
+// when it reconnects).
 func (w *Worker) pollDue(ctx context.Context) {
 	names := slices.Sorted(maps.Keys(w.queues))
-	for backoff.Sleep(ctx, w.pollWait()) {
+	failures := 0
+	wait := w.pollWait()
+	for backoff.Sleep(ctx, wait) {
 		callCtx, cancel := context.WithTimeout(ctx, w.callTimeout())
 		due, err := w.q.dueQueues(callCtx, names)
 		cancel()
 		if err != nil {
-			w.logFailure(ctx, "polling for runnable jobs failed; trying again at the next poll", err)
+			failures++
+			wait = max(w.pollWait(), backoff.Wait(failures, 30*time.Second))
+			w.logFailure(ctx, "polling for runnable jobs failed; trying again after a backoff", err)
 			continue
 		}
+		failures, wait = 0, w.pollWait()
 		w.health.ok(nil, nil)
 		for _, name := range due {
 			w.wakeQueue(name)

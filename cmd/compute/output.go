@@ -111,18 +111,6 @@ func stamp(t time.Time) string {
 	return t.UTC().Format("2006-01-02 15:04:05Z")
 }
 
-// dur formats a duration for tables, rounded to what a person reads.
-func dur(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "-"
-	case d < time.Second:
-		return d.Round(time.Millisecond).String()
-	default:
-		return d.Round(time.Second).String()
-	}
-}
-
 // dash shows an empty value as "-".
 func dash(s string) string {
 	if s == "" {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/computeplatform/compute"
+	diag "github.com/computeplatform/compute/internal/doctor"
 )
 
 // rulesJSON is a queue's rules in --output json; durations in seconds.
@@ -120,7 +121,7 @@ func runQueuesList(e *env, path string, args []string) error {
 		}
 		rows[i] = []string{qi.Name, paused, strconv.FormatInt(qi.Counts[compute.StatusQueued], 10), strconv.FormatInt(qi.Runnable, 10),
 			strconv.FormatInt(qi.Counts[compute.StatusInProgress], 10), strconv.FormatInt(qi.Counts[compute.StatusFailed], 10),
-			fin(compute.StatusComplete), fin(compute.StatusExpired), strconv.Itoa(qi.Workers), dur(qi.OldestRunnable), rulesText(qi.Settings)}
+			fin(compute.StatusComplete), fin(compute.StatusExpired), strconv.Itoa(qi.Workers), diag.Duration(qi.OldestRunnable), rulesText(qi.Settings)}
 	}
 	return table(e.stdout, []string{"QUEUE", "PAUSED", "QUEUED", "RUNNABLE", "RUNNING", "FAILED", "COMPLETE", "EXPIRED", "WORKERS", "OLDEST RUNNABLE", "RULES"}, rows)
 }

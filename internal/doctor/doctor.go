@@ -73,9 +73,9 @@ func errCheck(name string, err error) Check {
 	return Check{Name: name, Status: Fail, Detail: detail}
 }
 
-// dur formats a duration to the millisecond below a second, else to the
+// Duration formats a duration to the millisecond below a second, else to the
 // second.
-func dur(d time.Duration) string {
+func Duration(d time.Duration) string {
 	switch {
 	case d <= 0:
 		return "-"
@@ -154,7 +154,7 @@ func checkHorizon(ctx context.Context, q *compute.Queue) Check {
 	case h == nil:
 		return Check{Name: name, Status: OK, Detail: "nothing holds back vacuum"}
 	}
-	detail := fmt.Sprintf("oldest holder: %s %s (%s), %d transactions behind, held %s", h.Kind, h.Who, h.Detail, h.XIDs, dur(h.Held))
+	detail := fmt.Sprintf("oldest holder: %s %s (%s), %d transactions behind, held %s", h.Kind, h.Who, h.Detail, h.XIDs, Duration(h.Held))
 	if h.Held >= horizonWarn {
 		return Check{name, Warn, detail,
 			"end it (pg_terminate_backend, or drop the slot); set idle_in_transaction_session_timeout for application roles"}
@@ -200,10 +200,10 @@ func checkLeases(ctx context.Context, q *compute.Queue) Check {
 	case n == 0:
 		return Check{Name: name, Status: OK, Detail: "no running job is past its lease"}
 	case oldest >= staleLeaseFail:
-		return Check{name, Fail, fmt.Sprintf("%d running job(s) past their lease, the oldest by %s: nobody hands them back", n, dur(oldest)),
+		return Check{name, Fail, fmt.Sprintf("%d running job(s) past their lease, the oldest by %s: nobody hands them back", n, Duration(oldest)),
 			"start a worker (any worker's maintenance round rescues every queue), or call Queue.RequeueStale"}
 	}
-	return Check{name, Warn, fmt.Sprintf("%d running job(s) past their lease by at most %s", n, dur(oldest)),
+	return Check{name, Warn, fmt.Sprintf("%d running job(s) past their lease by at most %s", n, Duration(oldest)),
 		"a running worker hands them back within its MaintenanceInterval; run doctor again if this stays"}
 }
 
@@ -220,7 +220,7 @@ func checkBacklogs(ctx context.Context, q *compute.Queue) Check {
 		case qi.Settings.Paused:
 			paused = append(paused, qi.Name)
 		case qi.Workers == 0:
-			orphaned = append(orphaned, fmt.Sprintf("%s (%d runnable, oldest %s)", qi.Name, qi.Runnable, dur(qi.OldestRunnable)))
+			orphaned = append(orphaned, fmt.Sprintf("%s (%d runnable, oldest %s)", qi.Name, qi.Runnable, Duration(qi.OldestRunnable)))
 		}
 	}
 	if len(orphaned) > 0 {
