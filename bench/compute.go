@@ -153,7 +153,7 @@ func (s *computeSystem) steady(ctx context.Context, cfg steadyConfig) (steadyRes
 		var id compute.JobID
 		err := pgx.BeginFunc(ctx, producer.Pool(), func(tx pgx.Tx) error {
 			var err error
-			id, err = producer.EnqueueTx(ctx, tx, compute.Job{Queue: benchQueue, Config: numConfig(i)})
+			id, err = producer.EnqueueTx(ctx, tx, compute.Job{Queue: benchQueue, Config: numConfig(i), ContentID: cfg.hashIDs})
 			return err
 		})
 		if err == nil {

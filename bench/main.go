@@ -58,6 +58,7 @@ type options struct {
 	userJobs   string // (u) sizes, comma-separated
 	userSizes  []int  // parsed -user-jobs
 	userIDs    string // (u) compute's job ids: random or sequential
+	steadyIDs  string // (c) compute's job ids: uuidv7 (the default) or hash (ContentID)
 	userShapes string // (u) which of userVariants run: "1,2", "1" or "2"
 	statements int    // (u) top statements of pg_stat_statements to print per phase; 0: none
 	profileDir string // (u) where the worker processes write CPU, block and mutex profiles
@@ -151,6 +152,7 @@ func parseFlags() options {
 	flag.IntVar(&o.rssJobs, "rss-jobs", 1_000_000, "burn-down size of the RSS measurement (0 skips it)")
 	flag.StringVar(&o.userJobs, "user-jobs", "100k,200k", "(u) burn-down sizes, comma-separated")
 	flag.StringVar(&o.userShapes, "user-shapes", "1,2", "(u) shapes to run: 1 = pgxpool's default pool and concurrency 1,000, 2 = pool 10 and concurrency 2,000")
+	flag.StringVar(&o.steadyIDs, "steady-ids", "uuidv7", "(c) compute's job ids: uuidv7 (the library's default, time-ordered) or hash (ContentID: a hash of the config, spread at random over the index, as seed 002's job hashes are)")
 	flag.StringVar(&o.userIDs, "user-ids", "random", "(u) compute's job ids: random (uuid_send(gen_random_uuid())) or sequential (a big-endian counter)")
 	flag.IntVar(&o.statements, "statements", 0, "(u) print the top N statements of pg_stat_statements of every phase on stderr (preloads it in (u)'s own server)")
 	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block and mutex profiles")
@@ -173,7 +175,7 @@ func parseFlags() options {
 	flag.IntVar(&o.floodProducers, "flood-producers", 32, "(f) producer goroutines, each with its own connection")
 	flag.DurationVar(&o.floodTime, "flood-time", 5*time.Second, "(f) how long the producers enqueue")
 	flag.StringVar(&o.only, "only", "a,b,c,d,e,f,u,rss", "workloads to run, comma-separated")
-	flag.StringVar(&o.systems, "systems", "compute,River", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios")
+	flag.StringVar(&o.systems, "systems", "compute,River,ceiling", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios; ceiling adds the bare Claim+Complete loop to (u)")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")
@@ -212,6 +214,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-user-jobs: %w", err)
 	}
 	switch {
+	case o.steadyIDs != "uuidv7" && o.steadyIDs != "hash":
+		return fmt.Errorf("-steady-ids %q: want uuidv7 or hash", o.steadyIDs)
 	case o.userIDs != "random" && o.userIDs != "sequential":
 		return fmt.Errorf("-user-ids %q: want random or sequential", o.userIDs)
 	case slices.Contains(o.userSizes, 0):

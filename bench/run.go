@@ -152,7 +152,7 @@ func run(ctx context.Context, o options) error {
 			progressf("FAILED: %s, %s: %v", what, name, err)
 		}
 	}
-	scfg := steadyConfig{rate: o.rate, producers: o.producers, warmup: o.warmup, duration: o.steady, drain: o.drain}
+	scfg := steadyConfig{rate: o.rate, producers: o.producers, warmup: o.warmup, duration: o.steady, drain: o.drain, hashIDs: o.steadyIDs == "hash"}
 	for r := range o.runs {
 		// Alternate which system goes first, so slow drift of the machine
 		// (other load, the server's caches) does not favour one of them.
@@ -387,12 +387,12 @@ func child(ctx context.Context, o options) error {
 		err error
 	)
 	switch o.system {
-	case "compute":
+	case "compute", "ceiling":
 		s, err = openCompute(ctx, o.db, o.workers, 1, o.logger(), o.verbose)
 	case "river":
 		s, err = openRiver(ctx, o.db, o.workers, 1, o.logger())
 	default:
-		return fmt.Errorf("-system %q: want compute or river", o.system)
+		return fmt.Errorf("-system %q: want compute, ceiling or river", o.system)
 	}
 	if err != nil {
 		return err
@@ -400,7 +400,16 @@ func child(ctx context.Context, o options) error {
 	defer s.close()
 	_, base := memStatus()
 	cpu := selfCPU()
-	b, err := s.burnDown(ctx, o.jobs)
+	var b burnResult
+	if o.system == "ceiling" {
+		// (u)'s bare loop: a goroutine per pool connection, as many
+		// claims in flight as the pool allows.
+		cs := s.(*computeSystem)
+		b.handled = o.jobs
+		b.elapsed, err = cs.ceiling(ctx, o.jobs, int(cs.q.Pool().Config().MaxConns), o.ceilingBatch)
+	} else {
+		b, err = s.burnDown(ctx, o.jobs)
+	}
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ type steadyConfig struct {
 	warmup    time.Duration // how long they run before the measured part
 	duration  time.Duration // how long they run after the warm-up
 	drain     time.Duration // how long to wait afterwards for the rest
+	hashIDs   bool          // compute's jobs get ContentID ids (-steady-ids hash)
 }
 
 // steadyResult is what one steady-state run measured.

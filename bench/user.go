@@ -124,7 +124,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		}
 	}()
 	var s system
-	if name == "compute" {
+	if name == "compute" || name == "ceiling" {
 		var cs *computeSystem
 		if cs, err = openCompute(ctx, conn, v.workers, 1, o.logger(), false); err == nil {
 			s, err = cs, cs.migrate(ctx)
@@ -138,7 +138,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	if s != nil {
 		defer s.close()
 	}
-	if err == nil && name == "compute" && o.computeSQL != "" {
+	if err == nil && name != "River" && o.computeSQL != "" {
 		_, err = s.(*computeSystem).q.Pool().Exec(ctx, o.computeSQL)
 	}
 	if err != nil {
@@ -146,7 +146,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	}
 	pool := systemPool(s)
 	if err := insertBatches(ctx, name+" plain-SQL insert", n, o.loadBatch, func(ctx context.Context, from, to int) error {
-		_, err := pool.Exec(ctx, plainInsertSQL(name, o.userIDs), from, to-1)
+		_, err := pool.Exec(ctx, plainInsertSQL(schemaOf(name), o.userIDs), from, to-1)
 		return err
 	}); err != nil {
 		return userResult{}, err
@@ -177,7 +177,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		return userResult{}, err
 	}
 	var seconds float64
-	if err := pool.QueryRow(ctx, dbClockSQL(name)).Scan(&seconds); err != nil {
+	if err := pool.QueryRow(ctx, dbClockSQL(schemaOf(name))).Scan(&seconds); err != nil {
 		return userResult{}, fmt.Errorf("read the database's clock: %w", err)
 	}
 	if seconds <= 0 {
@@ -193,6 +193,15 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		err = printWAL(ctx, pool)
 	}
 	return r, err
+}
+
+// schemaOf is the schema a system of workload (u) works on: the bare
+// loop (ceiling) works compute's.
+func schemaOf(name string) string {
+	if name == "ceiling" {
+		return "compute"
+	}
+	return name
 }
 
 // systemPool is the pool of s, for the plain SQL of workload (u).
@@ -326,9 +335,9 @@ func runUser(ctx context.Context, o options, res *results) error {
 				if !listed(o.userShapes, strconv.Itoa(vi+1)) {
 					continue
 				}
-				order := []string{"compute", "River"}
+				order := []string{"compute", "River", "ceiling"}
 				if turn%2 == 1 {
-					order = []string{"River", "compute"}
+					order = []string{"River", "compute", "ceiling"}
 				}
 				turn++
 				for _, name := range order {
@@ -406,6 +415,11 @@ func printUser(out io.Writer, o options, res *results) {
 			c, r := field(userKey{"compute", n, v}, perSec), field(userKey{"River", n, v}, perSec)
 			row(fmt.Sprintf("%s jobs, %s: jobs/s", human(n), v), cell(c, rate), cell(r, rate), ratioCell(c, r),
 				"compute/River ≥ 2", met(c, r, func(c, r float64) bool { return c >= 2*r }))
+			if e := field(userKey{"ceiling", n, v}, perSec); len(e) > 0 {
+				row("    bare Claim+Complete loop (e), a goroutine per connection: jobs/s", cell(e, rate), cell(r, rate), ratioCell(e, r),
+					"", "")
+				row("    the Worker ÷ the bare loop", ratioCell(c, e), "", "", "≥ 0.85", met(c, e, func(c, e float64) bool { return c >= 0.85*e }))
+			}
 			c, r = field(userKey{"compute", n, v}, cpu), field(userKey{"River", n, v}, cpu)
 			row("    worker CPU ms per 1,000 jobs", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
 			c, r = field(userKey{"compute", n, v}, rss), field(userKey{"River", n, v}, rss)
@@ -418,7 +432,7 @@ func printUser(out io.Writer, o options, res *results) {
 	fmt.Fprintln(out, "\nPer run (in run order), jobs/s:")
 	for _, n := range o.userSizes {
 		for _, v := range userVariants {
-			for _, sys := range []string{"compute", "River"} {
+			for _, sys := range []string{"compute", "River", "ceiling"} {
 				if xs := field(userKey{sys, n, v}, perSec); len(xs) > 0 {
 					fmt.Fprintf(out, "  (u) %s jobs, %s, %-8s %s\n", human(n), v, sys+":", list(xs, rate))
 				}
