@@ -53,6 +53,12 @@ func (oq *outcomeQueue) empty() bool {
 	return len(oq.items) == 0
 }
 
+// completers is how many completer loops a Worker runs. While one writes,
+// the next takes what finished meanwhile and writes it alongside: with one,
+// a burn-down's outcomes waited for the write before, and the worker ran
+// no faster than one Complete statement at a time.
+const completers = 2
+
 // maxWrite caps the outcomes one completer round writes.
 const maxWrite = 5000
 
@@ -68,22 +74,24 @@ const maxWrite = 5000
 // of new jobs is not delayed.
 const writeGap = 5 * time.Millisecond
 
-// writeOutcomes is the completer loop: it writes queued outcomes in batches,
-// one Complete and one Fail statement per round, rounds at least writeGap
-// apart (outcomes that arrive meanwhile go into the next one).
+// writeOutcomes is a completer loop (Run starts completers of them): it
+// writes queued outcomes in batches, one Complete and one Fail statement
+// per round. Rounds start at least writeGap apart, counting the other
+// loops' rounds (outcomes that arrive meanwhile go into the next one), so
+// under light load the loops write no more often than one would; when a
+// round takes longer, the next loop starts the next round beside it.
 // Failed writes are retried with backoff; after ctx ends it drains what is
 // queued, until w.final ends (stopGiveUp after the grace period): then it
 // logs the jobs it could not write (their leases expire and they run
 // again elsewhere) and returns.
 func (w *Worker) writeOutcomes(ctx context.Context) {
-	var last time.Time // when the last round started
 	for {
 		select {
 		case <-w.outcomes.added:
 		case <-ctx.Done():
 		}
-		w.gather(ctx, w.writeGap-time.Since(last))
-		last = time.Now()
+		w.gather(ctx, w.writeGap-time.Since(time.Unix(0, w.lastRound.Load())))
+		w.lastRound.Store(time.Now().UnixNano())
 		// At most maxWrite outcomes per round, so one write stays well
 		// inside its timeout however far the completer fell behind.
 		batch, more := w.outcomes.take(maxWrite)
@@ -143,14 +151,7 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 }
 
 // heldBack reports whether some queue's fetcher waits for the completer.
-func (w *Worker) heldBack() bool {
-	for _, qs := range w.queues {
-		if qs.heldBack() {
-			return true
-		}
-	}
-	return false
-}
+func (w *Worker) heldBack() bool { return w.heldQueues.Load() > 0 }
 
 // write sends one batch of outcomes and forgets the jobs it wrote. Jobs whose
 // lease was lost meanwhile are skipped; a LeaseLostError from the database
@@ -170,14 +171,14 @@ func (w *Worker) write(batch []outcome) error {
 	}
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
-	w.writing.Lock()
+	w.writing.RLock()
 	start := time.Now()
 	errDone := w.q.Complete(ctx, done...)
 	w.obs.wrote("complete", len(done), time.Since(start), errDone)
 	start = time.Now()
 	errFailed := w.q.Fail(ctx, failed...)
 	w.obs.wrote("fail", len(failed), time.Since(start), errFailed)
-	w.writing.Unlock()
+	w.writing.RUnlock()
 	for _, err := range []error{errDone, errFailed} {
 		var lost *LeaseLostError
 		if errors.As(err, &lost) {
@@ -195,7 +196,7 @@ func (w *Worker) write(batch []outcome) error {
 	}
 	var last *queueState
 	for _, o := range batch {
-		o.qs.unwritten.Add(-1)
+		w.addUnwritten(o.qs, -1)
 		if o.qs != last { // batches are mostly one queue's: one signal each
 			signal(o.qs.freed)
 			last = o.qs

@@ -107,13 +107,20 @@ type Worker struct {
 	horizonChecked time.Time
 	// writeGap is the package's writeGap; tests of the completer widen it.
 	writeGap time.Duration
-	// writing is held while the completer or the heartbeat loop sends its
+	// writing is held while a completer loop (shared: their outcomes are
+	// of different jobs) or the heartbeat loop (alone) sends its
 	// statements. Both update this worker's rows, and PostgreSQL locks
 	// the rows of an UPDATE ... FROM unnest(...) in no fixed order, so the
 	// two deadlocked when they overlapped on a job that finished during a
 	// renewal (seen in the bench's steady state; each deadlock stalls both
 	// for deadlock_timeout, a second by default, before one is retried).
-	writing sync.Mutex
+	writing sync.RWMutex
+	// heldQueues counts the queues whose fetchers are held back by their
+	// unwritten outcomes (addUnwritten keeps it).
+	heldQueues atomic.Int32
+	// lastRound is when the latest completer round started (UnixNano):
+	// the completer loops share the gap between rounds.
+	lastRound atomic.Int64
 
 	// stop is closed by Shutdown; shutdownCtx is Shutdown's deadline. Run
 	// reads both; stopOnce guards the close.
@@ -295,7 +302,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	writers.Go(w.heartbeat)
 	writers.Go(w.refreshRegistry)
-	writers.Go(w.writeOutcomes)
+	for range completers {
+		writers.Go(w.writeOutcomes)
+	}
 	w.log.Info("worker started", "queues", len(w.queues))
 
 	grace, endGrace := w.gracePeriod(ctx)

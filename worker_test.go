@@ -1165,3 +1165,54 @@ func TestWorkerRefusesAQueueAnotherWorkerOfItsQueueServes(t *testing.T) {
 	awaitStatus(t, q, enqueue(t, q, compute.Job{Queue: "a"}), compute.StatusComplete)
 	again.stop(t)
 }
+
+// TestWorkerWritesOtherOutcomesWhileOneWriteWaits checks that the Worker
+// writes outcomes in more than one statement at a time: a Complete that
+// waits (here for a row lock an operator's transaction holds on its job)
+// does not hold up the outcomes of the jobs that finish after it. With one
+// completer loop, job B's completion waited behind job A's blocked write;
+// and in a burn-down the Worker wrote no faster than one Complete statement
+// at a time.
+func TestWorkerWritesOtherOutcomesWhileOneWriteWaits(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	pool := q.Pool()
+	finishA := make(chan struct{})
+	r := startWorker(t, q, compute.WorkerConfig{Queues: map[string]compute.QueueConfig{
+		"overlap": {Concurrency: 10, Handler: func(ctx context.Context, job *compute.Job) ([]string, error) {
+			if job.Config == "A" {
+				<-finishA
+			}
+			return nil, nil
+		}},
+	}})
+	defer r.stop(t)
+	a := enqueue(t, q, compute.Job{Queue: "overlap", Config: "A"})
+	awaitStatus(t, q, a, compute.StatusInProgress)
+
+	// Lock A's row, then let its handler return: the write of its outcome
+	// waits for the lock.
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	mustExec(t, tx, `SELECT 1 FROM compute.jobs WHERE job_id = $1 FOR UPDATE`, a[:])
+	close(finishA)
+	waitUntil(t, liveness, "A's Complete to wait for the row lock", func() bool {
+		return queryOne[int64](t, pool, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+  AND query LIKE '%SET status = ''complete''%'`) == 1
+	})
+
+	b := enqueue(t, q, compute.Job{Queue: "overlap", Config: "B"})
+	awaitStatus(t, q, b, compute.StatusComplete)
+	if got := status(t, q, a); got != compute.StatusInProgress {
+		t.Fatalf("A is %s while its row is locked, want in-progress", got)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	awaitStatus(t, q, a, compute.StatusComplete)
+}
