@@ -276,7 +276,25 @@ func (qs *queueState) release() {
 // heldBack reports whether twice Concurrency of the queue's outcomes wait
 // unwritten: its fetcher then claims nothing until the completer writes.
 func (qs *queueState) heldBack() bool {
-	return int(qs.unwritten.Load()) >= 2*cap(qs.slots)
+	return int(qs.unwritten.Load()) >= qs.holdAt()
+}
+
+// holdAt is the count of unwritten outcomes that holds the fetcher back.
+func (qs *queueState) holdAt() int { return 2 * cap(qs.slots) }
+
+// addUnwritten counts n outcomes queued (n > 0) or written (n < 0), and
+// keeps the worker's count of held-back queues (w.heldQueues): each
+// crossing of holdAt is seen by exactly one Add, so the completer learns
+// whether any fetcher waits for it without looking at every queue.
+func (w *Worker) addUnwritten(qs *queueState, n int32) {
+	now := int(qs.unwritten.Add(n))
+	was := now - int(n)
+	switch at := qs.holdAt(); {
+	case was < at && now >= at:
+		w.heldQueues.Add(1)
+	case was >= at && now < at:
+		w.heldQueues.Add(-1)
+	}
 }
 
 // wakeQueue is the listener's hook for a notification about queue.

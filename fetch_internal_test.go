@@ -647,3 +647,53 @@ func TestWorkerOfOneQueuePollsByClaiming(t *testing.T) {
 		t.Errorf("a worker of one queue sent %d poll or batched claim statements, want none", n)
 	}
 }
+
+// TestHeldQueuesCountsEachCrossingOnce: the completer asks whether any
+// fetcher waits for it by a count of held-back queues, not by looking at
+// every queue. Outcomes queued and written from many goroutines at once
+// must leave that count equal to what the queues' own counts say.
+func TestHeldQueuesCountsEachCrossingOnce(t *testing.T) {
+	w := &Worker{}
+	a := &queueState{slots: make(chan struct{}, 3)} // held back at 6
+	b := &queueState{slots: make(chan struct{}, 1)} // held back at 2
+	check := func(when string) {
+		t.Helper()
+		want := int32(0)
+		for _, qs := range []*queueState{a, b} {
+			if qs.heldBack() {
+				want++
+			}
+		}
+		if got := w.heldQueues.Load(); got != want {
+			t.Fatalf("%s: %d queues counted as held back, want %d (a has %d unwritten, b %d)",
+				when, got, want, a.unwritten.Load(), b.unwritten.Load())
+		}
+	}
+	w.addUnwritten(a, 5)
+	check("a below its mark")
+	w.addUnwritten(a, 1)
+	check("a at its mark")
+	w.addUnwritten(b, 3)
+	check("both held back")
+	w.addUnwritten(a, -6)
+	check("a written")
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		qs := []*queueState{a, b}[g%2]
+		wg.Go(func() {
+			for i := range 2000 {
+				if i%3 == 2 {
+					w.addUnwritten(qs, -1)
+				} else {
+					w.addUnwritten(qs, 1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	check("after concurrent queuing and writing")
+	w.addUnwritten(a, -a.unwritten.Load())
+	w.addUnwritten(b, -b.unwritten.Load())
+	check("everything written")
+}

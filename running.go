@@ -246,7 +246,7 @@ func (w *Worker) finish(ctx context.Context, qs *queueState, job *Job, outputs [
 		result = OutcomeSnoozed
 	}
 	w.running.markFinished(job)
-	qs.unwritten.Add(1)
+	w.addUnwritten(qs, 1)
 	w.outcomes.push(o)
 	return result
 }
