@@ -201,6 +201,9 @@ func cleanError(msg string) string {
 // statements pass one literal per job in a text[] and cast each to
 // varchar[], because a parameter cannot be a ragged two-dimensional array.
 func arrayLiteral(names []string) string {
+	if len(names) == 0 {
+		return "{}" // most jobs name no file: no builder, no allocation
+	}
 	var b strings.Builder
 	b.WriteByte('{')
 	for i, n := range names {
