@@ -131,8 +131,11 @@ type jobsData struct {
 	First  bool   // whether this is the first page
 	// Bulk says which bulk actions the filter allows.
 	CanCancel, CanRetry, CanDelete bool
-	Empty                          bool // the filter is empty (bulk needs one)
-	Message                        string
+	// NoAll hides "all matching": the filter is empty (a bulk action
+	// needs one), or names one job by id, which the *Matching calls do
+	// not take, so they would act on far more than the page lists.
+	NoAll   bool
+	Message string
 }
 
 func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
@@ -142,7 +145,7 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// No live feed here: a refresh would lose the rows a user selected.
-	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("after") == "", Message: r.FormValue("msg")}
+	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("after") == "", Message: h.message(r)}
 	if f.ID != "" {
 		id, err := compute.ParseJobID(f.ID)
 		if err != nil {
@@ -172,7 +175,7 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 			d.Next = d.Jobs[pageSize-1].ID.String()
 		}
 	}
-	d.Empty = f.Filter == compute.Filter{}
+	d.NoAll = f.Filter == compute.Filter{} || f.ID != ""
 	s := f.Status
 	d.CanCancel = s == "" || s == compute.StatusQueued || s == compute.StatusInProgress
 	d.CanRetry = s == "" || s == compute.StatusFailed
@@ -196,7 +199,7 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return &errBadRequest{err.Error()}
 	}
-	d := jobData{liveFrom: h.head(ctx, url.Values{"job": {id.String()}}.Encode()), Message: r.FormValue("msg")}
+	d := jobData{liveFrom: h.head(ctx, url.Values{"job": {id.String()}}.Encode()), Message: h.message(r)}
 	if d.Job, err = h.q.Get(ctx, id); err != nil {
 		return err
 	}
@@ -232,14 +235,14 @@ func (h *Handler) jobAction(a Action) func(http.ResponseWriter, *http.Request) e
 			err = h.q.Retry(ctx, id)
 		case ActionDelete:
 			if err = h.q.Delete(ctx, id); err == nil {
-				h.seeOther(w, r, "/jobs?msg="+url.QueryEscape("Deleted job "+id.String()))
+				h.seeOther(w, r, "/jobs", "Deleted job "+id.String())
 				return nil
 			}
 		}
 		if err != nil {
 			return err
 		}
-		h.seeOther(w, r, "/jobs/"+id.String()+"?msg="+url.QueryEscape(pastTense[a]+" the job"))
+		h.seeOther(w, r, "/jobs/"+id.String(), pastTense[a]+" the job")
 		return nil
 	}
 }
@@ -314,7 +317,7 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 					n++
 				}
 			}
-			h.seeOther(w, r, back+"&msg="+url.QueryEscape(fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["id"]))))
+			h.seeOther(w, r, back, fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["id"])))
 			return nil
 		}
 		if f.Filter == (compute.Filter{}) {
@@ -342,7 +345,7 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 		if err != nil {
 			return fmt.Errorf("%s: %d job(s) changed before: %w", a, n, err)
 		}
-		h.seeOther(w, r, back+"&msg="+url.QueryEscape(fmt.Sprintf("%s %d job(s)", pastTense[a], n)))
+		h.seeOther(w, r, back, fmt.Sprintf("%s %d job(s)", pastTense[a], n))
 		return nil
 	}
 }
@@ -366,7 +369,7 @@ type queueData struct {
 func (h *Handler) queue(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	name := r.PathValue("name")
-	d := queueData{liveFrom: h.head(ctx, url.Values{"queue": {name}}.Encode()), Message: r.FormValue("msg")}
+	d := queueData{liveFrom: h.head(ctx, url.Values{"queue": {name}}.Encode()), Message: h.message(r)}
 	queues, err := h.q.Queues(ctx, false)
 	if err != nil {
 		return err
@@ -398,7 +401,7 @@ func (h *Handler) pause(paused bool) func(http.ResponseWriter, *http.Request) er
 		if err != nil {
 			return err
 		}
-		h.seeOther(w, r, "/queues/"+url.PathEscape(name)+"?msg="+msg)
+		h.seeOther(w, r, "/queues/"+url.PathEscape(name), msg)
 		return nil
 	}
 }
@@ -440,7 +443,7 @@ func (h *Handler) settings(w http.ResponseWriter, r *http.Request) error {
 	if err := h.q.SetQueueSettings(r.Context(), name, s); err != nil {
 		return err
 	}
-	h.seeOther(w, r, "/queues/"+url.PathEscape(name)+"?msg=Saved+the+settings")
+	h.seeOther(w, r, "/queues/"+url.PathEscape(name), "Saved the settings")
 	return nil
 }
 

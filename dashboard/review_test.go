@@ -1,0 +1,324 @@
+package dashboard_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/computeplatform/compute"
+	"github.com/computeplatform/compute/dashboard"
+	"github.com/jackc/pgx/v5"
+)
+
+// TestQueueNamesAreEscapedInPaths: a queue name written by plain SQL may
+// hold '?', '/' or '#'; in a link or a form's action it must stay one path
+// segment, or the Pause button of a crafted queue posts somewhere else.
+func TestQueueNamesAreEscapedInPaths(t *testing.T) {
+	q := newQueue(t)
+	ids, err := q.EnqueueMany(t.Context(), []compute.Job{{Queue: "mail"}, {Queue: "mail"}, {Queue: "mail"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unescaped, crafted's links would lead to /jobs/delete, and odd's to
+	// the page of queue "a".
+	const crafted, odd = "x/../../jobs/delete?#y", "a/b?c#d"
+	for i, name := range []string{crafted, odd} {
+		if _, err := q.Pool().Exec(t.Context(), `UPDATE compute.jobs SET queue = $1 WHERE job_id = $2`, name, ids[i][:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := serve(t, q, dashboard.Config{BasePath: "/admin"})
+	c := client(t)
+	both := []string{crafted, odd}
+	for path, names := range map[string][]string{"/": both, "/jobs": both, "/jobs/" + ids[0].String(): {crafted}, "/jobs/" + ids[1].String(): {odd}} {
+		code, body := get(t, c, base+path)
+		if code != http.StatusOK {
+			t.Fatalf("GET %s: %d\n%s", path, code, body)
+		}
+		if strings.Contains(body, "/queues/x/") || strings.Contains(body, "/queues/a/") {
+			t.Errorf("GET %s: a queue name is not escaped in a path", path)
+		}
+		for _, name := range names {
+			if !strings.Contains(body, `href="/admin/queues/`+url.PathEscape(name)+`"`) {
+				t.Errorf("GET %s: no link to queue %q's own page", path, name)
+			}
+		}
+	}
+	// The library refuses such a name in a filter: the queue's page says so.
+	code, body := get(t, c, base+"/queues/"+url.PathEscape(odd))
+	if code != http.StatusBadRequest || !strings.Contains(body, "invalid queue name") {
+		t.Errorf("the odd queue's page: %d, want 400 for its name\n%s", code, body)
+	}
+}
+
+// TestBulkAllIsHiddenWhenTheListShowsOneJob: with a job id in the filter
+// the page lists that job alone, so "all matching" (which would act on the
+// queue, status and key without the id) must not be offered.
+func TestBulkAllIsHiddenWhenTheListShowsOneJob(t *testing.T) {
+	q := newQueue(t)
+	queued, _, _ := seed(t, q)
+	base := serve(t, q, dashboard.Config{})
+	_, body := get(t, client(t), base+"/jobs?queue=mail&id="+queued.String())
+	if !strings.Contains(body, queued.String()) {
+		t.Fatal("the job is not listed")
+	}
+	if strings.Contains(body, `name="all"`) {
+		t.Error("the page of one job offers to act on every job of its queue")
+	}
+}
+
+// TestJobListClipsBigConfigs: the list shows the start of each config, not
+// up to 50 configs of a megabyte each; the job's own page shows it whole.
+func TestJobListClipsBigConfigs(t *testing.T) {
+	q := newQueue(t)
+	big := `{"data":"` + strings.Repeat("a", 200_000) + `"}`
+	id, err := q.Enqueue(t.Context(), compute.Job{Queue: "big", Config: big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, q, dashboard.Config{})
+	c := client(t)
+	for _, path := range []string{"/jobs", "/queues/big"} {
+		_, body := get(t, c, base+path)
+		if !strings.Contains(body, id.String()) {
+			t.Fatalf("GET %s: the job is not listed", path)
+		}
+		if len(body) > 50_000 {
+			t.Errorf("GET %s: %d bytes for one job", path, len(body))
+		}
+	}
+	if _, body := get(t, c, base+"/jobs/"+id.String()); !strings.Contains(body, strings.Repeat("a", 199_000)) || len(body) < len(big) {
+		t.Error("the job's page does not show its whole config")
+	}
+}
+
+// TestFlashMessagesComeOnlyFromTheDashboard: the note shown after an
+// action travels in the redirect's query; a link with a made-up one must
+// not put its text on the dashboard's page.
+func TestFlashMessagesComeOnlyFromTheDashboard(t *testing.T) {
+	q := newQueue(t)
+	queued, _, _ := seed(t, q)
+	base := serve(t, q, dashboard.Config{})
+	c := client(t)
+	const lie = "Your session expired: sign in again at evil.example"
+	for _, path := range []string{"/jobs?msg=", "/jobs/" + queued.String() + "?msg=", "/queues/mail?msg="} {
+		if _, body := get(t, c, base+path+url.QueryEscape(lie)); strings.Contains(body, "evil.example") {
+			t.Errorf("GET %s shows a message from the link", path)
+		}
+	}
+	_, page := get(t, c, base+"/jobs/"+queued.String())
+	req, _ := http.NewRequest(http.MethodPost, base+"/jobs/"+queued.String()+"/cancel", strings.NewReader(url.Values{"csrf": {token(t, page)}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	loc, err := res.Location()
+	if err != nil {
+		t.Fatalf("cancel: %d, no redirect (%v)", res.StatusCode, err)
+	}
+	if _, body := get(t, c, loc.String()); !strings.Contains(body, "Cancelled the job") {
+		t.Errorf("after cancel the page at %s does not say so", loc)
+	}
+}
+
+// TestLiveFeedsAreCapped: each feed reads the journal at every change, so
+// their number is bounded; one more than the cap is refused with 503, and
+// a freed slot can be taken again.
+func TestLiveFeedsAreCapped(t *testing.T) {
+	defer dashboard.SetMaxLive(3)()
+	q := newQueue(t)
+	base := serve(t, q, dashboard.Config{})
+	open := func(ctx context.Context) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/live", nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	for range 3 {
+		res := open(ctx)
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("a feed under the cap: %d", res.StatusCode)
+		}
+	}
+	res := open(t.Context())
+	res.Body.Close()
+	if res.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a feed over the cap: %d, want 503", res.StatusCode)
+	}
+	cancel()
+	waitLiveHandlersGone(t)
+	res = open(t.Context())
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("a feed after the others left: %d", res.StatusCode)
+	}
+}
+
+// TestBasePathKeptInCleaningRedirects: a handler that is the server's
+// whole handler (no outer ServeMux cleaning the path) sends an unclean
+// path to its clean form under BasePath, not to the site's root.
+func TestBasePathKeptInCleaningRedirects(t *testing.T) {
+	q := newQueue(t)
+	srv := httptest.NewServer(dashboard.New(q, dashboard.Config{BasePath: "/admin"}))
+	t.Cleanup(srv.Close)
+	c := client(t)
+	for path, want := range map[string]string{"/admin//jobs": "/admin/jobs", "/admin/static": "/admin/static/", "/admin/x/../workers": "/admin/workers"} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+		req.URL.Opaque = path // sent as it is, dots and all
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if got := res.Header.Get("Location"); res.StatusCode/100 != 3 || got != want {
+			t.Errorf("GET %s: %d to %q, want a redirect to %q", path, res.StatusCode, got, want)
+		}
+	}
+}
+
+// dbProxy forwards connections to a PostgreSQL server until it is told to
+// go down, then answers none: new connections are held open in silence, as
+// a server behind a dropped network path does, and open ones are cut.
+type dbProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newDBProxy(t *testing.T, target string) *dbProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dbProxy{ln: ln, target: target}
+	t.Cleanup(func() {
+		ln.Close()
+		p.setDown()
+	})
+	go p.serve()
+	return p
+}
+
+func (p *dbProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c)
+		down := p.down
+		p.mu.Unlock()
+		if down {
+			continue // held, never answered
+		}
+		go func() {
+			s, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, s)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			_, _ = io.Copy(c, s)
+			c.Close()
+		}()
+	}
+}
+
+// setDown cuts every open connection; later ones hang.
+func (p *dbProxy) setDown() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestDatabaseDownFailsPagesClearly: with the database unreachable (its
+// connections cut, new ones unanswered) every page answers within its
+// timeout with an error page, and neither the page nor the log holds the
+// connection's password.
+func TestDatabaseDownFailsPagesClearly(t *testing.T) {
+	defer dashboard.SetPageTimeout(time.Second)()
+	q := newQueue(t)
+	seed(t, q)
+	cfg, err := pgx.ParseConfig(q.Pool().Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newDBProxy(t, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
+	const password = "s3cret-pw-xyzzy"
+	u := &url.URL{Scheme: "postgres", User: url.UserPassword(cfg.User, password), Host: p.ln.Addr().String(),
+		Path: "/" + cfg.Database, RawQuery: "sslmode=disable&pool_max_conns=2"}
+	viaProxy, err := compute.Open(t.Context(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(viaProxy.Close)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &logMu}, nil))
+	base := serve(t, viaProxy, dashboard.Config{Logger: logger})
+	c := client(t)
+	c.Timeout = 20 * time.Second
+	if code, _ := get(t, c, base+"/"); code != http.StatusOK {
+		t.Fatalf("overview with the database up: %d", code)
+	}
+	p.setDown()
+	for _, path := range []string{"/", "/jobs", "/queues/mail", "/workers", "/periodic"} {
+		start := time.Now()
+		code, body := get(t, c, base+path)
+		if code < 500 {
+			t.Errorf("GET %s with the database down: %d, want 5xx", path, code)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("GET %s with the database down took %s", path, took)
+		}
+		if !strings.Contains(body, "error-message") {
+			t.Errorf("GET %s: not the error page:\n%s", path, body)
+		}
+		if strings.Contains(body, password) {
+			t.Errorf("GET %s: the page shows the password", path)
+		}
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), password) {
+		t.Errorf("the log holds the password:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
