@@ -87,7 +87,9 @@ func (h *Handler) live(w http.ResponseWriter, r *http.Request) error {
 		flusher.Flush()
 		return nil
 	})
-	if err != nil && r.Context().Err() == nil {
+	// A closed Queue ends the feed as the client's leaving does: the
+	// program is stopping, nothing failed.
+	if err != nil && r.Context().Err() == nil && !errors.Is(err, compute.ErrClosed) {
 		h.log.Warn("dashboard: the live feed stopped", "err", err)
 	}
 	return nil // the stream has started: nothing more can be sent
