@@ -32,6 +32,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -85,6 +86,13 @@ type Config struct {
 	BasePath string
 	// Logger receives errors the pages meet; nil means slog.Default().
 	Logger *slog.Logger
+	// Secret is the key that signs the forms' tokens and the notes shown
+	// after a change, at least 32 bytes. Give every replica of a program
+	// behind one address the same Secret (and keep it out of the page
+	// and the logs, as a password): with nil each Handler draws a random
+	// key, so a form rendered by one replica, or before a restart, is
+	// refused by another with "the form's token is missing or stale".
+	Secret []byte
 }
 
 // Handler serves the dashboard. Make one with [New].
@@ -99,20 +107,27 @@ type Handler struct {
 	feeds  atomic.Int32 // live feeds running; each live request adds and removes itself
 }
 
-// New returns the dashboard of q. It panics when BasePath does not start
-// with "/", ends with one or holds a character that a route pattern or a
-// link would read otherwise ({, }, ?, #, %, space), a programming error.
+// New returns the dashboard of q. It panics on a programming error: a
+// BasePath that does not start with "/", ends with one or holds a
+// character that a route pattern or a link would read otherwise ({, }, ?,
+// #, %, space), or a Secret shorter than 32 bytes.
 func New(q *compute.Queue, cfg Config) *Handler {
 	if cfg.BasePath != "" && (!strings.HasPrefix(cfg.BasePath, "/") || strings.HasSuffix(cfg.BasePath, "/") ||
 		strings.ContainsAny(cfg.BasePath, "{}?#% \t")) {
 		panic(fmt.Sprintf("dashboard: BasePath %q must start with / and not end with one, and hold no {}?#%% or space", cfg.BasePath))
 	}
-	h := &Handler{q: q, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), secret: make([]byte, 32),
+	if cfg.Secret != nil && len(cfg.Secret) < 32 {
+		panic(fmt.Sprintf("dashboard: Secret has %d bytes; give at least 32 random bytes, or nil for a random key", len(cfg.Secret)))
+	}
+	h := &Handler{q: q, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), secret: bytes.Clone(cfg.Secret),
 		origin: http.NewCrossOriginProtection()}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
-	_, _ = rand.Read(h.secret) // never fails (crypto/rand)
+	if h.secret == nil {
+		h.secret = make([]byte, 32)
+		_, _ = rand.Read(h.secret) // never fails (crypto/rand)
+	}
 	h.pages = loadPages()
 	h.routes()
 	return h

@@ -322,3 +322,61 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestReplicasWithOneSecretAcceptEachOthersForms: behind a load balancer a
+// form rendered by one replica is often posted to another. With the same
+// Secret they accept each other's tokens; without one each replica draws
+// its own key and refuses the other's forms.
+func TestReplicasWithOneSecretAcceptEachOthersForms(t *testing.T) {
+	q := newQueue(t)
+	seed(t, q)
+	c := client(t)
+	secret := bytes.Repeat([]byte{7}, 32)
+	for _, tc := range []struct {
+		secret []byte
+		want   int
+	}{{secret, http.StatusSeeOther}, {nil, http.StatusForbidden}} {
+		a := serve(t, q, dashboard.Config{Secret: tc.secret})
+		b := serve(t, q, dashboard.Config{Secret: tc.secret})
+		_, page := get(t, c, a+"/queues/mail")
+		if code, body := post(t, c, b+"/queues/mail/pause", url.Values{"csrf": {token(t, page)}}, nil); code != tc.want {
+			t.Errorf("secret %v: a form of one replica posted to another: %d, want %d\n%s", tc.secret != nil, code, tc.want, body)
+		}
+	}
+}
+
+// TestLiveFeedEndsWhenTheQueueCloses: closing the Queue ends every open
+// feed's stream (so an http.Server can shut down after it) and logs no
+// warning for it: the feed did not fail, the program is stopping.
+func TestLiveFeedEndsWhenTheQueueCloses(t *testing.T) {
+	q := newQueue(t)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &logMu}, nil))
+	base := serve(t, q, dashboard.Config{Logger: logger})
+	res, err := http.Get(base + "/live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("feed: %d", res.StatusCode)
+	}
+	q.Close()
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, res.Body); ended <- err }()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("the stream broke instead of ending: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the feed still streams 10 s after Queue.Close")
+	}
+	waitLiveHandlersGone(t)
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("closing the Queue logged a warning:\n%s", logs.String())
+	}
+}
