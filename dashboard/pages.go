@@ -293,6 +293,9 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 		if err != nil {
 			return err
 		}
+		// The form's id fields are the selected jobs, not the list's
+		// job id filter: going back, show the list they were ticked in.
+		f.ID = ""
 		back := "/jobs?" + f.QueryString()
 		if r.PostFormValue("all") == "" {
 			n := 0

@@ -380,3 +380,37 @@ func TestLiveFeedEndsWhenTheQueueCloses(t *testing.T) {
 		t.Errorf("closing the Queue logged a warning:\n%s", logs.String())
 	}
 }
+
+// TestBulkOnSelectedJobsReturnsToTheSameList: after acting on the jobs
+// ticked in a list, the browser goes back to that list (its filter), not
+// to the first selected job alone: the form's id fields are the
+// selection, not the list's job id filter.
+func TestBulkOnSelectedJobsReturnsToTheSameList(t *testing.T) {
+	q := newQueue(t)
+	ids, err := q.EnqueueMany(t.Context(), []compute.Job{{Queue: "bulk"}, {Queue: "bulk"}, {Queue: "bulk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, q, dashboard.Config{})
+	c := client(t)
+	_, page := get(t, c, base+"/jobs?queue=bulk")
+	form := url.Values{"csrf": {token(t, page)}, "queue": {"bulk"}, "id": {ids[0].String(), ids[1].String()}}
+	req, _ := http.NewRequest(http.MethodPost, base+"/bulk/cancel", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	loc, err := res.Location()
+	if err != nil {
+		t.Fatalf("bulk cancel: %d, no redirect (%v)", res.StatusCode, err)
+	}
+	if loc.Path != "/jobs" || loc.Query().Get("queue") != "bulk" || loc.Query().Has("id") {
+		t.Errorf("after the bulk cancel the browser goes to %s, want the list of queue bulk", loc)
+	}
+	_, body := get(t, c, loc.String())
+	if !strings.Contains(body, "Cancelled 2 of 2 selected job(s)") || !strings.Contains(body, ids[2].String()) {
+		t.Errorf("the list after the bulk cancel does not say so or lacks the third job")
+	}
+}
