@@ -4,7 +4,7 @@
 //
 // Pages: Overview (every queue with counts per status, rules, workers, the
 // age of its oldest runnable job, and a chart of jobs finished per minute
-// over the last hour, read from the journal), Jobs (filters, keyset paging,
+// over the last hour, read from the journal), Jobs (filters, newest first,
 // bulk cancel, retry and delete), Job (config, files, attempts and their
 // errors, the journal timeline, Explain's reasons, actions), Queue (rules,
 // pause and resume, settings), Workers, Periodic and Health (the compute

@@ -127,8 +127,8 @@ type jobsData struct {
 	Filter jobFilter
 	Query  string // the filter as a query string
 	Jobs   []*compute.Job
-	Next   string // the after= value of the next page, "" on the last
-	First  bool   // whether this is the first page
+	Next   string // the before= value of the next (older) page, "" on the last
+	First  bool   // whether this is the first page, of the newest jobs
 	// Bulk says which bulk actions the filter allows.
 	CanCancel, CanRetry, CanDelete bool
 	// NoAll hides "all matching": the filter is empty (a bulk action
@@ -145,7 +145,7 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// No live feed here: a refresh would lose the rows a user selected.
-	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("after") == "", Message: h.message(r)}
+	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("before") == "", Message: h.message(r)}
 	if f.ID != "" {
 		id, err := compute.ParseJobID(f.ID)
 		if err != nil {
@@ -160,13 +160,15 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 			d.Jobs = []*compute.Job{j}
 		}
 	} else {
-		var after compute.JobID
-		if a := r.FormValue("after"); a != "" {
-			if after, err = compute.ParseJobID(a); err != nil {
-				return &errBadRequest{"after: " + err.Error()}
+		// Newest first: on a busy queue the last minutes matter, and the
+		// oldest of a million jobs would otherwise fill every first page.
+		var before compute.JobID
+		if b := r.FormValue("before"); b != "" {
+			if before, err = compute.ParseJobID(b); err != nil {
+				return &errBadRequest{"before: " + err.Error()}
 			}
 		}
-		d.Jobs, err = h.q.Find(ctx, f.Filter, after, pageSize+1)
+		d.Jobs, err = h.q.FindNewest(ctx, f.Filter, before, pageSize+1)
 		if err != nil {
 			return err
 		}
@@ -383,7 +385,7 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) error {
 	} else if d.Info.Settings, err = h.q.GetQueueSettings(ctx, name); err != nil {
 		return err
 	}
-	if d.Jobs, err = h.q.Find(ctx, compute.Filter{Queue: name}, compute.JobID{}, pageSize); err != nil {
+	if d.Jobs, err = h.q.FindNewest(ctx, compute.Filter{Queue: name}, compute.JobID{}, pageSize); err != nil {
 		return err
 	}
 	h.render(w, r, http.StatusOK, "queue", "Queue "+name, d)

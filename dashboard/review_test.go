@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -412,5 +413,49 @@ func TestBulkOnSelectedJobsReturnsToTheSameList(t *testing.T) {
 	_, body := get(t, c, loc.String())
 	if !strings.Contains(body, "Cancelled 2 of 2 selected job(s)") || !strings.Contains(body, ids[2].String()) {
 		t.Errorf("the list after the bulk cancel does not say so or lacks the third job")
+	}
+}
+
+// TestJobsListShowsNewestFirst: on a busy installation the jobs of the
+// last minutes matter, so the list starts with the newest job and pages
+// towards older ones, every job once, with the same created time on all.
+func TestJobsListShowsNewestFirst(t *testing.T) {
+	q := newQueue(t)
+	jobs := make([]compute.Job, 70)
+	for i := range jobs {
+		jobs[i] = compute.Job{Queue: "pages"}
+	}
+	ids, err := q.EnqueueMany(t.Context(), jobs) // one statement: one created time
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, q, dashboard.Config{})
+	c := client(t)
+	rows := regexp.MustCompile(`name="id" value="([0-9a-f-]{36})"`)
+	next := regexp.MustCompile(`href="([^"]+)">Older`)
+	var seen []string
+	path := "/jobs?queue=pages"
+	for range 3 {
+		_, body := get(t, c, base+path)
+		for _, m := range rows.FindAllStringSubmatch(body, -1) {
+			seen = append(seen, m[1])
+		}
+		m := next.FindStringSubmatch(body)
+		if m == nil {
+			break
+		}
+		path = strings.ReplaceAll(m[1], "&amp;", "&")
+	}
+	if len(seen) != len(ids) {
+		t.Fatalf("the pages listed %d jobs, want %d", len(seen), len(ids))
+	}
+	for i, s := range seen {
+		if want := ids[len(ids)-1-i].String(); s != want {
+			t.Fatalf("row %d is %s, want %s (newest first)", i, s, want)
+		}
+	}
+	_, body := get(t, c, base+"/queues/pages")
+	if m := regexp.MustCompile(`/jobs/([0-9a-f-]{36})"`).FindStringSubmatch(body); m == nil || m[1] != ids[len(ids)-1].String() {
+		t.Errorf("the queue's page does not start with its newest job")
 	}
 }
