@@ -3,6 +3,9 @@ package dashboard_test
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"io"
 	"log/slog"
 	"net"
@@ -457,5 +460,30 @@ func TestJobsListShowsNewestFirst(t *testing.T) {
 	_, body := get(t, c, base+"/queues/pages")
 	if m := regexp.MustCompile(`/jobs/([0-9a-f-]{36})"`).FindStringSubmatch(body); m == nil || m[1] != ids[len(ids)-1].String() {
 		t.Errorf("the queue's page does not start with its newest job")
+	}
+}
+
+// TestStaleTokenIsRefused: a token is an HMAC over its time stamp, valid
+// for a day; one signed with the right key but two days old, or dated an
+// hour ahead, is refused.
+func TestStaleTokenIsRefused(t *testing.T) {
+	q := newQueue(t)
+	seed(t, q)
+	secret := bytes.Repeat([]byte{9}, 32)
+	base := serve(t, q, dashboard.Config{Secret: secret})
+	sign := func(at time.Time) string {
+		ts := strconv.FormatInt(at.Unix(), 10)
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte("compute-dashboard-form\x00" + ts))
+		return ts + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	}
+	c := client(t)
+	for name, at := range map[string]time.Time{"two days old": time.Now().Add(-48 * time.Hour), "an hour ahead": time.Now().Add(time.Hour)} {
+		if code, _ := post(t, c, base+"/queues/mail/pause", url.Values{"csrf": {sign(at)}}, nil); code != http.StatusForbidden {
+			t.Errorf("a token %s: %d, want 403", name, code)
+		}
+	}
+	if code, body := post(t, c, base+"/queues/mail/pause", url.Values{"csrf": {sign(time.Now().Add(-time.Hour))}}, nil); code != http.StatusSeeOther {
+		t.Errorf("a token an hour old: %d, want 303\n%s", code, body)
 	}
 }
