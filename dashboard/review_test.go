@@ -194,6 +194,12 @@ func TestBasePathKeptInCleaningRedirects(t *testing.T) {
 			t.Errorf("GET %s: %d to %q, want a redirect to %q", path, res.StatusCode, got, want)
 		}
 	}
+	// Paths that only start like BasePath are not the dashboard's.
+	for _, path := range []string{"/adminX/jobs", "/adminX", "/jobs", "/admi"} {
+		if code, _ := get(t, c, srv.URL+path); code != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", path, code)
+		}
+	}
 }
 
 // dbProxy forwards connections to a PostgreSQL server until it is told to
