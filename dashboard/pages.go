@@ -218,7 +218,10 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request) error {
 			d.Reasons = ex.Reasons
 		}
 	}
-	h.render(w, r, http.StatusOK, "job", "Job "+id.String()[:8], d)
+	// The id's random end, as the lists show it: its start is a time
+	// stamp, the same for every job of a minute.
+	s := id.String()
+	h.render(w, r, http.StatusOK, "job", "Job …"+s[len(s)-12:], d)
 	return nil
 }
 

@@ -493,3 +493,28 @@ func TestStaleTokenIsRefused(t *testing.T) {
 		t.Errorf("a token an hour old: %d, want 303\n%s", code, body)
 	}
 }
+
+// TestJobPageTitlesDiffer: jobs created together share the start of their
+// ids (a time stamp), so a job page's title, which names its browser tab,
+// shows the random end of the id, as the lists do.
+func TestJobPageTitlesDiffer(t *testing.T) {
+	q := newQueue(t)
+	ids, err := q.EnqueueMany(t.Context(), []compute.Job{{Queue: "t"}, {Queue: "t"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serve(t, q, dashboard.Config{})
+	title := regexp.MustCompile(`<title>([^<]*)</title>`)
+	var titles []string
+	for _, id := range ids {
+		_, body := get(t, client(t), base+"/jobs/"+id.String())
+		m := title.FindStringSubmatch(body)
+		if m == nil {
+			t.Fatal("no title")
+		}
+		titles = append(titles, m[1])
+	}
+	if titles[0] == titles[1] {
+		t.Errorf("two jobs' pages have the same title %q", titles[0])
+	}
+}
