@@ -84,6 +84,11 @@ LIMIT $5`
 // other filters walk the primary key until the page is full, so a rare
 // match in a large table costs a scan of it.
 func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*Job, error) {
+	return q.find(ctx, "compute: find jobs", findJobs, f, after, limit)
+}
+
+// find runs a page of Find (findJobs) or FindNewest (findNewestJobs).
+func (q *Queue) find(ctx context.Context, what, sql string, f Filter, from JobID, limit int) ([]*Job, error) {
 	if err := f.check(); err != nil {
 		return nil, err
 	}
@@ -91,7 +96,26 @@ func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*
 	if err != nil {
 		return nil, err
 	}
-	return q.queryPage(ctx, "compute: find jobs", findJobs, append(f.args(), afterID(after), limit)...)
+	return q.queryPage(ctx, what, sql, append(f.args(), afterID(from), limit)...)
+}
+
+// findNewestJobs is findJobs backwards: the newest job ids first, before $4.
+// The primary key and the partial index of failed jobs (queue, job_id)
+// read backwards as cheaply as forwards.
+const findNewestJobs = `
+SELECT ` + jobColumns + ` FROM compute.jobs j
+WHERE ` + filterClause + ` AND ($4::bytea IS NULL OR j.job_id < $4)
+ORDER BY j.job_id DESC
+LIMIT $5`
+
+// FindNewest is Find from the other end: up to limit jobs matching f, the
+// newest first (job ids grow with time), before the job id before (the
+// zero id starts at the newest). It is what a person looking at a busy
+// queue wants first: the jobs of the last minutes, not those of last
+// month. An empty page means the listing is done. Errors, limits and
+// costs are Find's.
+func (q *Queue) FindNewest(ctx context.Context, f Filter, before JobID, limit int) ([]*Job, error) {
+	return q.find(ctx, "compute: find newest jobs", findNewestJobs, f, before, limit)
 }
 
 // bulkBatch is how many rows one statement of a bulk call changes: few

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -155,6 +156,40 @@ func TestFindFiltersAndPages(t *testing.T) {
 	page, err := q.Find(ctx, compute.Filter{PartitionKey: "x"}, a[0], 1)
 	if err != nil || len(page) != 1 || page[0].ID != a[1] {
 		t.Errorf("second page by key: %v, %v", page, err)
+	}
+}
+
+// TestFindNewestPagesBackwards: FindNewest lists the newest job first and
+// pages towards the oldest, with the filter applied, and ends with an
+// empty page.
+func TestFindNewestPagesBackwards(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := newQueue(t)
+	a := enqueueN(t, q, "na", "", 5)
+	enqueueN(t, q, "nb", "", 2)
+	var got []compute.JobID
+	var before compute.JobID
+	for {
+		page, err := q.FindNewest(ctx, compute.Filter{Queue: "na"}, before, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, j := range page {
+			got = append(got, j.ID)
+		}
+		before = page[len(page)-1].ID
+	}
+	want := slices.Clone(a)
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("FindNewest pages: %v, want %v", got, want)
+	}
+	if _, err := q.FindNewest(ctx, compute.Filter{Status: "bogus"}, compute.JobID{}, 1); !errors.Is(err, compute.ErrInvalid) {
+		t.Errorf("FindNewest with a bad status: %v, want ErrInvalid", err)
 	}
 }
 

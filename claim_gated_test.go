@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -235,6 +236,12 @@ func TestSettingsRejectBadValues(t *testing.T) {
 		{RateLimit: 3},
 		{RatePeriod: time.Second},
 		{AgeAfter: time.Millisecond},
+		// The columns are int4: a larger number failed to encode, a 500
+		// in the dashboard rather than a bad value.
+		{MaxRunning: math.MaxInt32 + 1},
+		{KeyMaxRunning: math.MaxInt32 + 1},
+		{RateLimit: math.MaxInt32 + 1, RatePeriod: time.Second},
+		{KeyRateLimit: math.MaxInt32 + 1, RatePeriod: time.Second},
 	} {
 		if err := q.SetQueueSettings(t.Context(), "x", s); !errors.Is(err, compute.ErrInvalidOption) {
 			t.Errorf("SetQueueSettings(%+v) = %v, want ErrInvalidOption", s, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,6 +44,9 @@ func (s QueueSettings) check() error {
 	if s.MaxRunning < 0 || s.KeyMaxRunning < 0 || s.RateLimit < 0 || s.KeyRateLimit < 0 || s.RatePeriod < 0 || s.AgeAfter < 0 {
 		return fmt.Errorf("%w: queue settings must not be negative", ErrInvalidOption)
 	}
+	if max(s.MaxRunning, s.KeyMaxRunning, s.RateLimit, s.KeyRateLimit) > math.MaxInt32 {
+		return fmt.Errorf("%w: queue settings' counts must be at most %d", ErrInvalidOption, math.MaxInt32)
+	}
 	if (s.RateLimit > 0 || s.KeyRateLimit > 0) != (s.RatePeriod > 0) {
 		return fmt.Errorf("%w: RateLimit and KeyRateLimit need RatePeriod, and RatePeriod needs one of them", ErrInvalidOption)
 	}
@@ -70,7 +74,8 @@ SELECT pg_notify('compute_jobs', name) FROM s`
 
 // SetQueueSettings replaces the queue's cluster-wide rules (all but Paused).
 // Every worker's next claim obeys them; claims already running finish under
-// the old ones. Bad settings match [ErrInvalidOption].
+// the old ones. Bad settings (negative, a count above 2,147,483,647, a
+// rate without a period) match [ErrInvalidOption].
 func (q *Queue) SetQueueSettings(ctx context.Context, queue string, s QueueSettings) error {
 	if err := validQueue(queue); err != nil {
 		return err

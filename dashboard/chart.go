@@ -90,7 +90,7 @@ func (c *chart) draw() template.HTML {
 		width, height, c.TotalComplete, c.TotalFailed)
 	fmt.Fprintf(&b, `<line class="axis" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`, left, top+plotH, width-4, top+plotH)
 	fmt.Fprintf(&b, `<line class="grid" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`, left, top, width-4, top)
-	fmt.Fprintf(&b, `<text class="label" x="%.1f" y="%.1f" text-anchor="end">%s</text>`, left-6, top+4, formatCount(c.Max))
+	fmt.Fprintf(&b, `<text class="label" x="%.1f" y="%.1f" text-anchor="end">%s</text>`, left-6, top+4, axisCount(c.Max))
 	fmt.Fprintf(&b, `<text class="label" x="%.1f" y="%.1f" text-anchor="end">0</text>`, left-6, top+plotH+4)
 	for i := range chartMinutes {
 		x := left + float64(i)*barW + 1
@@ -115,4 +115,18 @@ func (c *chart) draw() template.HTML {
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) // numbers and fixed text only
+}
+
+// axisCount writes the scale's number in the few characters the chart's
+// left margin holds: 9,999, then 10k, 876k, 1.2M, 35M.
+func axisCount(n int64) string {
+	switch {
+	case n < 10_000:
+		return formatCount(n)
+	case n < 999_500:
+		return fmt.Sprintf("%dk", (n+500)/1000)
+	case n < 9_950_000:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	}
+	return fmt.Sprintf("%dM", (n+500_000)/1_000_000)
 }

@@ -4,7 +4,7 @@
 //
 // Pages: Overview (every queue with counts per status, rules, workers, the
 // age of its oldest runnable job, and a chart of jobs finished per minute
-// over the last hour, read from the journal), Jobs (filters, keyset paging,
+// over the last hour, read from the journal), Jobs (filters, newest first,
 // bulk cancel, retry and delete), Job (config, files, attempts and their
 // errors, the journal timeline, Explain's reasons, actions), Queue (rules,
 // pause and resume, settings), Workers, Periodic and Health (the compute
@@ -12,7 +12,7 @@
 // live, through server-sent events.
 //
 // Mount it under a path prefix by giving the same prefix as BasePath; the
-// handler strips it itself, so no http.StripPrefix is needed:
+// handler's routes hold it, so no http.StripPrefix is needed:
 //
 //	mux.Handle("/admin/queue/", dashboard.New(q, dashboard.Config{BasePath: "/admin/queue"}))
 //
@@ -21,9 +21,19 @@
 // this handler (an HMAC over a time stamp, valid for a day) and is refused
 // when the browser says it comes from another origin. ReadOnly refuses
 // every change, and Authorize can refuse any request, both with 403.
+//
+// A page or a single action that the database does not answer within 30 s
+// fails with 504 (503 when the database refuses connections). A live feed
+// lasts as long as its request: it ends when the browser leaves, when the
+// request's context ends or when the Queue closes. http.Server.Shutdown
+// waits for open requests, so give the server a BaseContext that ends
+// when shutting down begins, or Shutdown waits for every open tab. One
+// Handler serves at most 100 live feeds at once and refuses more with 503.
 package dashboard
 
 import (
+	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -32,8 +42,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/computeplatform/compute"
@@ -74,6 +86,13 @@ type Config struct {
 	BasePath string
 	// Logger receives errors the pages meet; nil means slog.Default().
 	Logger *slog.Logger
+	// Secret is the key that signs the forms' tokens and the notes shown
+	// after a change, at least 32 bytes. Give every replica of a program
+	// behind one address the same Secret (and keep it out of the page
+	// and the logs, as a password): with nil each Handler draws a random
+	// key, so a form rendered by one replica, or before a restart, is
+	// refused by another with "the form's token is missing or stale".
+	Secret []byte
 }
 
 // Handler serves the dashboard. Make one with [New].
@@ -85,41 +104,43 @@ type Handler struct {
 	secret []byte // signs the forms' tokens
 	origin *http.CrossOriginProtection
 	pages  *pages
+	feeds  atomic.Int32 // live feeds running; each live request adds and removes itself
 }
 
-// New returns the dashboard of q. It panics when BasePath does not start
-// with "/" or ends with one, a programming error.
+// New returns the dashboard of q. It panics on a programming error: a
+// BasePath that does not start with "/", ends with one or holds a
+// character that a route pattern or a link would read otherwise ({, }, ?,
+// #, %, space), or a Secret shorter than 32 bytes.
 func New(q *compute.Queue, cfg Config) *Handler {
-	if cfg.BasePath != "" && (!strings.HasPrefix(cfg.BasePath, "/") || strings.HasSuffix(cfg.BasePath, "/")) {
-		panic(fmt.Sprintf("dashboard: BasePath %q must start with / and not end with one", cfg.BasePath))
+	if cfg.BasePath != "" && (!strings.HasPrefix(cfg.BasePath, "/") || strings.HasSuffix(cfg.BasePath, "/") ||
+		strings.ContainsAny(cfg.BasePath, "{}?#% \t")) {
+		panic(fmt.Sprintf("dashboard: BasePath %q must start with / and not end with one, and hold no {}?#%% or space", cfg.BasePath))
 	}
-	h := &Handler{q: q, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), secret: make([]byte, 32),
+	if cfg.Secret != nil && len(cfg.Secret) < 32 {
+		panic(fmt.Sprintf("dashboard: Secret has %d bytes; give at least 32 random bytes, or nil for a random key", len(cfg.Secret)))
+	}
+	h := &Handler{q: q, cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), secret: bytes.Clone(cfg.Secret),
 		origin: http.NewCrossOriginProtection()}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
-	_, _ = rand.Read(h.secret) // never fails (crypto/rand)
+	if h.secret == nil {
+		h.secret = make([]byte, 32)
+		_, _ = rand.Read(h.secret) // never fails (crypto/rand)
+	}
 	h.pages = loadPages()
 	h.routes()
 	return h
 }
 
-// ServeHTTP strips BasePath, checks the request (origin, token,
-// read-only, Authorize) and serves it.
+// ServeHTTP serves a request under BasePath: it sets the headers every
+// answer carries and hands the request to the routes, which hold BasePath
+// themselves, so that the redirects of http.ServeMux (to a clean path,
+// to /static/) keep it and a path segment may hold an escaped '/'.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path := r.URL.Path
-	if h.cfg.BasePath != "" {
-		rest, ok := strings.CutPrefix(path, h.cfg.BasePath)
-		if !ok || rest != "" && !strings.HasPrefix(rest, "/") {
-			http.NotFound(w, r)
-			return
-		}
-		if rest == "" {
-			http.Redirect(w, r, h.cfg.BasePath+"/", http.StatusFound)
-			return
-		}
-		r = r.Clone(r.Context())
-		r.URL.Path, r.URL.RawPath = rest, ""
+	if h.cfg.BasePath != "" && r.URL.Path == h.cfg.BasePath {
+		http.Redirect(w, r, h.cfg.BasePath+"/", http.StatusFound)
+		return
 	}
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
@@ -128,30 +149,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// routes registers every page and action.
+// routes registers every page and action under BasePath.
 func (h *Handler) routes() {
-	view := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
-		h.mux.Handle(pattern, h.guard(ActionView, fn))
+	route := func(method, path string, action Action, fn func(http.ResponseWriter, *http.Request) error) {
+		h.mux.Handle(method+" "+h.link(path), h.guard(action, fn))
 	}
-	view("GET /{$}", h.overview)
-	view("GET /jobs", h.jobs)
-	view("GET /jobs/{id}", h.job)
-	view("GET /queues/{name}", h.queue)
-	view("GET /workers", h.workers)
-	view("GET /periodic", h.periodic)
-	view("GET /health", h.health)
-	view("GET /live", h.live)
-	h.mux.Handle("GET /static/", h.guard(ActionView, h.static))
+	view := func(path string, fn func(http.ResponseWriter, *http.Request) error) {
+		route("GET", path, ActionView, timed(fn))
+	}
+	view("/{$}", h.overview)
+	view("/jobs", h.jobs)
+	view("/jobs/{id}", h.job)
+	view("/queues/{name}", h.queue)
+	view("/workers", h.workers)
+	view("/periodic", h.periodic)
+	view("/health", h.health)
+	route("GET", "/live", ActionView, h.live) // a stream: no pageTimeout
+	view("/static/", h.static)
 
-	h.mux.Handle("POST /jobs/{id}/cancel", h.guard(ActionCancel, h.jobAction(ActionCancel)))
-	h.mux.Handle("POST /jobs/{id}/retry", h.guard(ActionRetry, h.jobAction(ActionRetry)))
-	h.mux.Handle("POST /jobs/{id}/delete", h.guard(ActionDelete, h.jobAction(ActionDelete)))
+	route("POST", "/jobs/{id}/cancel", ActionCancel, timed(h.jobAction(ActionCancel)))
+	route("POST", "/jobs/{id}/retry", ActionRetry, timed(h.jobAction(ActionRetry)))
+	route("POST", "/jobs/{id}/delete", ActionDelete, timed(h.jobAction(ActionDelete)))
 	for _, a := range []Action{ActionCancel, ActionRetry, ActionDelete} {
-		h.mux.Handle("POST /bulk/"+string(a), h.guard(a, h.bulk(a)))
+		// No pageTimeout: a bulk action on many jobs runs for as long as
+		// it takes, in batches that each commit, until the client leaves.
+		route("POST", "/bulk/"+string(a), a, h.bulk(a))
 	}
-	h.mux.Handle("POST /queues/{name}/pause", h.guard(ActionPause, h.pause(true)))
-	h.mux.Handle("POST /queues/{name}/resume", h.guard(ActionResume, h.pause(false)))
-	h.mux.Handle("POST /queues/{name}/settings", h.guard(ActionSettings, h.settings))
+	route("POST", "/queues/{name}/pause", ActionPause, timed(h.pause(true)))
+	route("POST", "/queues/{name}/resume", ActionResume, timed(h.pause(false)))
+	route("POST", "/queues/{name}/settings", ActionSettings, timed(h.settings))
+}
+
+// pageTimeout bounds how long a page or an action may take, so a database
+// that does not answer (a dropped network path, a lock) gives an error page
+// instead of a request that hangs until the browser gives up.
+var pageTimeout = 30 * time.Second
+
+// timed runs fn with a context that ends after pageTimeout.
+func timed(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+		defer cancel()
+		return fn(w, r.WithContext(ctx))
+	}
 }
 
 // errForbidden is a refused request; its text is shown to the user.
@@ -200,7 +240,8 @@ func (h *Handler) allow(r *http.Request, action Action) error {
 	return nil
 }
 
-// fail renders an error page: 403, 400, 404 or 500.
+// fail renders an error page: 403, 400, 404, 503 (the database is
+// unavailable), 504 (it did not answer within pageTimeout) or 500.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var forbidden *errForbidden
 	var bad *errBadRequest
@@ -214,7 +255,13 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusNotFound
 	case r.Context().Err() != nil:
 		return // the client went away
-	default:
+	case errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusGatewayTimeout
+		err = fmt.Errorf("the database did not answer within %s: %w", pageTimeout, err)
+	case errors.Is(err, compute.ErrUnavailable):
+		code = http.StatusServiceUnavailable
+	}
+	if code >= 500 {
 		h.log.Error("dashboard: a page failed", "path", r.URL.Path, "err", err)
 	}
 	h.render(w, r, code, "error", "Error", map[string]any{"Code": code, "Status": http.StatusText(code), "Message": err.Error()})
@@ -258,7 +305,32 @@ func (h *Handler) validToken(tok string, now time.Time) bool {
 // link is a path inside the dashboard, with BasePath in front.
 func (h *Handler) link(path string) string { return h.cfg.BasePath + path }
 
-// seeOther sends the browser to a dashboard page after a change.
-func (h *Handler) seeOther(w http.ResponseWriter, r *http.Request, path string) {
-	http.Redirect(w, r, h.link(path), http.StatusSeeOther)
+// seeOther sends the browser to a dashboard page after a change, with a
+// note of what was done. The note travels in the query (msg=) with its
+// HMAC (sig=), so a link made elsewhere cannot put its own words on the
+// dashboard's page.
+func (h *Handler) seeOther(w http.ResponseWriter, r *http.Request, path, msg string) {
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	v := url.Values{"msg": {msg}, "sig": {base64.RawURLEncoding.EncodeToString(h.signNote(msg))}}
+	http.Redirect(w, r, h.link(path)+sep+v.Encode(), http.StatusSeeOther)
+}
+
+func (h *Handler) signNote(msg string) []byte {
+	m := hmac.New(sha256.New, h.secret)
+	m.Write([]byte("compute-dashboard-note\x00" + msg))
+	return m.Sum(nil)
+}
+
+// message is the note seeOther sent, or "" when it is missing or was not
+// signed by this handler.
+func (h *Handler) message(r *http.Request) string {
+	msg := r.FormValue("msg")
+	sig, err := base64.RawURLEncoding.DecodeString(r.FormValue("sig"))
+	if msg == "" || err != nil || !hmac.Equal(sig, h.signNote(msg)) {
+		return ""
+	}
+	return msg
 }

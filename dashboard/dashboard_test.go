@@ -428,10 +428,17 @@ func TestLiveFeedFollowsTheJournal(t *testing.T) {
 		t.Fatalf("%d live handlers run, want 1", n)
 	}
 	cancel()
+	waitLiveHandlersGone(t)
+}
+
+// waitLiveHandlersGone fails the test when a live feed's handler still
+// runs 10 s after its client left.
+func waitLiveHandlersGone(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for liveHandlers() > 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("the live handler still runs 10 s after its client left")
+			t.Fatal("a live handler still runs 10 s after its client left")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

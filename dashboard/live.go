@@ -22,8 +22,18 @@ type liveEvent struct {
 // page was rendered at (after=, or the Last-Event-ID the browser sends when
 // it reconnects), optionally narrowed to one job (job=) or queue (queue=).
 // Follow runs in the request's own goroutine and ends with its context:
-// when the browser leaves the page, or the server shuts down.
+// when the browser leaves the page, or the server shuts down. At most
+// maxLive feeds run at once; more are refused with 503.
 func (h *Handler) live(w http.ResponseWriter, r *http.Request) error {
+	if int(h.feeds.Add(1)) > maxLive {
+		h.feeds.Add(-1)
+		// A browser's EventSource does not retry after a 503: the page
+		// stays as it is, without live updates, until reloaded.
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, fmt.Sprintf("the dashboard already serves %d live feeds; reload the page later", maxLive), http.StatusServiceUnavailable)
+		return nil
+	}
+	defer h.feeds.Add(-1)
 	from := r.Header.Get("Last-Event-ID")
 	if from == "" {
 		from = r.FormValue("after")
@@ -77,8 +87,16 @@ func (h *Handler) live(w http.ResponseWriter, r *http.Request) error {
 		flusher.Flush()
 		return nil
 	})
-	if err != nil && r.Context().Err() == nil {
+	// A closed Queue ends the feed as the client's leaving does: the
+	// program is stopping, nothing failed.
+	if err != nil && r.Context().Err() == nil && !errors.Is(err, compute.ErrClosed) {
 		h.log.Warn("dashboard: the live feed stopped", "err", err)
 	}
 	return nil // the stream has started: nothing more can be sent
 }
+
+// maxLive caps the live feeds one Handler serves at once. Each feed reads
+// the journal after every change of any job, so without a cap a few
+// scripted clients could keep the pool's connections busy and slow the
+// workers that share it. A browser tab holds one feed.
+var maxLive = 100

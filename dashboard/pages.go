@@ -127,12 +127,15 @@ type jobsData struct {
 	Filter jobFilter
 	Query  string // the filter as a query string
 	Jobs   []*compute.Job
-	Next   string // the after= value of the next page, "" on the last
-	First  bool   // whether this is the first page
+	Next   string // the before= value of the next (older) page, "" on the last
+	First  bool   // whether this is the first page, of the newest jobs
 	// Bulk says which bulk actions the filter allows.
 	CanCancel, CanRetry, CanDelete bool
-	Empty                          bool // the filter is empty (bulk needs one)
-	Message                        string
+	// NoAll hides "all matching": the filter is empty (a bulk action
+	// needs one), or names one job by id, which the *Matching calls do
+	// not take, so they would act on far more than the page lists.
+	NoAll   bool
+	Message string
 }
 
 func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
@@ -142,7 +145,7 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// No live feed here: a refresh would lose the rows a user selected.
-	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("after") == "", Message: r.FormValue("msg")}
+	d := jobsData{Filter: f, Query: f.QueryString(), First: r.FormValue("before") == "", Message: h.message(r)}
 	if f.ID != "" {
 		id, err := compute.ParseJobID(f.ID)
 		if err != nil {
@@ -157,13 +160,15 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 			d.Jobs = []*compute.Job{j}
 		}
 	} else {
-		var after compute.JobID
-		if a := r.FormValue("after"); a != "" {
-			if after, err = compute.ParseJobID(a); err != nil {
-				return &errBadRequest{"after: " + err.Error()}
+		// Newest first: on a busy queue the last minutes matter, and the
+		// oldest of a million jobs would otherwise fill every first page.
+		var before compute.JobID
+		if b := r.FormValue("before"); b != "" {
+			if before, err = compute.ParseJobID(b); err != nil {
+				return &errBadRequest{"before: " + err.Error()}
 			}
 		}
-		d.Jobs, err = h.q.Find(ctx, f.Filter, after, pageSize+1)
+		d.Jobs, err = h.q.FindNewest(ctx, f.Filter, before, pageSize+1)
 		if err != nil {
 			return err
 		}
@@ -172,7 +177,7 @@ func (h *Handler) jobs(w http.ResponseWriter, r *http.Request) error {
 			d.Next = d.Jobs[pageSize-1].ID.String()
 		}
 	}
-	d.Empty = f.Filter == compute.Filter{}
+	d.NoAll = f.Filter == compute.Filter{} || f.ID != ""
 	s := f.Status
 	d.CanCancel = s == "" || s == compute.StatusQueued || s == compute.StatusInProgress
 	d.CanRetry = s == "" || s == compute.StatusFailed
@@ -196,7 +201,7 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return &errBadRequest{err.Error()}
 	}
-	d := jobData{liveFrom: h.head(ctx, url.Values{"job": {id.String()}}.Encode()), Message: r.FormValue("msg")}
+	d := jobData{liveFrom: h.head(ctx, url.Values{"job": {id.String()}}.Encode()), Message: h.message(r)}
 	if d.Job, err = h.q.Get(ctx, id); err != nil {
 		return err
 	}
@@ -213,7 +218,10 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request) error {
 			d.Reasons = ex.Reasons
 		}
 	}
-	h.render(w, r, http.StatusOK, "job", "Job "+id.String()[:8], d)
+	// The id's random end, as the lists show it: its start is a time
+	// stamp, the same for every job of a minute.
+	s := id.String()
+	h.render(w, r, http.StatusOK, "job", "Job …"+s[len(s)-12:], d)
 	return nil
 }
 
@@ -232,14 +240,14 @@ func (h *Handler) jobAction(a Action) func(http.ResponseWriter, *http.Request) e
 			err = h.q.Retry(ctx, id)
 		case ActionDelete:
 			if err = h.q.Delete(ctx, id); err == nil {
-				h.seeOther(w, r, "/jobs?msg="+url.QueryEscape("Deleted job "+id.String()))
+				h.seeOther(w, r, "/jobs", "Deleted job "+id.String())
 				return nil
 			}
 		}
 		if err != nil {
 			return err
 		}
-		h.seeOther(w, r, "/jobs/"+id.String()+"?msg="+url.QueryEscape(pastTense[a]+" the job"))
+		h.seeOther(w, r, "/jobs/"+id.String(), pastTense[a]+" the job")
 		return nil
 	}
 }
@@ -290,6 +298,9 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 		if err != nil {
 			return err
 		}
+		// The form's id fields are the selected jobs, not the list's
+		// job id filter: going back, show the list they were ticked in.
+		f.ID = ""
 		back := "/jobs?" + f.QueryString()
 		if r.PostFormValue("all") == "" {
 			n := 0
@@ -314,7 +325,7 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 					n++
 				}
 			}
-			h.seeOther(w, r, back+"&msg="+url.QueryEscape(fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["id"]))))
+			h.seeOther(w, r, back, fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["id"])))
 			return nil
 		}
 		if f.Filter == (compute.Filter{}) {
@@ -342,7 +353,7 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 		if err != nil {
 			return fmt.Errorf("%s: %d job(s) changed before: %w", a, n, err)
 		}
-		h.seeOther(w, r, back+"&msg="+url.QueryEscape(fmt.Sprintf("%s %d job(s)", pastTense[a], n)))
+		h.seeOther(w, r, back, fmt.Sprintf("%s %d job(s)", pastTense[a], n))
 		return nil
 	}
 }
@@ -366,7 +377,7 @@ type queueData struct {
 func (h *Handler) queue(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	name := r.PathValue("name")
-	d := queueData{liveFrom: h.head(ctx, url.Values{"queue": {name}}.Encode()), Message: r.FormValue("msg")}
+	d := queueData{liveFrom: h.head(ctx, url.Values{"queue": {name}}.Encode()), Message: h.message(r)}
 	queues, err := h.q.Queues(ctx, false)
 	if err != nil {
 		return err
@@ -377,7 +388,7 @@ func (h *Handler) queue(w http.ResponseWriter, r *http.Request) error {
 	} else if d.Info.Settings, err = h.q.GetQueueSettings(ctx, name); err != nil {
 		return err
 	}
-	if d.Jobs, err = h.q.Find(ctx, compute.Filter{Queue: name}, compute.JobID{}, pageSize); err != nil {
+	if d.Jobs, err = h.q.FindNewest(ctx, compute.Filter{Queue: name}, compute.JobID{}, pageSize); err != nil {
 		return err
 	}
 	h.render(w, r, http.StatusOK, "queue", "Queue "+name, d)
@@ -398,7 +409,7 @@ func (h *Handler) pause(paused bool) func(http.ResponseWriter, *http.Request) er
 		if err != nil {
 			return err
 		}
-		h.seeOther(w, r, "/queues/"+url.PathEscape(name)+"?msg="+msg)
+		h.seeOther(w, r, "/queues/"+url.PathEscape(name), msg)
 		return nil
 	}
 }
@@ -440,7 +451,7 @@ func (h *Handler) settings(w http.ResponseWriter, r *http.Request) error {
 	if err := h.q.SetQueueSettings(r.Context(), name, s); err != nil {
 		return err
 	}
-	h.seeOther(w, r, "/queues/"+url.PathEscape(name)+"?msg=Saved+the+settings")
+	h.seeOther(w, r, "/queues/"+url.PathEscape(name), "Saved the settings")
 	return nil
 }
 

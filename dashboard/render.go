@@ -8,9 +8,11 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/computeplatform/compute"
 )
@@ -81,7 +83,7 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, page,
 // static serves the embedded CSS, JS and icon.
 func (h *Handler) static(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "public, max-age=3600")
-	http.FileServerFS(assets).ServeHTTP(w, r)
+	http.StripPrefix(h.cfg.BasePath, http.FileServerFS(assets)).ServeHTTP(w, r)
 	return nil
 }
 
@@ -101,6 +103,11 @@ var funcs = template.FuncMap{
 	// the same for jobs created together.
 	"short":  func(id compute.JobID) string { s := id.String(); return "…" + s[len(s)-12:] },
 	"pretty": prettyConfig,
+	// seg escapes a value that fills one segment of a link's path (a
+	// queue name written by plain SQL may hold '/', '?' or '#'):
+	// html/template leaves those alone in a path.
+	"seg":  url.PathEscape,
+	"clip": clip,
 	"firstLine": func(s string) string {
 		first, _, _ := strings.Cut(s, "\n")
 		return first
@@ -189,4 +196,22 @@ func prettyConfig(s string) string {
 		return s
 	}
 	return buf.String()
+}
+
+// listClip is how much of a config a list shows: the start, for a row
+// that CSS cuts to one line anyway, rather than up to 50 configs of a
+// megabyte each (the default WithMaxConfigSize).
+const listClip = 200
+
+// clip cuts s to at most listClip bytes, on a character boundary, with an
+// ellipsis when it cut.
+func clip(s string) string {
+	if len(s) <= listClip {
+		return s
+	}
+	cut := listClip
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -511,3 +511,46 @@ func TestReadOnlyRefuses(t *testing.T) {
 		t.Errorf("read-only: the queue is paused=%v (%v)", s.Paused, err)
 	}
 }
+
+// hide makes the page believe its tab went to the background (or back),
+// as switching tabs does: headless tabs all count as visible.
+func (b *browser) hide(hidden bool) {
+	b.t.Helper()
+	state := "visible"
+	if hidden {
+		state = "hidden"
+	}
+	eval[bool](b, fmt.Sprintf(`Object.defineProperty(document, "visibilityState", {value: %q, configurable: true});
+		Object.defineProperty(document, "hidden", {value: %t, configurable: true});
+		document.dispatchEvent(new Event("visibilitychange")); true`, state, hidden))
+}
+
+// TestBackgroundTabsLeaveConnections: a browser opens at most six HTTP/1.1
+// connections to one server, and every live page holds one for its feed.
+// With six dashboard tabs in the background a seventh must still load, so
+// a hidden tab closes its feed; shown again, it catches up on what changed
+// meanwhile and follows live again.
+func TestBackgroundTabsLeaveConnections(t *testing.T) {
+	f := newFixture(t, dashboard.Config{})
+	tabs := make([]*browser, 6)
+	for i := range tabs {
+		tabs[i] = newBrowser(t)
+		tabs[i].open(f.url + "/jobs/" + f.queued.String())
+		tabs[i].do(chromedp.WaitVisible(chromedp.CSS(`#live-dot.on`)))
+		tabs[i].hide(true)
+	}
+	seventh := newBrowser(t)
+	ctx, cancel := context.WithTimeout(seventh.ctx, 15*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(f.url+"/workers"), chromedp.WaitVisible(chromedp.CSS("main h1"))); err != nil {
+		t.Fatalf("a seventh tab does not load while six live tabs are in the background: %v", err)
+	}
+	if err := f.q.Cancel(t.Context(), f.queued, "cancelled while the tab was hidden"); err != nil {
+		t.Fatal(err)
+	}
+	tabs[0].hide(false)
+	tabs[0].do(chromedp.WaitVisible(chromedp.CSS(`#job-status .s-failed`)), chromedp.WaitVisible(chromedp.CSS(`#live-dot.on`)))
+	for _, b := range append(tabs, seventh) {
+		b.noErrors("background tabs")
+	}
+}

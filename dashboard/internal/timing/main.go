@@ -94,19 +94,19 @@ func run(dbURL string, rows int64, fill bool, runs int) error {
 
 	h := dashboard.New(q, dashboard.Config{})
 	// A failed job's page and the second page of a list, from the data.
-	var failedID, after string
+	var failedID, before string
 	jobs, err := q.Find(ctx, compute.Filter{Status: compute.StatusFailed}, compute.JobID{}, 1)
 	if err != nil || len(jobs) == 0 {
 		return fmt.Errorf("no failed job to time: %v", err)
 	}
 	failedID = jobs[0].ID.String()
-	if jobs, err = q.Find(ctx, compute.Filter{}, compute.JobID{}, 50); err != nil || len(jobs) < 50 {
+	if jobs, err = q.FindNewest(ctx, compute.Filter{}, compute.JobID{}, 50); err != nil || len(jobs) < 50 {
 		return fmt.Errorf("no second page to time: %v", err)
 	}
-	after = jobs[49].ID.String()
+	before = jobs[49].ID.String()
 	fmt.Printf("%-40s %9s %9s %9s\n", "GET", "median", "p90", "max")
 	for _, path := range []string{
-		"/", "/jobs", "/jobs?after=" + after, "/jobs?status=queued", "/jobs?status=failed",
+		"/", "/jobs", "/jobs?before=" + before, "/jobs?status=queued", "/jobs?status=failed",
 		"/jobs?queue=queue-3", "/jobs?queue=queue-3&status=complete", "/jobs?key=customer-7",
 		"/queues/queue-3", "/jobs/" + failedID, "/workers", "/health",
 	} {
