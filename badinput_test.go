@@ -641,3 +641,40 @@ func TestOpenMissingDatabaseIsUnavailable(t *testing.T) {
 		t.Errorf("the error holds the password: %s", text)
 	}
 }
+
+// TestOpenRefusesTargetsThatAllowAStandby: a target_session_attrs that
+// lets the driver pick a standby would send every write there; Open, New
+// and WithDirectURL refuse it with ErrInvalidOption, naming the setting,
+// and accept the ones that pick a server that takes writes.
+func TestOpenRefusesTargetsThatAllowAStandby(t *testing.T) {
+	t.Parallel()
+	dbURL := testdb.New(t)
+	openQueue(t, dbURL, compute.WithMigrate()).Close()
+	for _, tsa := range []string{"read-only", "standby", "prefer-standby"} {
+		withTSA := dbURL + "&target_session_attrs=" + tsa
+		if _, err := compute.Open(t.Context(), withTSA); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("Open with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		if _, err := compute.Open(t.Context(), dbURL, compute.WithDirectURL(withTSA)); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("WithDirectURL with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		cfg, err := pgxpool.ParseConfig(withTSA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MinConns = 0
+		pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compute.New(t.Context(), pool); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("New on a pool with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		pool.Close()
+	}
+	for _, tsa := range []string{"any", "read-write", "primary"} {
+		withTSA := dbURL + "&target_session_attrs=" + tsa
+		q := openQueue(t, withTSA, compute.WithDirectURL(withTSA))
+		enqueue(t, q, compute.Job{Queue: "tsa"})
+	}
+}

@@ -32,15 +32,22 @@ const statementsLostHint = "pgx's prepared statements do not survive it: add def
 // migrations' transactions. Without it they use the pool's connection
 // settings; behind a transaction pooler workers then poll, Wait and Follow
 // check every 5 s, and Migrate fails with [ErrTransactionPooler]. The
-// string takes the same forms as Open's; its password never reaches an
-// error or a log line. A string that cannot be parsed makes Open and New
-// fail with [ErrInvalidOption].
+// string takes the same forms as Open's, with the same rules for several
+// hosts and target_session_attrs; its password never reaches an error or a
+// log line. A string that cannot be parsed, or that allows a standby, makes
+// Open and New fail with [ErrInvalidOption]; one that goes through a pooler
+// in transaction mode too (Open and New probe it) fails them with
+// [ErrInvalidOption] and [ErrTransactionPooler].
 func WithDirectURL(connString string) Option {
 	return func(o *options) {
 		cfg, err := pgx.ParseConfig(connString)
 		if err != nil {
 			o.errs = append(o.errs, fmt.Errorf("%w: WithDirectURL: cannot parse the connection string (%s); use a postgres:// URL or key=value pairs",
 				ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...)))
+			return
+		}
+		if err := writableTarget(&cfg.Config, "WithDirectURL"); err != nil {
+			o.errs = append(o.errs, err)
 			return
 		}
 		setConnDefaults(cfg)
@@ -106,8 +113,67 @@ type pooler struct {
 	losesStatements bool
 }
 
-// probePooler finds out, on two of the pool's connections, whether they
-// go through a pooler in transaction mode, and whether it keeps prepared
+// probeConn hands out the probe's connections: the i-th (0 or 1), and
+// the function that gives it back.
+type probeConn func(ctx context.Context, i int) (*pgx.Conn, func(), error)
+
+// poolProbeConns hands out the pool's connections. A pool that may hold
+// only one gives the second as a connection of its own, made as the pool
+// makes its connections (its BeforeConnect and AfterConnect), and closed
+// after the probe: such a pool goes through a pooler as much as any other.
+func poolProbeConns(pool *pgxpool.Pool) probeConn {
+	return func(ctx context.Context, i int) (*pgx.Conn, func(), error) {
+		cfg := pool.Config()
+		if i == 0 || cfg.MaxConns >= 2 {
+			c, err := pool.Acquire(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c.Conn(), c.Release, nil
+		}
+		connCfg := cfg.ConnConfig
+		if cfg.BeforeConnect != nil {
+			if err := cfg.BeforeConnect(ctx, connCfg); err != nil {
+				return nil, nil, err
+			}
+		}
+		conn, err := pgx.ConnectConfig(ctx, connCfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		if cfg.AfterConnect != nil {
+			if err := cfg.AfterConnect(ctx, conn); err != nil {
+				conn.Close(ctx)
+				return nil, nil, err
+			}
+		}
+		return conn, closeConn(conn), nil
+	}
+}
+
+// configProbeConns hands out new connections made with cfg (the direct
+// URL's settings), closed after the probe.
+func configProbeConns(cfg *pgx.ConnConfig) probeConn {
+	return func(ctx context.Context, _ int) (*pgx.Conn, func(), error) {
+		conn, err := pgx.ConnectConfig(ctx, cfg.Copy())
+		if err != nil {
+			return nil, nil, err
+		}
+		return conn, closeConn(conn), nil
+	}
+}
+
+// closeConn closes conn within a few seconds, for a probe connection.
+func closeConn(conn *pgx.Conn) func() {
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(ctx)
+	}
+}
+
+// probePooler finds out, on two connections from open, whether they go
+// through a pooler in transaction mode, and whether it keeps prepared
 // statements. The first connection prepares a statement of a fresh name
 // and runs it: if the server sees the connection's own port, it is direct
 // and the probe ends there. Otherwise a second connection prepares and
@@ -115,16 +181,14 @@ type pooler struct {
 // pooler like PgBouncer reuses the server connection released last, so
 // the second lands where the first ran, and PgBouncer before 1.21 then
 // reports the statement already there (or, on a busy pooler, the first's
-// missing). A pool that may hold only one connection is not probed.
-func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
-	if pool.Config().MaxConns < 2 {
-		return pooler{}, nil
-	}
-	var conns [2]*pgxpool.Conn
+// missing).
+func probePooler(ctx context.Context, open probeConn) (pooler, error) {
+	var conns [2]*pgx.Conn
+	var release [2]func()
 	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Release()
+		for _, r := range release {
+			if r != nil {
+				r()
 			}
 		}
 	}()
@@ -134,24 +198,24 @@ func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
 		var err error
 		for i := range conns {
 			if conns[i] == nil {
-				if conns[i], err = pool.Acquire(ctx); err != nil {
+				if conns[i], release[i], err = open(ctx, i); err != nil {
 					return pooler{}, err
 				}
 			}
 			var port int32
-			if pids[i], port, err = probeBackend(ctx, conns[i].Conn(), name); err != nil {
+			if pids[i], port, err = probeBackend(ctx, conns[i], name); err != nil {
 				break
 			}
-			if i == 0 && port != 0 && port == localPort(conns[0].Conn()) {
+			if i == 0 && port != 0 && port == localPort(conns[0]) {
 				// The server sees this very connection: direct.
-				return pooler{}, conns[0].Conn().Deallocate(ctx, name)
+				return pooler{}, conns[0].Deallocate(ctx, name)
 			}
 		}
 		// Only now, so that the second met the first's statement.
 		// Closing a statement that is not there is no error.
 		for _, c := range conns {
 			if c != nil {
-				err = errors.Join(err, c.Conn().Deallocate(ctx, name))
+				err = errors.Join(err, c.Deallocate(ctx, name))
 			}
 		}
 		switch {
@@ -183,12 +247,23 @@ func localPort(conn *pgx.Conn) int32 {
 	return 0
 }
 
-// checkPooler probes the pool (see probePooler). Behind a pooler that
+// checkPooler probes WithDirectURL's connection, which must not go through
+// a pooler in transaction mode (Open and New fail with [ErrInvalidOption]
+// and [ErrTransactionPooler]), and the pool (see probePooler). Behind a pooler that
 // loses prepared statements, a pool that Open made and that caches them
 // is made again with default_query_exec_mode=exec, which needs none; a
 // caller's pool (New) is never changed: New fails with the fix instead.
 func (q *Queue) checkPooler(ctx context.Context) error {
-	found, err := probePooler(ctx, q.pool)
+	if q.opts.direct != nil {
+		found, err := probePooler(ctx, configProbeConns(q.opts.direct))
+		if err != nil {
+			return q.redactSession(translate("compute: connect: probing WithDirectURL's connection for a pooler", err))
+		}
+		if found.transaction {
+			return fmt.Errorf("%w: WithDirectURL: its connection %w too, where neither LISTEN nor Migrate's session lock works; give the server's own address, or a pooler in session mode", ErrInvalidOption, ErrTransactionPooler)
+		}
+	}
+	found, err := probePooler(ctx, poolProbeConns(q.pool))
 	if err != nil {
 		return translate("compute: connect: probing for a pooler", err)
 	}

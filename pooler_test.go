@@ -471,3 +471,54 @@ func TestPoolerDirectURLKeepsItsPasswordSecret(t *testing.T) {
 		t.Errorf("Migrate on an unreachable direct URL = %v, want ErrUnavailable without the password", err)
 	}
 }
+
+// TestPoolerOneConnectionPoolIsProbed: a pool that may hold one
+// connection goes through a pooler as much as any other. Open, given
+// pool_max_conns=1, still finds the pooler (a second connection of its
+// own) and stops caching statements, and Migrate refuses, for Open's pool
+// and for a caller's pool given to New.
+func TestPoolerOneConnectionPoolIsProbed(t *testing.T) {
+	t.Parallel()
+	_, pooled := behindBouncer(t)
+	q := openQueue(t, pooled+"&pool_max_conns=1")
+	if mode := q.Pool().Config().ConnConfig.DefaultQueryExecMode; mode != pgx.QueryExecModeExec {
+		t.Errorf("a one-connection pool through PgBouncer 1.18 has exec mode %v, want exec", mode)
+	}
+	if err := q.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through PgBouncer with pool_max_conns=1 = %v, want ErrTransactionPooler", err)
+	}
+	pool, err := pgxpool.New(t.Context(), pooled+"&pool_max_conns=1&default_query_exec_mode=exec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	q2, err := compute.New(t.Context(), pool)
+	if err != nil {
+		t.Fatalf("New on a one-connection pool through PgBouncer: %v", err)
+	}
+	defer q2.Close()
+	if err := q2.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through New's one-connection pool through PgBouncer = %v, want ErrTransactionPooler", err)
+	}
+	if n := pool.Stat().TotalConns(); n > 1 {
+		t.Errorf("the caller's one-connection pool holds %d connections", n)
+	}
+}
+
+// TestPoolerDirectURLThroughAPoolerIsRefused: a "direct" URL that goes
+// through the same pooler in transaction mode would run LISTEN and
+// Migrate's session lock where neither works. Open probes it and fails,
+// naming WithDirectURL.
+func TestPoolerDirectURLThroughAPoolerIsRefused(t *testing.T) {
+	t.Parallel()
+	direct, pooled := behindBouncer(t)
+	_, err := compute.Open(t.Context(), pooled, compute.WithDirectURL(pooled))
+	if !errors.Is(err, compute.ErrTransactionPooler) || !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "WithDirectURL") {
+		t.Fatalf("Open with WithDirectURL through PgBouncer = %v, want ErrTransactionPooler and ErrInvalidOption naming WithDirectURL", err)
+	}
+	_, err = compute.Open(t.Context(), direct, compute.WithDirectURL(pooled))
+	if !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Open of a direct pool with WithDirectURL through PgBouncer = %v, want ErrTransactionPooler", err)
+	}
+	openQueue(t, pooled, compute.WithDirectURL(direct)) // the right way round works
+}
