@@ -260,7 +260,7 @@ func (q *Queue) checkPooler(ctx context.Context) error {
 			return q.redactSession(translate("compute: connect: probing WithDirectURL's connection for a pooler", err))
 		}
 		if found.transaction {
-			return fmt.Errorf("%w: WithDirectURL: its connection %w too, where neither LISTEN nor Migrate's session lock works; give the server's own address, or a pooler in session mode", ErrInvalidOption, ErrTransactionPooler)
+			return fmt.Errorf("%w: WithDirectURL's connection goes through a pooler in transaction mode too (%w), where neither LISTEN nor Migrate's session lock works; give the server's own address, or a pooler in session mode", ErrInvalidOption, ErrTransactionPooler)
 		}
 	}
 	found, err := probePooler(ctx, poolProbeConns(q.pool))
