@@ -185,8 +185,9 @@
 //
 // [WithDirectURL] gives the library a direct connection string for these
 // sessions, while the pool goes through the pooler: workers and Wait and
-// Follow listen on it, and Migrate locks and migrates on it. Open and New
-// probe it too, and fail if it goes through a pooler in transaction mode.
+// Follow listen on it, and Migrate locks and migrates on it. Migrate
+// probes it first, and fails if it goes through a pooler in transaction
+// mode too.
 //
 //	q, err := compute.Open(ctx, pgbouncerURL,
 //		compute.WithDirectURL(directURL), compute.WithMigrate())

@@ -26,8 +26,8 @@ const versionTable = "compute.goose_db_version"
 // one of them migrate while the others wait, and then find nothing to do.
 // Its lock is held by a session across the migrations' transactions, so
 // it needs a direct connection: behind a pooler in transaction mode it
-// takes the [WithDirectURL] connection, and without one fails with
-// [ErrTransactionPooler]. It needs a role that may create schemas and
+// takes the [WithDirectURL] connection, and without one (or when that one
+// goes through such a pooler too) fails with [ErrTransactionPooler]. It needs a role that may create schemas and
 // tables; ctx bounds the whole run.
 func (q *Queue) Migrate(ctx context.Context) error {
 	return q.MigrateTo(ctx, -1)
@@ -43,6 +43,11 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 	if q.behindPooler && q.opts.direct == nil {
 		return fmt.Errorf("compute: migrate: %w, where a session lock is not held by any session of ours; give a direct connection string with WithDirectURL, or migrate from a Queue opened with one",
 			ErrTransactionPooler)
+	}
+	if q.opts.direct != nil {
+		if err := q.checkDirect(ctx); err != nil {
+			return fmt.Errorf("compute: migrate: %w", err)
+		}
 	}
 	if err := q.createSchema(ctx); err != nil {
 		return translate("compute: migrate: create schema", err)

@@ -35,9 +35,9 @@ const statementsLostHint = "pgx's prepared statements do not survive it: add def
 // string takes the same forms as Open's, with the same rules for several
 // hosts and target_session_attrs; its password never reaches an error or a
 // log line. A string that cannot be parsed, or that allows a standby, makes
-// Open and New fail with [ErrInvalidOption]; one that goes through a pooler
-// in transaction mode too (Open and New probe it) fails them with
-// [ErrInvalidOption] and [ErrTransactionPooler].
+// Open and New fail with [ErrInvalidOption]. Migrate probes it first and
+// fails with [ErrTransactionPooler] if it goes through a pooler in
+// transaction mode too; a listener on it then warns and polls.
 func WithDirectURL(connString string) Option {
 	return func(o *options) {
 		cfg, err := pgx.ParseConfig(connString)
@@ -91,11 +91,17 @@ func (q *Queue) redactSession(err error) error {
 // poolerProbePrefix begins the names of the probe's prepared statements.
 const poolerProbePrefix = "compute_pooler_probe_"
 
-// poolerProbeSQL reads the server backend behind a connection and the
-// client port that backend sees: two open connections served by one
-// backend go through a pooler in transaction mode, and a port equal to the
-// connection's own proves it reaches the server directly.
-const poolerProbeSQL = `SELECT pg_backend_pid(), coalesce(inet_client_port(), 0)`
+// poolerProbeSQL reads the server backend behind a connection and both
+// ends of the TCP connection it serves, as the server sees them: two open
+// connections served by one backend go through a pooler in transaction
+// mode, and ends equal to the connection's own prove it reaches the server
+// directly. Both ends, not the client port alone: a pooler on the same
+// host may have the client's port for its own connection to the server
+// (another address, or another destination, lets the kernel hand out the
+// same port twice).
+const poolerProbeSQL = `SELECT pg_backend_pid(),
+       coalesce(host(inet_client_addr()), ''), coalesce(inet_client_port(), 0),
+       coalesce(host(inet_server_addr()), ''), coalesce(inet_server_port(), 0)`
 
 // poolerProbeAttempts bounds the probe's tries when a connection does not
 // prove itself direct: a busy pooler may hand the second connection
@@ -175,7 +181,7 @@ func closeConn(conn *pgx.Conn) func() {
 // probePooler finds out, on two connections from open, whether they go
 // through a pooler in transaction mode, and whether it keeps prepared
 // statements. The first connection prepares a statement of a fresh name
-// and runs it: if the server sees the connection's own port, it is direct
+// and runs it: if the server sees the connection's own two ends, it is direct
 // and the probe ends there. Otherwise a second connection prepares and
 // runs a statement of the same name, and only then are both dropped. A
 // pooler like PgBouncer reuses the server connection released last, so
@@ -202,11 +208,11 @@ func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 					return pooler{}, err
 				}
 			}
-			var port int32
-			if pids[i], port, err = probeBackend(ctx, conns[i], name); err != nil {
+			var direct bool
+			if pids[i], direct, err = probeBackend(ctx, conns[i], name); err != nil {
 				break
 			}
-			if i == 0 && port != 0 && port == localPort(conns[0]) {
+			if i == 0 && direct {
 				// The server sees this very connection: direct.
 				return pooler{}, conns[0].Deallocate(ctx, name)
 			}
@@ -230,39 +236,50 @@ func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 	return pooler{}, nil
 }
 
-// probeBackend prepares poolerProbeSQL as name on conn and runs it.
-func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid, port int32, err error) {
+// probeBackend prepares poolerProbeSQL as name on conn and runs it. direct
+// reports whether the server sees conn's own TCP connection.
+func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid int32, direct bool, err error) {
 	if _, err := conn.Prepare(ctx, name, poolerProbeSQL); err != nil {
-		return 0, 0, err
+		return 0, false, err
 	}
-	err = conn.QueryRow(ctx, name).Scan(&pid, &port)
-	return pid, port, err
+	var clientHost, serverHost string
+	var clientPort, serverPort int32
+	if err := conn.QueryRow(ctx, name).Scan(&pid, &clientHost, &clientPort, &serverHost, &serverPort); err != nil {
+		return 0, false, err
+	}
+	client := &net.TCPAddr{IP: net.ParseIP(clientHost), Port: int(clientPort)}
+	server := &net.TCPAddr{IP: net.ParseIP(serverHost), Port: int(serverPort)}
+	c := conn.PgConn().Conn()
+	return pid, sameEndpoint(c.LocalAddr(), client) && sameEndpoint(c.RemoteAddr(), server), nil
 }
 
-// localPort is conn's own TCP port, or 0 on a unix socket.
-func localPort(conn *pgx.Conn) int32 {
-	if addr, ok := conn.PgConn().Conn().LocalAddr().(*net.TCPAddr); ok {
-		return int32(addr.Port)
-	}
-	return 0
+// sameEndpoint reports whether a is the TCP address b (an IPv4 address
+// matches its IPv6-mapped form); never on a unix socket.
+func sameEndpoint(a net.Addr, b *net.TCPAddr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	return ok && b.IP != nil && b.Port != 0 && tcp.Port == b.Port && tcp.IP.Equal(b.IP)
 }
 
-// checkPooler probes WithDirectURL's connection, which must not go through
-// a pooler in transaction mode (Open and New fail with [ErrInvalidOption]
-// and [ErrTransactionPooler]), and the pool (see probePooler). Behind a pooler that
+// checkDirect probes WithDirectURL's connection (see probePooler), which
+// Migrate's session lock needs to be a session of its own: it fails with
+// [ErrTransactionPooler] when that connection goes through a pooler in
+// transaction mode too. (A listener finds that out with its first probe.)
+func (q *Queue) checkDirect(ctx context.Context) error {
+	found, err := probePooler(ctx, configProbeConns(q.opts.direct))
+	if err != nil {
+		return q.redactSession(translate("probing WithDirectURL's connection for a pooler", err))
+	}
+	if found.transaction {
+		return fmt.Errorf("%w: WithDirectURL's connection goes through one too, where a session lock is not held by any session of ours; give the server's own address, or a pooler in session mode", ErrTransactionPooler)
+	}
+	return nil
+}
+
+// checkPooler probes the pool (see probePooler). Behind a pooler that
 // loses prepared statements, a pool that Open made and that caches them
 // is made again with default_query_exec_mode=exec, which needs none; a
 // caller's pool (New) is never changed: New fails with the fix instead.
 func (q *Queue) checkPooler(ctx context.Context) error {
-	if q.opts.direct != nil {
-		found, err := probePooler(ctx, configProbeConns(q.opts.direct))
-		if err != nil {
-			return q.redactSession(translate("compute: connect: probing WithDirectURL's connection for a pooler", err))
-		}
-		if found.transaction {
-			return fmt.Errorf("%w: WithDirectURL's connection goes through a pooler in transaction mode too (%w), where neither LISTEN nor Migrate's session lock works; give the server's own address, or a pooler in session mode", ErrInvalidOption, ErrTransactionPooler)
-		}
-	}
 	found, err := probePooler(ctx, poolProbeConns(q.pool))
 	if err != nil {
 		return translate("compute: connect: probing for a pooler", err)

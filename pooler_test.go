@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -506,19 +507,73 @@ func TestPoolerOneConnectionPoolIsProbed(t *testing.T) {
 }
 
 // TestPoolerDirectURLThroughAPoolerIsRefused: a "direct" URL that goes
-// through the same pooler in transaction mode would run LISTEN and
-// Migrate's session lock where neither works. Open probes it and fails,
-// naming WithDirectURL.
+// through the same pooler in transaction mode would run Migrate's session
+// lock where it does not hold. Migrate probes it and fails, naming
+// WithDirectURL.
 func TestPoolerDirectURLThroughAPoolerIsRefused(t *testing.T) {
 	t.Parallel()
 	direct, pooled := behindBouncer(t)
-	_, err := compute.Open(t.Context(), pooled, compute.WithDirectURL(pooled))
-	if !errors.Is(err, compute.ErrTransactionPooler) || !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "WithDirectURL") {
-		t.Fatalf("Open with WithDirectURL through PgBouncer = %v, want ErrTransactionPooler and ErrInvalidOption naming WithDirectURL", err)
+	for _, poolURL := range []string{pooled, direct} {
+		err := openQueue(t, poolURL, compute.WithDirectURL(pooled)).Migrate(t.Context())
+		if !errors.Is(err, compute.ErrTransactionPooler) || !strings.Contains(err.Error(), "WithDirectURL") {
+			t.Errorf("Migrate with WithDirectURL through PgBouncer (pool %s) = %v, want ErrTransactionPooler naming WithDirectURL", poolURL, err)
+		}
 	}
-	_, err = compute.Open(t.Context(), direct, compute.WithDirectURL(pooled))
-	if !errors.Is(err, compute.ErrTransactionPooler) {
-		t.Errorf("Open of a direct pool with WithDirectURL through PgBouncer = %v, want ErrTransactionPooler", err)
+	if err := openQueue(t, pooled, compute.WithDirectURL(direct)).Migrate(t.Context()); err != nil {
+		t.Errorf("Migrate with a direct WithDirectURL: %v", err) // the right way round works
 	}
-	openQueue(t, pooled, compute.WithDirectURL(direct)) // the right way round works
+}
+
+// TestPoolerProbeIsNotFooledByAPortCollision: a pooler on the client's
+// host may have, for its own connection to the server, the very port the
+// client's connection to the pooler has (from another address here, as
+// the kernel may also hand out one port for two destinations). The probe
+// took that port for proof of a direct connection, and Migrate then ran
+// through the pooler. Now both ends must match.
+func TestPoolerProbeIsNotFooledByAPortCollision(t *testing.T) {
+	t.Parallel()
+	_, pooled := behindBouncer(t)
+	pooled += "&default_query_exec_mode=exec"
+	// The port of PgBouncer's server connection, which an idle PgBouncer
+	// hands the next client too (LIFO).
+	conn, err := pgx.Connect(t.Context(), pooled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int32
+	if err := conn.QueryRow(t.Context(), `SELECT inet_client_port()`).Scan(&port); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(pooled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	var dials atomic.Int32
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &net.Dialer{}
+		if dials.Add(1) == 1 {
+			d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(port)}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	q, err := compute.New(t.Context(), pool)
+	if err != nil {
+		if strings.Contains(err.Error(), "127.0.0.2") {
+			t.Skipf("cannot connect from 127.0.0.2 here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through PgBouncer, the probe's first connection on PgBouncer's own server-side port = %v, want ErrTransactionPooler", err)
+	}
 }

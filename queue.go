@@ -200,8 +200,7 @@ func buildOptions(opts []Option) (options, error) {
 // target_session_attrs=read-write: after a failover, the promoted standby
 // (see Failover in the package documentation); a target_session_attrs
 // that allows a standby (read-only, standby, prefer-standby) fails with
-// [ErrInvalidOption]. Open also fails with [ErrTransactionPooler] when
-// [WithDirectURL]'s connection goes through a pooler in transaction mode. It checks that
+// [ErrInvalidOption]. It checks that
 // the server answers before it returns; ctx bounds that check and, with
 // [WithMigrate], the migration. [Errors] match [ErrInvalidOption], [ErrUnavailable]
 // or [ErrNotMigrated]; no error or log line holds the connection's password.

@@ -12,7 +12,7 @@ import (
 // TestDirectURLThroughPgBouncer: with --database-url through PgBouncer in
 // transaction mode, migrate fails and names --direct-url; with
 // --direct-url (or DIRECT_URL) it migrates, events follow listens on the
-// direct connection, and a --direct-url through the pooler is refused.
+// direct connection, and migrate refuses a --direct-url through the pooler.
 func TestDirectURLThroughPgBouncer(t *testing.T) {
 	db := testdb.New(t)
 	pooled := testdb.NewBouncer(t, db)
@@ -51,8 +51,8 @@ func TestDirectURLThroughPgBouncer(t *testing.T) {
 	waitFor(t, "the new job's event", func() bool { return strings.Contains(out.String(), id) })
 	stop()
 
-	r = wantExit(t, 2, "ui", "--addr", "127.0.0.1:0", "--database-url", pooled, "--direct-url", pooled)
-	if !strings.Contains(r.stderr, "WithDirectURL's connection goes through a pooler in transaction mode") {
-		t.Errorf("ui with a --direct-url through the pooler: stderr does not refuse it:\n%s", r.stderr)
+	r = wantExit(t, 1, "migrate", "--database-url", pooled, "--direct-url", pooled)
+	if !strings.Contains(r.stderr, "WithDirectURL's connection goes through one too") {
+		t.Errorf("migrate with a --direct-url through the pooler: stderr does not refuse it:\n%s", r.stderr)
 	}
 }
