@@ -678,3 +678,32 @@ func TestOpenRefusesTargetsThatAllowAStandby(t *testing.T) {
 		enqueue(t, q, compute.Job{Queue: "tsa"})
 	}
 }
+
+// TestOpenRefusesAnExecModeWithoutItsCache: statement_cache_capacity=0
+// leaves pgx's default mode (cache_statement) without its cache, and
+// description_cache_capacity=0 does so to cache_describe: pgx then fails
+// every statement, which Open and New reported as success. They fail with
+// ErrInvalidOption naming the fix, which works.
+func TestOpenRefusesAnExecModeWithoutItsCache(t *testing.T) {
+	t.Parallel()
+	dbURL := testdb.New(t)
+	openQueue(t, dbURL, compute.WithMigrate()).Close()
+	for _, bad := range []string{"statement_cache_capacity=0", "default_query_exec_mode=cache_describe&description_cache_capacity=0"} {
+		if _, err := compute.Open(t.Context(), dbURL+"&"+bad); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "default_query_exec_mode=exec") {
+			t.Errorf("Open with %s = %v, want ErrInvalidOption naming default_query_exec_mode=exec", bad, err)
+		}
+		pool, err := pgxpool.New(t.Context(), dbURL+"&"+bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compute.New(t.Context(), pool); !errors.Is(err, compute.ErrInvalidOption) {
+			t.Errorf("New on a pool with %s = %v, want ErrInvalidOption", bad, err)
+		}
+		pool.Close()
+		if _, err := compute.Open(t.Context(), dbURL, compute.WithDirectURL(dbURL+"&"+bad)); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "WithDirectURL") {
+			t.Errorf("WithDirectURL with %s = %v, want ErrInvalidOption naming WithDirectURL", bad, err)
+		}
+		q := openQueue(t, dbURL+"&"+bad+"&default_query_exec_mode=exec")
+		enqueue(t, q, compute.Job{Queue: "nocache"})
+	}
+}

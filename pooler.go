@@ -46,7 +46,7 @@ func WithDirectURL(connString string) Option {
 				ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...)))
 			return
 		}
-		if err := writableTarget(&cfg.Config, "WithDirectURL"); err != nil {
+		if err := errors.Join(writableTarget(&cfg.Config, "WithDirectURL"), execModeWorks(cfg, "WithDirectURL")); err != nil {
 			o.errs = append(o.errs, err)
 			return
 		}

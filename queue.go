@@ -311,6 +311,9 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 // connect checks the connection, looks for a pooler in transaction mode
 // (checkPooler) and migrates when asked to.
 func (q *Queue) connect(ctx context.Context) error {
+	if err := execModeWorks(q.pool.Config().ConnConfig, "the pool's connection settings"); err != nil {
+		return err
+	}
 	if err := q.pool.Ping(ctx); err != nil {
 		return translate("compute: connect", err)
 	}
@@ -321,6 +324,24 @@ func (q *Queue) connect(ctx context.Context) error {
 		return q.Migrate(ctx)
 	}
 	return nil
+}
+
+// execModeWorks refuses a query exec mode whose cache the connection
+// string disabled (statement_cache_capacity=0 with the default
+// cache_statement, description_cache_capacity=0 with cache_describe): pgx
+// would fail every statement but the ping. what names the settings for
+// the error.
+func execModeWorks(cfg *pgx.ConnConfig, what string) error {
+	var setting string
+	switch {
+	case cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && cfg.StatementCacheCapacity == 0:
+		setting = "statement_cache_capacity=0 disables the statement cache of the default query exec mode (cache_statement)"
+	case cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheDescribe && cfg.DescriptionCacheCapacity == 0:
+		setting = "description_cache_capacity=0 disables the description cache of default_query_exec_mode=cache_describe"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s: %s, so pgx would fail every statement; add default_query_exec_mode=exec (no cache needed) or drop the capacity setting", ErrInvalidOption, what, setting)
 }
 
 // Pool returns the connection pool the queue uses, for the caller's own
