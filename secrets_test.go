@@ -42,7 +42,7 @@ func (b *lockedBuffer) String() string {
 // registry) and Follow (the journal hub) run until every server address
 // refuses connections. No log line at any level, no error returned and no
 // Health report holds either password, and the outage's warnings come at
-// a bounded rate.
+// a bounded rate (Follow's once).
 func TestPasswordsStayOutOfLogsDuringAnOutage(t *testing.T) {
 	const poolSecret, directSecret = "pool-Secr3t-pw", "direct Secr3t pw"
 	t.Setenv("PGPASSWORD", poolSecret)
@@ -102,6 +102,11 @@ func TestPasswordsStayOutOfLogsDuringAnOutage(t *testing.T) {
 		during, window, time.Since(outage).Round(time.Millisecond)-window)
 	if during > 30 {
 		t.Errorf("%d log lines in %s of outage: a busy loop of warnings", during, window)
+	}
+	// Follow warns once per outage, then retries with backoff in debug
+	// lines (it warned every second).
+	if n := strings.Count(logs.String(), `level=WARN msg="reading the journal failed`); n != 1 {
+		t.Errorf("Follow warned %d times in one outage, want once", n)
 	}
 
 	stopFollow()
