@@ -677,6 +677,34 @@ func TestOpenRefusesTargetsThatAllowAStandby(t *testing.T) {
 		q := openQueue(t, withTSA, compute.WithDirectURL(withTSA))
 		enqueue(t, q, compute.Job{Queue: "tsa"})
 	}
+
+	// New cannot make a caller's pool of several hosts ask for a server
+	// that takes writes, as Open does: it refuses it, naming the fix.
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = u.Host + ",localhost:" + u.Port()
+	for _, tc := range []struct {
+		query string
+		ok    bool
+	}{{"", false}, {"&target_session_attrs=read-write", true}} {
+		pool, err := pgxpool.New(t.Context(), u.String()+tc.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := compute.New(t.Context(), pool)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("New on a pool of two hosts with %q: %v", tc.query, err)
+		case !tc.ok && (!errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "target_session_attrs=read-write")):
+			t.Errorf("New on a pool of two hosts without target_session_attrs = %v, want ErrInvalidOption naming target_session_attrs=read-write", err)
+		}
+		if q != nil {
+			q.Close()
+		}
+		pool.Close()
+	}
 }
 
 // TestOpenRefusesAnExecModeWithoutItsCache: statement_cache_capacity=0

@@ -321,7 +321,9 @@
 // or "host=a,b": Open then connects only to a server that accepts writes
 // (it asks for that itself when target_session_attrs is not set, for
 // [WithDirectURL]'s string as well; one that allows a standby, read-only,
-// standby or prefer-standby, fails with [ErrInvalidOption]). When
+// standby or prefer-standby, fails with [ErrInvalidOption]; New, which
+// never changes the caller's pool, refuses one of several hosts without
+// target_session_attrs). When
 // the primary stops and the standby is promoted, the workers' pools,
 // their listeners and the journal's listener reconnect on their own
 // (statements fail meanwhile with [ErrUnavailable], and the Worker retries

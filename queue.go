@@ -286,7 +286,8 @@ func multiHost(cfg *pgconn.Config) bool {
 // New makes a Queue on a pool the caller owns; Close does not close it. It
 // checks that the server answers (and migrates, with [WithMigrate]) within ctx.
 // It never changes the pool: a pool whose target_session_attrs allows a
-// standby fails with [ErrInvalidOption], and one that caches prepared
+// standby, or that names several hosts without target_session_attrs,
+// fails with [ErrInvalidOption], and one that caches prepared
 // statements behind a pooler that loses them with [ErrTransactionPooler].
 func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error) {
 	if pool == nil {
@@ -296,9 +297,14 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 	if err != nil {
 		return nil, err
 	}
-	if tsa := standbyTarget(&pool.Config().ConnConfig.Config); tsa != "" {
+	connCfg := &pool.Config().ConnConfig.Config
+	if tsa := standbyTarget(connCfg); tsa != "" {
 		return nil, fmt.Errorf("%w: New: the pool's target_session_attrs=%s may connect to a standby, where the queue cannot write; use read-write or primary",
 			ErrInvalidOption, tsa)
+	}
+	if connCfg.ValidateConnect == nil && multiHost(connCfg) {
+		return nil, fmt.Errorf("%w: New: the pool names several hosts and no target_session_attrs, so it may connect to a standby, where the queue cannot write; add target_session_attrs=read-write to its connection string (Open does that itself)",
+			ErrInvalidOption)
 	}
 	q := &Queue{pool: pool, password: pool.Config().ConnConfig.Password, opts: o}
 	q.wakeups = newWakeups(q, o.cooldown)
