@@ -641,3 +641,97 @@ func TestOpenMissingDatabaseIsUnavailable(t *testing.T) {
 		t.Errorf("the error holds the password: %s", text)
 	}
 }
+
+// TestOpenRefusesTargetsThatAllowAStandby: a target_session_attrs that
+// lets the driver pick a standby would send every write there; Open, New
+// and WithDirectURL refuse it with ErrInvalidOption, naming the setting,
+// and accept the ones that pick a server that takes writes.
+func TestOpenRefusesTargetsThatAllowAStandby(t *testing.T) {
+	t.Parallel()
+	dbURL := testdb.New(t)
+	openQueue(t, dbURL, compute.WithMigrate()).Close()
+	for _, tsa := range []string{"read-only", "standby", "prefer-standby"} {
+		withTSA := dbURL + "&target_session_attrs=" + tsa
+		if _, err := compute.Open(t.Context(), withTSA); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("Open with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		if _, err := compute.Open(t.Context(), dbURL, compute.WithDirectURL(withTSA)); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("WithDirectURL with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		cfg, err := pgxpool.ParseConfig(withTSA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MinConns = 0
+		pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compute.New(t.Context(), pool); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), tsa) {
+			t.Errorf("New on a pool with target_session_attrs=%s = %v, want ErrInvalidOption naming it", tsa, err)
+		}
+		pool.Close()
+	}
+	for _, tsa := range []string{"any", "read-write", "primary"} {
+		withTSA := dbURL + "&target_session_attrs=" + tsa
+		q := openQueue(t, withTSA, compute.WithDirectURL(withTSA))
+		enqueue(t, q, compute.Job{Queue: "tsa"})
+	}
+
+	// New cannot make a caller's pool of several hosts ask for a server
+	// that takes writes, as Open does: it refuses it, naming the fix.
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = u.Host + ",localhost:" + u.Port()
+	for _, tc := range []struct {
+		query string
+		ok    bool
+	}{{"", false}, {"&target_session_attrs=read-write", true}} {
+		pool, err := pgxpool.New(t.Context(), u.String()+tc.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := compute.New(t.Context(), pool)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("New on a pool of two hosts with %q: %v", tc.query, err)
+		case !tc.ok && (!errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "target_session_attrs=read-write")):
+			t.Errorf("New on a pool of two hosts without target_session_attrs = %v, want ErrInvalidOption naming target_session_attrs=read-write", err)
+		}
+		if q != nil {
+			q.Close()
+		}
+		pool.Close()
+	}
+}
+
+// TestOpenRefusesAnExecModeWithoutItsCache: statement_cache_capacity=0
+// leaves pgx's default mode (cache_statement) without its cache, and
+// description_cache_capacity=0 does so to cache_describe: pgx then fails
+// every statement, which Open and New reported as success. They fail with
+// ErrInvalidOption naming the fix, which works.
+func TestOpenRefusesAnExecModeWithoutItsCache(t *testing.T) {
+	t.Parallel()
+	dbURL := testdb.New(t)
+	openQueue(t, dbURL, compute.WithMigrate()).Close()
+	for _, bad := range []string{"statement_cache_capacity=0", "default_query_exec_mode=cache_describe&description_cache_capacity=0"} {
+		if _, err := compute.Open(t.Context(), dbURL+"&"+bad); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "default_query_exec_mode=exec") {
+			t.Errorf("Open with %s = %v, want ErrInvalidOption naming default_query_exec_mode=exec", bad, err)
+		}
+		pool, err := pgxpool.New(t.Context(), dbURL+"&"+bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compute.New(t.Context(), pool); !errors.Is(err, compute.ErrInvalidOption) {
+			t.Errorf("New on a pool with %s = %v, want ErrInvalidOption", bad, err)
+		}
+		pool.Close()
+		if _, err := compute.Open(t.Context(), dbURL, compute.WithDirectURL(dbURL+"&"+bad)); !errors.Is(err, compute.ErrInvalidOption) || !strings.Contains(err.Error(), "WithDirectURL") {
+			t.Errorf("WithDirectURL with %s = %v, want ErrInvalidOption naming WithDirectURL", bad, err)
+		}
+		q := openQueue(t, dbURL+"&"+bad+"&default_query_exec_mode=exec")
+		enqueue(t, q, compute.Job{Queue: "nocache"})
+	}
+}

@@ -185,7 +185,9 @@
 //
 // [WithDirectURL] gives the library a direct connection string for these
 // sessions, while the pool goes through the pooler: workers and Wait and
-// Follow listen on it, and Migrate locks and migrates on it.
+// Follow listen on it, and Migrate locks and migrates on it. Migrate
+// probes it first, and fails if it goes through a pooler in transaction
+// mode too.
 //
 //	q, err := compute.Open(ctx, pgbouncerURL,
 //		compute.WithDirectURL(directURL), compute.WithMigrate())
@@ -195,6 +197,10 @@
 // it. A listener then still finds out, within 5 s of connecting: its
 // first probe is sent from the pool, and a pooler in transaction mode
 // never hands it back to the listening connection; it warns and polls.
+// Migrate checks that its lock was released by the server session that
+// took it, and otherwise fails with [ErrTransactionPooler]: the
+// migrations then ran without the lock's protection, and the lock stays
+// with that session until the pooler closes it.
 //
 // # Semantics
 //
@@ -313,7 +319,11 @@
 // Give every process all servers of a streaming pair in one connection
 // string, "postgres://a:5432,b:5432/db?target_session_attrs=read-write"
 // or "host=a,b": Open then connects only to a server that accepts writes
-// (it asks for that itself when target_session_attrs is not set). When
+// (it asks for that itself when target_session_attrs is not set, for
+// [WithDirectURL]'s string as well; one that allows a standby, read-only,
+// standby or prefer-standby, fails with [ErrInvalidOption]; New, which
+// never changes the caller's pool, refuses one of several hosts without
+// target_session_attrs). When
 // the primary stops and the standby is promoted, the workers' pools,
 // their listeners and the journal's listener reconnect on their own
 // (statements fail meanwhile with [ErrUnavailable], and the Worker retries

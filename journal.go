@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // Leading comments of the library's UPDATEs of compute.jobs. The journal
@@ -254,21 +257,35 @@ func (q *Queue) RebaseJournal(ctx context.Context) (int, error) {
 // [ErrJournalFromAnotherCluster]). It is woken by a notification
 // when events are written, re-reads quickly while an open transaction holds
 // events back, and otherwise checks every 5 s in case a notification was
-// lost. Store the last event's Cursor to resume after a restart.
+// lost. A read that fails (the database is away) is retried with backoff,
+// up to 5 s apart; the Queue's logger gets one warning per spell of
+// failures. Store the last event's Cursor to resume after a restart.
 func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error) error {
 	hub, err := q.journalHub()
 	if err != nil {
 		return err
 	}
 	held := 0
+	failures := 0 // reads failed in a row: the first is a warning, the rest debug lines
 	for {
 		changed := hub.changed()
 		events, err := q.Events(ctx, after, 1000)
 		if errors.Is(err, ErrClosed) || errors.Is(err, ErrJournalFromAnotherCluster) {
 			return err
 		}
-		if err != nil && ctx.Err() == nil {
-			q.opts.logger.Warn("reading the journal failed; retrying", "err", err)
+		switch {
+		case err == nil:
+			if failures > 0 {
+				q.opts.logger.Info("reading the journal works again", "failed_reads", failures)
+			}
+			failures = 0
+		case ctx.Err() == nil:
+			failures++
+			level := slog.LevelDebug
+			if failures == 1 {
+				level = slog.LevelWarn
+			}
+			q.opts.logger.Log(ctx, level, "reading the journal failed; retrying", "err", err, "failed_reads", failures)
 		}
 		if len(events) > 0 {
 			if err := fn(events); err != nil {
@@ -285,7 +302,7 @@ func (q *Queue) Follow(ctx context.Context, after Cursor, fn func([]Event) error
 				wait = min(wait, time.Duration(10<<min(held, 8))*time.Millisecond)
 			}
 		} else {
-			wait = time.Second
+			wait = backoff.Wait(failures, wait)
 		}
 		t := time.NewTimer(wait)
 		select {

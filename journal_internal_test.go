@@ -239,6 +239,12 @@ func TestWaitSaysWhenItsJobWasDeleted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A connection left idle after the previous case's read must not
+		// pass for this Wait's: only reads that end after this instant count.
+		var began time.Time
+		if err := other.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&began); err != nil {
+			t.Fatal(err)
+		}
 		done := make(chan error, 1)
 		go func() {
 			_, err := q.Wait(ctx, id)
@@ -248,7 +254,7 @@ func TestWaitSaysWhenItsJobWasDeleted(t *testing.T) {
 		for {
 			var read bool
 			if err := other.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
-				WHERE datname = current_database() AND query = $1 AND state = 'idle')`, waitStatusSQL).Scan(&read); err != nil {
+				WHERE datname = current_database() AND query = $1 AND state = 'idle' AND state_change > $2)`, waitStatusSQL, began).Scan(&read); err != nil {
 				t.Fatal(err)
 			}
 			if read {

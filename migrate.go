@@ -26,8 +26,8 @@ const versionTable = "compute.goose_db_version"
 // one of them migrate while the others wait, and then find nothing to do.
 // Its lock is held by a session across the migrations' transactions, so
 // it needs a direct connection: behind a pooler in transaction mode it
-// takes the [WithDirectURL] connection, and without one fails with
-// [ErrTransactionPooler]. It needs a role that may create schemas and
+// takes the [WithDirectURL] connection, and without one (or when that one
+// goes through such a pooler too) fails with [ErrTransactionPooler]. It needs a role that may create schemas and
 // tables; ctx bounds the whole run.
 func (q *Queue) Migrate(ctx context.Context) error {
 	return q.MigrateTo(ctx, -1)
@@ -44,6 +44,11 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 		return fmt.Errorf("compute: migrate: %w, where a session lock is not held by any session of ours; give a direct connection string with WithDirectURL, or migrate from a Queue opened with one",
 			ErrTransactionPooler)
 	}
+	if q.opts.direct != nil {
+		if err := q.checkDirect(ctx); err != nil {
+			return fmt.Errorf("compute: migrate: %w", err)
+		}
+	}
 	if err := q.createSchema(ctx); err != nil {
 		return translate("compute: migrate: create schema", err)
 	}
@@ -58,7 +63,7 @@ func (q *Queue) MigrateTo(ctx context.Context, version int64) error {
 	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
 		goose.WithTableName(versionTable),
 		goose.WithDisableGlobalRegistry(true),
-		goose.WithSessionLocker(blockingLocker{}),
+		goose.WithSessionLocker(&blockingLocker{}),
 		goose.WithSlog(q.opts.logger.With(slog.String("component", "migrate"))),
 	)
 	if err != nil {
@@ -122,15 +127,34 @@ func (q *Queue) dropSchema(ctx context.Context) error {
 
 // blockingLocker is goose's session locker with our lock id. It waits in
 // pg_advisory_lock (cancelled with ctx) instead of polling, so processes that
-// start together finish together.
-type blockingLocker struct{}
-
-func (blockingLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, migrateLockID)
-	return err
+// start together finish together. It checks at the end that the lock was
+// held throughout, by the server session that took it: through a pooler in
+// transaction mode that the probe missed, the statements after the lock may
+// run on other server sessions, and Migrate then fails with
+// [ErrTransactionPooler] instead of reporting success.
+type blockingLocker struct {
+	pid int32 // the server session that took the lock; written by SessionLock, read by SessionUnlock
 }
 
-func (blockingLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, migrateLockID)
-	return err
+// lockSQL takes the migration lock and says which server session holds it.
+const lockSQL = `SELECT pg_backend_pid() FROM pg_advisory_lock($1)`
+
+// unlockSQL releases the migration lock, if this server session holds it.
+const unlockSQL = `SELECT pg_advisory_unlock($1), pg_backend_pid()`
+
+func (l *blockingLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
+	return conn.QueryRowContext(ctx, lockSQL, migrateLockID).Scan(&l.pid)
+}
+
+func (l *blockingLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
+	var unlocked bool
+	var pid int32
+	if err := conn.QueryRowContext(ctx, unlockSQL, migrateLockID).Scan(&unlocked, &pid); err != nil {
+		return err
+	}
+	if !unlocked || pid != l.pid {
+		return fmt.Errorf("%w: Migrate's lock was taken by server session %d but its release ran on session %d, so the migrations did not run under it (and the lock stays with session %d until that closes); migrate with WithDirectURL set to a connection string that reaches the server directly",
+			ErrTransactionPooler, l.pid, pid, l.pid)
+	}
+	return nil
 }

@@ -32,15 +32,22 @@ const statementsLostHint = "pgx's prepared statements do not survive it: add def
 // migrations' transactions. Without it they use the pool's connection
 // settings; behind a transaction pooler workers then poll, Wait and Follow
 // check every 5 s, and Migrate fails with [ErrTransactionPooler]. The
-// string takes the same forms as Open's; its password never reaches an
-// error or a log line. A string that cannot be parsed makes Open and New
-// fail with [ErrInvalidOption].
+// string takes the same forms as Open's, with the same rules for several
+// hosts and target_session_attrs; its password never reaches an error or a
+// log line. A string that cannot be parsed, or that allows a standby, makes
+// Open and New fail with [ErrInvalidOption]. Migrate probes it first and
+// fails with [ErrTransactionPooler] if it goes through a pooler in
+// transaction mode too; a listener on it then warns and polls.
 func WithDirectURL(connString string) Option {
 	return func(o *options) {
 		cfg, err := pgx.ParseConfig(connString)
 		if err != nil {
 			o.errs = append(o.errs, fmt.Errorf("%w: WithDirectURL: cannot parse the connection string (%s); use a postgres:// URL or key=value pairs",
 				ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...)))
+			return
+		}
+		if err := errors.Join(writableTarget(&cfg.Config, "WithDirectURL"), execModeWorks(cfg, "WithDirectURL")); err != nil {
+			o.errs = append(o.errs, err)
 			return
 		}
 		setConnDefaults(cfg)
@@ -84,11 +91,17 @@ func (q *Queue) redactSession(err error) error {
 // poolerProbePrefix begins the names of the probe's prepared statements.
 const poolerProbePrefix = "compute_pooler_probe_"
 
-// poolerProbeSQL reads the server backend behind a connection and the
-// client port that backend sees: two open connections served by one
-// backend go through a pooler in transaction mode, and a port equal to the
-// connection's own proves it reaches the server directly.
-const poolerProbeSQL = `SELECT pg_backend_pid(), coalesce(inet_client_port(), 0)`
+// poolerProbeSQL reads the server backend behind a connection and both
+// ends of the TCP connection it serves, as the server sees them: two open
+// connections served by one backend go through a pooler in transaction
+// mode, and ends equal to the connection's own prove it reaches the server
+// directly. Both ends, not the client port alone: a pooler on the same
+// host may have the client's port for its own connection to the server
+// (another address, or another destination, lets the kernel hand out the
+// same port twice).
+const poolerProbeSQL = `SELECT pg_backend_pid(),
+       coalesce(host(inet_client_addr()), ''), coalesce(inet_client_port(), 0),
+       coalesce(host(inet_server_addr()), ''), coalesce(inet_server_port(), 0)`
 
 // poolerProbeAttempts bounds the probe's tries when a connection does not
 // prove itself direct: a busy pooler may hand the second connection
@@ -106,25 +119,82 @@ type pooler struct {
 	losesStatements bool
 }
 
-// probePooler finds out, on two of the pool's connections, whether they
-// go through a pooler in transaction mode, and whether it keeps prepared
+// probeConn hands out the probe's connections: the i-th (0 or 1), and
+// the function that gives it back.
+type probeConn func(ctx context.Context, i int) (*pgx.Conn, func(), error)
+
+// poolProbeConns hands out the pool's connections. A pool that may hold
+// only one gives the second as a connection of its own, made as the pool
+// makes its connections (its BeforeConnect and AfterConnect), and closed
+// after the probe: such a pool goes through a pooler as much as any other.
+func poolProbeConns(pool *pgxpool.Pool) probeConn {
+	return func(ctx context.Context, i int) (*pgx.Conn, func(), error) {
+		cfg := pool.Config()
+		if i == 0 || cfg.MaxConns >= 2 {
+			c, err := pool.Acquire(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c.Conn(), c.Release, nil
+		}
+		connCfg := cfg.ConnConfig
+		if cfg.BeforeConnect != nil {
+			if err := cfg.BeforeConnect(ctx, connCfg); err != nil {
+				return nil, nil, err
+			}
+		}
+		conn, err := pgx.ConnectConfig(ctx, connCfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		if cfg.AfterConnect != nil {
+			if err := cfg.AfterConnect(ctx, conn); err != nil {
+				conn.Close(ctx)
+				return nil, nil, err
+			}
+		}
+		return conn, closeConn(conn), nil
+	}
+}
+
+// configProbeConns hands out new connections made with cfg (the direct
+// URL's settings), closed after the probe.
+func configProbeConns(cfg *pgx.ConnConfig) probeConn {
+	return func(ctx context.Context, _ int) (*pgx.Conn, func(), error) {
+		conn, err := pgx.ConnectConfig(ctx, cfg.Copy())
+		if err != nil {
+			return nil, nil, err
+		}
+		return conn, closeConn(conn), nil
+	}
+}
+
+// closeConn closes conn within a few seconds, for a probe connection.
+func closeConn(conn *pgx.Conn) func() {
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(ctx)
+	}
+}
+
+// probePooler finds out, on two connections from open, whether they go
+// through a pooler in transaction mode, and whether it keeps prepared
 // statements. The first connection prepares a statement of a fresh name
-// and runs it: if the server sees the connection's own port, it is direct
+// and runs it: if the server sees the connection's own two ends, it is direct
 // and the probe ends there. Otherwise a second connection prepares and
 // runs a statement of the same name, and only then are both dropped. A
 // pooler like PgBouncer reuses the server connection released last, so
 // the second lands where the first ran, and PgBouncer before 1.21 then
 // reports the statement already there (or, on a busy pooler, the first's
-// missing). A pool that may hold only one connection is not probed.
-func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
-	if pool.Config().MaxConns < 2 {
-		return pooler{}, nil
-	}
-	var conns [2]*pgxpool.Conn
+// missing).
+func probePooler(ctx context.Context, open probeConn) (pooler, error) {
+	var conns [2]*pgx.Conn
+	var release [2]func()
 	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Release()
+		for _, r := range release {
+			if r != nil {
+				r()
 			}
 		}
 	}()
@@ -134,24 +204,24 @@ func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
 		var err error
 		for i := range conns {
 			if conns[i] == nil {
-				if conns[i], err = pool.Acquire(ctx); err != nil {
+				if conns[i], release[i], err = open(ctx, i); err != nil {
 					return pooler{}, err
 				}
 			}
-			var port int32
-			if pids[i], port, err = probeBackend(ctx, conns[i].Conn(), name); err != nil {
+			var direct bool
+			if pids[i], direct, err = probeBackend(ctx, conns[i], name); err != nil {
 				break
 			}
-			if i == 0 && port != 0 && port == localPort(conns[0].Conn()) {
+			if i == 0 && direct {
 				// The server sees this very connection: direct.
-				return pooler{}, conns[0].Conn().Deallocate(ctx, name)
+				return pooler{}, conns[0].Deallocate(ctx, name)
 			}
 		}
 		// Only now, so that the second met the first's statement.
 		// Closing a statement that is not there is no error.
 		for _, c := range conns {
 			if c != nil {
-				err = errors.Join(err, c.Conn().Deallocate(ctx, name))
+				err = errors.Join(err, c.Deallocate(ctx, name))
 			}
 		}
 		switch {
@@ -166,21 +236,43 @@ func probePooler(ctx context.Context, pool *pgxpool.Pool) (pooler, error) {
 	return pooler{}, nil
 }
 
-// probeBackend prepares poolerProbeSQL as name on conn and runs it.
-func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid, port int32, err error) {
+// probeBackend prepares poolerProbeSQL as name on conn and runs it. direct
+// reports whether the server sees conn's own TCP connection.
+func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid int32, direct bool, err error) {
 	if _, err := conn.Prepare(ctx, name, poolerProbeSQL); err != nil {
-		return 0, 0, err
+		return 0, false, err
 	}
-	err = conn.QueryRow(ctx, name).Scan(&pid, &port)
-	return pid, port, err
+	var clientHost, serverHost string
+	var clientPort, serverPort int32
+	if err := conn.QueryRow(ctx, name).Scan(&pid, &clientHost, &clientPort, &serverHost, &serverPort); err != nil {
+		return 0, false, err
+	}
+	client := &net.TCPAddr{IP: net.ParseIP(clientHost), Port: int(clientPort)}
+	server := &net.TCPAddr{IP: net.ParseIP(serverHost), Port: int(serverPort)}
+	c := conn.PgConn().Conn()
+	return pid, sameEndpoint(c.LocalAddr(), client) && sameEndpoint(c.RemoteAddr(), server), nil
 }
 
-// localPort is conn's own TCP port, or 0 on a unix socket.
-func localPort(conn *pgx.Conn) int32 {
-	if addr, ok := conn.PgConn().Conn().LocalAddr().(*net.TCPAddr); ok {
-		return int32(addr.Port)
+// sameEndpoint reports whether a is the TCP address b (an IPv4 address
+// matches its IPv6-mapped form); never on a unix socket.
+func sameEndpoint(a net.Addr, b *net.TCPAddr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	return ok && b.IP != nil && b.Port != 0 && tcp.Port == b.Port && tcp.IP.Equal(b.IP)
+}
+
+// checkDirect probes WithDirectURL's connection (see probePooler), which
+// Migrate's session lock needs to be a session of its own: it fails with
+// [ErrTransactionPooler] when that connection goes through a pooler in
+// transaction mode too. (A listener finds that out with its first probe.)
+func (q *Queue) checkDirect(ctx context.Context) error {
+	found, err := probePooler(ctx, configProbeConns(q.opts.direct))
+	if err != nil {
+		return q.redactSession(translate("probing WithDirectURL's connection for a pooler", err))
 	}
-	return 0
+	if found.transaction {
+		return fmt.Errorf("%w: WithDirectURL's connection goes through one too, where a session lock is not held by any session of ours; give the server's own address, or a pooler in session mode", ErrTransactionPooler)
+	}
+	return nil
 }
 
 // checkPooler probes the pool (see probePooler). Behind a pooler that
@@ -188,7 +280,7 @@ func localPort(conn *pgx.Conn) int32 {
 // is made again with default_query_exec_mode=exec, which needs none; a
 // caller's pool (New) is never changed: New fails with the fix instead.
 func (q *Queue) checkPooler(ctx context.Context) error {
-	found, err := probePooler(ctx, q.pool)
+	found, err := probePooler(ctx, poolProbeConns(q.pool))
 	if err != nil {
 		return translate("compute: connect: probing for a pooler", err)
 	}

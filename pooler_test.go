@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -469,5 +470,110 @@ func TestPoolerDirectURLKeepsItsPasswordSecret(t *testing.T) {
 	err = q.Migrate(t.Context())
 	if !errors.Is(err, compute.ErrUnavailable) || strings.Contains(err.Error(), secret) {
 		t.Errorf("Migrate on an unreachable direct URL = %v, want ErrUnavailable without the password", err)
+	}
+}
+
+// TestPoolerOneConnectionPoolIsProbed: a pool that may hold one
+// connection goes through a pooler as much as any other. Open, given
+// pool_max_conns=1, still finds the pooler (a second connection of its
+// own) and stops caching statements, and Migrate refuses, for Open's pool
+// and for a caller's pool given to New.
+func TestPoolerOneConnectionPoolIsProbed(t *testing.T) {
+	t.Parallel()
+	_, pooled := behindBouncer(t)
+	q := openQueue(t, pooled+"&pool_max_conns=1")
+	if mode := q.Pool().Config().ConnConfig.DefaultQueryExecMode; mode != pgx.QueryExecModeExec {
+		t.Errorf("a one-connection pool through PgBouncer 1.18 has exec mode %v, want exec", mode)
+	}
+	if err := q.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through PgBouncer with pool_max_conns=1 = %v, want ErrTransactionPooler", err)
+	}
+	pool, err := pgxpool.New(t.Context(), pooled+"&pool_max_conns=1&default_query_exec_mode=exec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	q2, err := compute.New(t.Context(), pool)
+	if err != nil {
+		t.Fatalf("New on a one-connection pool through PgBouncer: %v", err)
+	}
+	defer q2.Close()
+	if err := q2.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through New's one-connection pool through PgBouncer = %v, want ErrTransactionPooler", err)
+	}
+	if n := pool.Stat().TotalConns(); n > 1 {
+		t.Errorf("the caller's one-connection pool holds %d connections", n)
+	}
+}
+
+// TestPoolerDirectURLThroughAPoolerIsRefused: a "direct" URL that goes
+// through the same pooler in transaction mode would run Migrate's session
+// lock where it does not hold. Migrate probes it and fails, naming
+// WithDirectURL.
+func TestPoolerDirectURLThroughAPoolerIsRefused(t *testing.T) {
+	t.Parallel()
+	direct, pooled := behindBouncer(t)
+	for _, poolURL := range []string{pooled, direct} {
+		err := openQueue(t, poolURL, compute.WithDirectURL(pooled)).Migrate(t.Context())
+		if !errors.Is(err, compute.ErrTransactionPooler) || !strings.Contains(err.Error(), "WithDirectURL") {
+			t.Errorf("Migrate with WithDirectURL through PgBouncer (pool %s) = %v, want ErrTransactionPooler naming WithDirectURL", poolURL, err)
+		}
+	}
+	if err := openQueue(t, pooled, compute.WithDirectURL(direct)).Migrate(t.Context()); err != nil {
+		t.Errorf("Migrate with a direct WithDirectURL: %v", err) // the right way round works
+	}
+}
+
+// TestPoolerProbeIsNotFooledByAPortCollision: a pooler on the client's
+// host may have, for its own connection to the server, the very port the
+// client's connection to the pooler has (from another address here, as
+// the kernel may also hand out one port for two destinations). The probe
+// took that port for proof of a direct connection, and Migrate then ran
+// through the pooler. Now both ends must match.
+func TestPoolerProbeIsNotFooledByAPortCollision(t *testing.T) {
+	t.Parallel()
+	_, pooled := behindBouncer(t)
+	pooled += "&default_query_exec_mode=exec"
+	// The port of PgBouncer's server connection, which an idle PgBouncer
+	// hands the next client too (LIFO).
+	conn, err := pgx.Connect(t.Context(), pooled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int32
+	if err := conn.QueryRow(t.Context(), `SELECT inet_client_port()`).Scan(&port); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(pooled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	var dials atomic.Int32
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &net.Dialer{}
+		if dials.Add(1) == 1 {
+			d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(port)}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	q, err := compute.New(t.Context(), pool)
+	if err != nil {
+		if strings.Contains(err.Error(), "127.0.0.2") {
+			t.Skipf("cannot connect from 127.0.0.2 here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Migrate(t.Context()); !errors.Is(err, compute.ErrTransactionPooler) {
+		t.Errorf("Migrate through PgBouncer, the probe's first connection on PgBouncer's own server-side port = %v, want ErrTransactionPooler", err)
 	}
 }

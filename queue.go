@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -197,7 +198,9 @@ func buildOptions(opts []Option) (options, error) {
 // hosts ("host=a,b", "postgres://a,b/db") and no target_session_attrs (or
 // "any"), it connects only to a server that accepts writes, as with
 // target_session_attrs=read-write: after a failover, the promoted standby
-// (see Failover in the package documentation). It checks that
+// (see Failover in the package documentation); a target_session_attrs
+// that allows a standby (read-only, standby, prefer-standby) fails with
+// [ErrInvalidOption]. It checks that
 // the server answers before it returns; ctx bounds that check and, with
 // [WithMigrate], the migration. [Errors] match [ErrInvalidOption], [ErrUnavailable]
 // or [ErrNotMigrated]; no error or log line holds the connection's password.
@@ -211,12 +214,8 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 		return nil, fmt.Errorf("%w: cannot parse the connection string (%s); use a postgres:// URL, key=value pairs, or \"\" for the PG* environment variables",
 			ErrInvalidOption, redact(err.Error(), passwordsIn(connString)...))
 	}
-	// Given several hosts and no target_session_attrs, the driver takes
-	// the first that answers, which may be a standby: every claim,
-	// completion and enqueue there fails until the pool drops the
-	// connection (up to MaxConnLifetime). Take one that accepts writes.
-	if cfg.ConnConfig.ValidateConnect == nil && multiHost(&cfg.ConnConfig.Config) {
-		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	if err := writableTarget(&cfg.ConnConfig.Config, "the connection string"); err != nil {
+		return nil, err
 	}
 	// pgxpool's background connects otherwise wait up to two minutes on
 	// a blackholed network, holding pool slots; connect_timeout in the
@@ -237,6 +236,42 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Queue, error
 	return q, nil
 }
 
+// standbyTargets are the target_session_attrs values that let the driver
+// pick a standby (or must), by the check pgx runs for each.
+var standbyTargets = map[uintptr]string{
+	reflect.ValueOf(pgconn.ValidateConnectTargetSessionAttrsReadOnly).Pointer():      "read-only",
+	reflect.ValueOf(pgconn.ValidateConnectTargetSessionAttrsStandby).Pointer():       "standby",
+	reflect.ValueOf(pgconn.ValidateConnectTargetSessionAttrsPreferStandby).Pointer(): "prefer-standby",
+}
+
+// standbyTarget returns the target_session_attrs of cfg if it lets the
+// driver connect to a standby, else "".
+func standbyTarget(cfg *pgconn.Config) string {
+	if cfg.ValidateConnect == nil {
+		return ""
+	}
+	return standbyTargets[reflect.ValueOf(cfg.ValidateConnect).Pointer()]
+}
+
+// writableTarget makes cfg connect only to a server that accepts writes,
+// or says why it cannot. A target_session_attrs that allows a standby
+// (read-only, standby, prefer-standby) is refused with
+// [ErrInvalidOption]: every claim, completion and enqueue there would fail.
+// Given several hosts and no target_session_attrs, the driver takes the
+// first that answers, which may be a standby (after a failover, the old
+// primary come back): then it asks for read-write. what names the
+// connection string for the error.
+func writableTarget(cfg *pgconn.Config, what string) error {
+	if tsa := standbyTarget(cfg); tsa != "" {
+		return fmt.Errorf("%w: %s has target_session_attrs=%s, which may connect to a standby, where the queue cannot write; use read-write or primary (or leave it out: with several hosts the library asks for read-write)",
+			ErrInvalidOption, what, tsa)
+	}
+	if cfg.ValidateConnect == nil && multiHost(cfg) {
+		cfg.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	}
+	return nil
+}
+
 // multiHost reports whether cfg names more than one server: its fallbacks
 // also hold the same server again with another TLS setting (sslmode=prefer).
 func multiHost(cfg *pgconn.Config) bool {
@@ -250,6 +285,10 @@ func multiHost(cfg *pgconn.Config) bool {
 
 // New makes a Queue on a pool the caller owns; Close does not close it. It
 // checks that the server answers (and migrates, with [WithMigrate]) within ctx.
+// It never changes the pool: a pool whose target_session_attrs allows a
+// standby, or that names several hosts without target_session_attrs,
+// fails with [ErrInvalidOption], and one that caches prepared
+// statements behind a pooler that loses them with [ErrTransactionPooler].
 func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("%w: New needs a pool; use Open to connect from a connection string", ErrInvalidOption)
@@ -257,6 +296,15 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, err
+	}
+	connCfg := &pool.Config().ConnConfig.Config
+	if tsa := standbyTarget(connCfg); tsa != "" {
+		return nil, fmt.Errorf("%w: New: the pool's target_session_attrs=%s may connect to a standby, where the queue cannot write; use read-write or primary",
+			ErrInvalidOption, tsa)
+	}
+	if connCfg.ValidateConnect == nil && multiHost(connCfg) {
+		return nil, fmt.Errorf("%w: New: the pool names several hosts and no target_session_attrs, so it may connect to a standby, where the queue cannot write; add target_session_attrs=read-write to its connection string (Open does that itself)",
+			ErrInvalidOption)
 	}
 	q := &Queue{pool: pool, password: pool.Config().ConnConfig.Password, opts: o}
 	q.wakeups = newWakeups(q, o.cooldown)
@@ -269,6 +317,9 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Queue, error
 // connect checks the connection, looks for a pooler in transaction mode
 // (checkPooler) and migrates when asked to.
 func (q *Queue) connect(ctx context.Context) error {
+	if err := execModeWorks(q.pool.Config().ConnConfig, "the pool's connection settings"); err != nil {
+		return err
+	}
 	if err := q.pool.Ping(ctx); err != nil {
 		return translate("compute: connect", err)
 	}
@@ -279,6 +330,24 @@ func (q *Queue) connect(ctx context.Context) error {
 		return q.Migrate(ctx)
 	}
 	return nil
+}
+
+// execModeWorks refuses a query exec mode whose cache the connection
+// string disabled (statement_cache_capacity=0 with the default
+// cache_statement, description_cache_capacity=0 with cache_describe): pgx
+// would fail every statement but the ping. what names the settings for
+// the error.
+func execModeWorks(cfg *pgx.ConnConfig, what string) error {
+	var setting string
+	switch {
+	case cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && cfg.StatementCacheCapacity == 0:
+		setting = "statement_cache_capacity=0 disables the statement cache of the default query exec mode (cache_statement)"
+	case cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheDescribe && cfg.DescriptionCacheCapacity == 0:
+		setting = "description_cache_capacity=0 disables the description cache of default_query_exec_mode=cache_describe"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s: %s, so pgx would fail every statement; add default_query_exec_mode=exec (no cache needed) or drop the capacity setting", ErrInvalidOption, what, setting)
 }
 
 // Pool returns the connection pool the queue uses, for the caller's own

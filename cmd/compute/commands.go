@@ -23,6 +23,7 @@ func runMigrate(e *env, path string, args []string) error {
 		"Brings the compute schema to the latest version this command knows, or with --to N to version N.\n"+
 			"Going down drops what the later versions added (--to 0 drops the schema, jobs included) and\n"+
 			"asks first unless --yes. 'migrate status' prints the current and the latest version.", true)
+	l.sessions()
 	to := l.fs.Int64("to", -1, "migrate to this version instead of the latest")
 	yes := l.fs.Bool("yes", false, "migrate down without asking")
 	pos, err := l.parse(args, 0, 1)
@@ -288,6 +289,7 @@ func runEventsFollow(e *env, path string, args []string) error {
 		"Prints the job journal, one line (or with --output json one JSON object per line) per event with\n"+
 			"its cursor: the retained events from the oldest, then new ones as they happen, until interrupted.\n"+
 			"--from CURSOR resumes after a printed cursor; --from now prints only what happens from now on.", true)
+	l.sessions()
 	from := l.fs.String("from", "", "start after this cursor, or now")
 	queue := l.fs.String("queue", "", "only events of this queue (filtered here; the journal holds all queues)")
 	if _, err := l.parse(args, 0, 0); err != nil {

@@ -9,7 +9,10 @@
 //
 // Run "compute help" for the command list and "compute <command> --help"
 // for each command's flags. The database comes from --database-url, else
-// DATABASE_URL, else the PG* environment variables. Exit status: 0 on
+// DATABASE_URL, else the PG* environment variables; through a pooler in
+// transaction mode (PgBouncer), the commands that need a session of their
+// own (migrate, events follow, ui) take a direct connection string from
+// --direct-url, else DIRECT_URL. Exit status: 0 on
 // success, 1 when the command failed (or doctor found a failing check), 2
 // for a wrong flag or argument.
 package main
@@ -195,7 +198,8 @@ func printGroupUsage(w io.Writer, path string, cmds []*command) {
 	}
 	fmt.Fprintf(w, "\nRun '%s <command> --help' for a command's flags.\n", prefix)
 	if path == "" {
-		fmt.Fprint(w, "The database comes from --database-url, else DATABASE_URL, else the PG* variables.\n"+
+		fmt.Fprint(w, "The database comes from --database-url, else DATABASE_URL, else the PG* variables;\n"+
+			"through a pooler in transaction mode, migrate, events follow and ui need --direct-url (or DIRECT_URL).\n"+
 			"Exit status: 0 success, 1 failure (or a failing doctor check), 2 wrong flag or argument.\n")
 	}
 }
@@ -209,6 +213,9 @@ type leaf struct {
 	about    string
 	dbURL    string
 	output   string
+	// directURL is --direct-url, on the commands that need a session of
+	// their own (see sessions); nil on the others.
+	directURL *string
 }
 
 // newLeaf makes a leaf command's flags: --database-url always, --output when
@@ -222,6 +229,19 @@ func newLeaf(e *env, path, synopsis, about string, withOutput bool) *leaf {
 	}
 	return l
 }
+
+// sessions adds --direct-url to a command that needs a session of its
+// own (Migrate's lock, a listener), which a pooler in transaction mode
+// does not keep.
+func (l *leaf) sessions() {
+	l.directURL = l.fs.String("direct-url", "", "connection string that reaches the server directly, for what needs a session "+
+		"(Migrate's lock, listening) when --database-url goes through a pooler in transaction mode (default: $"+directURLEnv+")")
+}
+
+// directURLEnv is the environment variable --direct-url falls back to, the
+// name Prisma and Supabase give the direct connection string beside a
+// pooled DATABASE_URL.
+const directURLEnv = "DIRECT_URL"
 
 // usage prints the command's synopsis and flags.
 func (l *leaf) usage(w io.Writer) {
@@ -283,15 +303,27 @@ func (l *leaf) usageErr(format string, args ...any) error {
 func (l *leaf) json() bool { return l.output == "json" }
 
 // open connects to the database: --database-url, else DATABASE_URL, else
-// the PG* variables. It does not migrate. run closes the Queue when the
-// command returns.
+// the PG* variables; for the sessions of a command that has --direct-url,
+// that, else DIRECT_URL, when set. It does not migrate. run closes the
+// Queue when the command returns.
 func (l *leaf) open() (*compute.Queue, error) {
 	conn := l.dbURL
 	if conn == "" {
 		conn = os.Getenv("DATABASE_URL")
 	}
 	l.e.secrets = append(l.e.secrets, secretsIn([]string{conn})...)
-	q, err := compute.Open(l.e.ctx, conn, compute.WithWorkerID("compute-cli"))
+	opts := []compute.Option{compute.WithWorkerID("compute-cli")}
+	if l.directURL != nil {
+		direct := *l.directURL
+		if direct == "" {
+			direct = os.Getenv(directURLEnv)
+		}
+		if direct != "" {
+			l.e.secrets = append(l.e.secrets, secretsIn([]string{direct})...)
+			opts = append(opts, compute.WithDirectURL(direct))
+		}
+	}
+	q, err := compute.Open(l.e.ctx, conn, opts...)
 	if err == nil {
 		l.e.queues = append(l.e.queues, q)
 	}
@@ -320,8 +352,8 @@ var passwordInKV = regexp.MustCompile(`(?i)password\s*=\s*('(?:[^'\\]|\\.)*'|\S*
 func secretsIn(args []string) []string {
 	var out []string
 	for _, a := range args {
-		_, v, ok := strings.Cut(a, "=")
-		if !ok || !strings.HasPrefix(strings.TrimLeft(a, "-"), "database-url") {
+		name, v, ok := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !ok || name != "database-url" && name != "direct-url" {
 			v = a
 		}
 		if u, err := url.Parse(v); err == nil && u.User != nil {
@@ -349,14 +381,14 @@ func (e *env) redact(s string) string {
 	return s
 }
 
-// moveGlobalFlags moves --database-url and --output given before the
+// moveGlobalFlags moves --database-url, --direct-url and --output given before the
 // command to the end, where the command's own flag set reads them:
 // "compute --output json queues list" is "compute queues list --output json".
 func moveGlobalFlags(args []string) []string {
 	var global []string
 	for len(args) > 0 {
 		name, _, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
-		if !strings.HasPrefix(args[0], "-") || name != "database-url" && name != "output" {
+		if !strings.HasPrefix(args[0], "-") || name != "database-url" && name != "direct-url" && name != "output" {
 			break
 		}
 		n := 1
@@ -383,6 +415,8 @@ func explainError(err error) string {
 	switch {
 	case errors.Is(err, compute.ErrNotMigrated):
 		return msg + " (run 'compute migrate')"
+	case errors.Is(err, compute.ErrTransactionPooler) && !errors.Is(err, compute.ErrInvalidOption):
+		return msg + " (give a connection string that reaches the server directly with --direct-url or " + directURLEnv + ")"
 	case errors.Is(err, compute.ErrUnavailable):
 		return msg + " (check --database-url, DATABASE_URL or the PG* variables, and that the server runs)"
 	}

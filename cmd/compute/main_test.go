@@ -860,6 +860,10 @@ func TestPasswordNeverShown(t *testing.T) {
 		{"--database-url", unreachable, "queues", "list"},
 		{"jobs", "list", "--database-url", "postgres://" + role + ":" + secret + "@127.0.0.1:badport/x"},
 		{"jobs", "list", "--bogus", "--database-url", withPW},
+		{"migrate", "--database-url", withPW, "--direct-url", unreachable},
+		{"migrate", "--database-url", withPW, "--direct-url=" + unreachable},
+		{"migrate", "--database-url", withPW, "--direct-url", kv},
+		{"events", "follow", "--database-url", withPW, "--direct-url", "postgres://" + role + ":" + secret + "@127.0.0.1:badport/x"},
 	} {
 		r := cli(t, "", args...)
 		runs = append(runs, r)

@@ -20,6 +20,7 @@ func runUI(e *env, path string, args []string) error {
 	l := newLeaf(e, path, "", "Serves the dashboard (overview, jobs, queues, workers, periodic schedules and health)\n"+
 		"until interrupted. It has no login: bind it to 127.0.0.1 (the default) or put it behind\n"+
 		"your own authentication, and use --read-only where operators should only look.", false)
+	l.sessions()
 	addr := l.fs.String("addr", "127.0.0.1:8080", "HOST:PORT to listen on (port 0 picks a free one)")
 	readOnly := l.fs.Bool("read-only", false, "refuse every change (cancel, retry, delete, pause, settings)")
 	if _, err := l.parse(args, 0, 0); err != nil {

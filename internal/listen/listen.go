@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/computeplatform/compute/internal/backoff"
 )
@@ -177,7 +178,7 @@ func (l *Listener) session(ctx context.Context) (delivered bool, err error) {
 		case err != nil:
 			return true, err
 		default:
-			l.Notify(n.Channel, n.Payload)
+			l.deliver(n)
 		}
 		if !rewake.IsZero() && !time.Now().Before(rewake) {
 			l.Reconnected()
@@ -253,6 +254,16 @@ func (l *Listener) probe(ctx context.Context, conn *pgx.Conn, send func(ctx cont
 		if n.Channel == ProbeChannel && n.Payload == token {
 			return nil
 		}
+		l.deliver(n)
+	}
+}
+
+// deliver passes a notification on to Notify, unless it is a probe: every
+// listener of the database hears every other's probes (they share
+// ProbeChannel), and passing them on would wake the journal's waiters
+// every time any process's listener checks its connection.
+func (l *Listener) deliver(n *pgconn.Notification) {
+	if n.Channel != ProbeChannel {
 		l.Notify(n.Channel, n.Payload)
 	}
 }

@@ -3,6 +3,7 @@ package listen_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -160,5 +161,67 @@ func TestProbeFromThePoolPassesOnADirectListener(t *testing.T) {
 		t.Fatal("a direct listener warned that notifications are not delivered")
 	case <-time.After(time.Minute):
 		t.Fatal("the direct listener did not report delivering within a minute")
+	}
+}
+
+// TestProbesOfOtherListenersAreNotPassedOn: every listener hears every
+// other's probes, and anyone may NOTIFY compute_probe; Notify gets none
+// of them, only the notifications of its channels, in order.
+func TestProbesOfOtherListenersAreNotPassedOn(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	type note struct{ channel, payload string }
+	got := make(chan note, 100)
+	delivering := make(chan struct{})
+	var once sync.Once
+	l := &listen.Listener{
+		Connect:     func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, db) },
+		Redact:      func(err error) error { return err },
+		Log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Channels:    []string{"compute_jobs"},
+		Notify:      func(channel, payload string) { got <- note{channel, payload} },
+		Reconnected: func() {},
+		Listening: func(on bool) {
+			if on {
+				once.Do(func() { close(delivering) })
+			}
+		},
+		Idle:      10 * time.Second,
+		ProbeWait: 5 * time.Second,
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Run(ctx)
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+	select {
+	case <-delivering:
+	case <-time.After(time.Minute):
+		t.Fatal("the listener did not start delivering within a minute")
+	}
+	sender, err := pgx.Connect(t.Context(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close(context.Background())
+	// One session's notifications arrive in the order sent: the probes
+	// before the marker.
+	for _, n := range []note{{listen.ProbeChannel, "0123456789abcdef"}, {listen.ProbeChannel, "forged"}, {"compute_jobs", "marker"}} {
+		if _, err := sender.Exec(t.Context(), `SELECT pg_notify($1, $2)`, n.channel, n.payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n := <-got:
+		if n != (note{"compute_jobs", "marker"}) {
+			t.Errorf("Notify got %+v first, want the marker: another listener's probe was passed on", n)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the marker did not arrive within a minute")
 	}
 }
