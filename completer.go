@@ -46,6 +46,13 @@ func (oq *outcomeQueue) take(n int) (batch []outcome, more bool) {
 	return batch, len(oq.items) > 0
 }
 
+// size is how many outcomes wait.
+func (oq *outcomeQueue) size() int {
+	oq.mu.Lock()
+	defer oq.mu.Unlock()
+	return len(oq.items)
+}
+
 // empty reports whether no outcome waits.
 func (oq *outcomeQueue) empty() bool {
 	oq.mu.Lock()
@@ -58,6 +65,10 @@ func (oq *outcomeQueue) empty() bool {
 // a burn-down's outcomes waited for the write before, and the worker ran
 // no faster than one Complete statement at a time.
 const completers = 2
+
+// overlapWait is the longest a completer loop waits for the other's round
+// to end before it writes beside it what has queued up meanwhile.
+const overlapWait = 50 * time.Millisecond
 
 // maxWrite caps the outcomes one completer round writes.
 const maxWrite = 5000
@@ -98,24 +109,39 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 		if more {
 			signal(w.outcomes.added)
 		}
-		for failures := 0; len(batch) > 0; failures++ {
-			err := w.write(batch)
-			if err == nil {
-				break
-			}
-			if w.final.Err() == nil {
-				w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
-			}
-			if !backoff.Sleep(w.final, backoff.Wait(failures+1, 5*time.Second)) {
-				rest, _ := w.outcomes.take(math.MaxInt)
-				batch = append(batch, rest...)
-				w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again",
-					"jobs", len(batch), "ids", outcomeIDs(batch, 20), "err", err)
-				return
-			}
+		if len(batch) > 0 && !w.writeRound(batch) {
+			return
 		}
 		if ctx.Err() != nil && w.outcomes.empty() {
 			return
+		}
+	}
+}
+
+// writeRound writes one round's batch, retrying failures with backoff
+// until w.final ends: it then logs the jobs it could not write, with all
+// that still waits (their leases expire and they run again elsewhere),
+// and reports false. The other loops see the round in writesInFlight.
+func (w *Worker) writeRound(batch []outcome) bool {
+	w.writesInFlight.Add(1)
+	defer func() {
+		w.writesInFlight.Add(-1)
+		signal(w.wroteOne)
+	}()
+	for failures := 0; ; failures++ {
+		err := w.write(batch)
+		if err == nil {
+			return true
+		}
+		if w.final.Err() == nil {
+			w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
+		}
+		if !backoff.Sleep(w.final, backoff.Wait(failures+1, 5*time.Second)) {
+			rest, _ := w.outcomes.take(math.MaxInt)
+			batch = append(batch, rest...)
+			w.log.Error("could not write job outcomes before stopping; their leases will expire and they will run again",
+				"jobs", len(batch), "ids", outcomeIDs(batch, 20), "err", err)
+			return false
 		}
 	}
 }
@@ -129,23 +155,41 @@ func outcomeIDs(batch []outcome, n int) []string {
 	return ids
 }
 
-// gather lets outcomes queue up for d (the rest of writeGap), but returns
-// at once when ctx ends (shutdown writes without delay) or when a queue's
-// fetcher is held back by its unwritten outcomes: it claims nothing until
-// this write, so waiting would only idle it.
+// gather waits until this completer loop should start a round. Alone, a
+// round waits for d (the rest of writeGap) to let outcomes queue up, but
+// starts at once when ctx ends (shutdown writes without delay) or when a
+// queue's fetcher is held back by its unwritten outcomes: it claims
+// nothing until a write, so waiting would only idle it. Beside another
+// loop's round, it waits for that round to end, unless a full batch
+// (fullWrite) is waiting or overlapWait has passed: in a burn-down a
+// round written beside the other then holds as many jobs as one claim
+// returns, not the few that finished since, and a round that waits long
+// (a row an operator's transaction locks) does not hold up the rest.
 func (w *Worker) gather(ctx context.Context, d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
+	start := time.Now()
+	t := time.NewTimer(time.Hour) // set below, before each wait
 	defer t.Stop()
-	for !w.heldBack() {
+	for {
+		if ctx.Err() != nil || w.outcomes.size() >= w.fullWrite {
+			return
+		}
+		wait := overlapWait // beside another round
+		if w.writesInFlight.Load() == 0 {
+			if w.heldBack() {
+				return
+			}
+			wait = d
+		}
+		left := wait - time.Since(start)
+		if left <= 0 {
+			return
+		}
+		t.Reset(left)
 		select {
 		case <-ctx.Done():
-			return
 		case <-t.C:
-			return
 		case <-w.outcomes.added: // another outcome: look again
+		case <-w.wroteOne: // the other round ended: look again
 		}
 	}
 }

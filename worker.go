@@ -118,6 +118,13 @@ type Worker struct {
 	// heldQueues counts the queues whose fetchers are held back by their
 	// unwritten outcomes (addUnwritten keeps it).
 	heldQueues atomic.Int32
+	// writesInFlight counts the completer rounds under way; wroteOne (cap
+	// 1) is signalled when one ends. fullWrite is the batch a completer
+	// loop writes beside another's round without waiting for it: the
+	// worker's total Concurrency, at most maxWrite.
+	writesInFlight atomic.Int32
+	wroteOne       chan struct{}
+	fullWrite      int
 	// lastRound is when the latest completer round started (UnixNano):
 	// the completer loops share the gap between rounds.
 	lastRound atomic.Int64
@@ -189,6 +196,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 		running:  runningSet{jobs: make(map[JobID]*runningJob)},
 		outcomes: outcomeQueue{added: make(chan struct{}, 1)},
 		recheck:  make(chan struct{}, 1),
+		wroteOne: make(chan struct{}, 1),
 		writeGap: writeGap,
 		obs:      q.opts.observer,
 	}
@@ -208,6 +216,7 @@ func NewWorker(q *Queue, cfg WorkerConfig) (*Worker, error) {
 				ErrInvalidOption, name, qc.Concurrency, maxClaim)
 		}
 		qc.Concurrency = cmpOr(qc.Concurrency, 10)
+		w.fullWrite = min(w.fullWrite+qc.Concurrency, maxWrite)
 		if qc.Backoff == nil {
 			qc.Backoff = Backoff
 		}
