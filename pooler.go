@@ -99,14 +99,17 @@ const poolerProbePrefix = "compute_pooler_probe_"
 // host may have the client's port for its own connection to the server
 // (another address, or another destination, lets the kernel hand out the
 // same port twice).
+// The last column is the probing connection's mark (%d): a statement of
+// the probe's name run where another connection prepared it answers with
+// that one's mark.
 const poolerProbeSQL = `SELECT pg_backend_pid(),
        coalesce(host(inet_client_addr()), ''), coalesce(inet_client_port(), 0),
-       coalesce(host(inet_server_addr()), ''), coalesce(inet_server_port(), 0)`
+       coalesce(host(inet_server_addr()), ''), coalesce(inet_server_port(), 0), %d`
 
 // poolerProbeAttempts bounds the probe's tries when a connection does not
 // prove itself direct: a busy pooler may hand the second connection
 // another server connection than the first just released.
-const poolerProbeAttempts = 3
+const poolerProbeAttempts = 5
 
 // pooler is what the probe found out about the pool's connections.
 type pooler struct {
@@ -186,8 +189,9 @@ func closeConn(conn *pgx.Conn) func() {
 // runs a statement of the same name, and only then are both dropped. A
 // pooler like PgBouncer reuses the server connection released last, so
 // the second lands where the first ran, and PgBouncer before 1.21 then
-// reports the statement already there (or, on a busy pooler, the first's
-// missing).
+// reports the statement already there. On a busy pooler the second may
+// land elsewhere; the first then runs its statement again, and a
+// different backend (or its statement missing) shows that it moved.
 func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 	var conns [2]*pgx.Conn
 	var release [2]func()
@@ -202,6 +206,7 @@ func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 		name := fmt.Sprintf("%s%016x", poolerProbePrefix, rand.Uint64())
 		var pids [2]int32
 		var err error
+		foreign := false // a connection ran the statement the other prepared
 		for i := range conns {
 			if conns[i] == nil {
 				if conns[i], release[i], err = open(ctx, i); err != nil {
@@ -209,12 +214,31 @@ func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 				}
 			}
 			var direct bool
-			if pids[i], direct, err = probeBackend(ctx, conns[i], name); err != nil {
+			var mark int
+			if pids[i], direct, mark, err = probeBackend(ctx, conns[i], name, i); err != nil {
 				break
 			}
 			if i == 0 && direct {
 				// The server sees this very connection: direct.
 				return pooler{}, conns[0].Deallocate(ctx, name)
+			}
+			foreign = foreign || mark != i
+		}
+		// A busy pooler may have given the second connection another
+		// server session than the first. The first one's statement, run
+		// again in a transaction of its own, shows whether that client
+		// connection itself moved: PgBouncer before 1.21 then has lost
+		// the statement (26000), or runs the second's of the same name;
+		// a later one answers from another backend. (Seen: 4 of 50
+		// workers behind a PgBouncer of 20 busy server connections took
+		// it for a direct connection and failed every statement.)
+		moved := false
+		if err == nil {
+			var pid int32
+			var mark int
+			if pid, _, mark, err = runProbe(ctx, conns[0], name); err == nil {
+				moved = pid != pids[0]
+				foreign = foreign || mark != 0
 			}
 		}
 		// Only now, so that the second met the first's statement.
@@ -225,32 +249,43 @@ func probePooler(ctx context.Context, open probeConn) (pooler, error) {
 			}
 		}
 		switch {
-		case statementLost(err):
+		case statementLost(err), foreign:
 			return pooler{transaction: true, losesStatements: true}, nil
 		case err != nil:
 			return pooler{}, err
-		case pids[0] == pids[1]:
+		case moved, pids[0] == pids[1]:
+			// Two client connections on one backend, or one client
+			// connection on two, each running its own statement: a
+			// pooler that keeps prepared statements (PgBouncer 1.21+
+			// with max_prepared_statements).
 			return pooler{transaction: true}, nil
 		}
 	}
 	return pooler{}, nil
 }
 
-// probeBackend prepares poolerProbeSQL as name on conn and runs it. direct
-// reports whether the server sees conn's own TCP connection.
-func probeBackend(ctx context.Context, conn *pgx.Conn, name string) (pid int32, direct bool, err error) {
-	if _, err := conn.Prepare(ctx, name, poolerProbeSQL); err != nil {
-		return 0, false, err
+// probeBackend prepares poolerProbeSQL, marked with mark, as name on conn
+// and runs it (runProbe).
+func probeBackend(ctx context.Context, conn *pgx.Conn, name string, mark int) (pid int32, direct bool, seen int, err error) {
+	if _, err := conn.Prepare(ctx, name, fmt.Sprintf(poolerProbeSQL, mark)); err != nil {
+		return 0, false, 0, err
 	}
+	return runProbe(ctx, conn, name)
+}
+
+// runProbe runs the probe statement name on conn: the backend that ran
+// it, whether the server sees conn's own TCP connection (direct), and the
+// mark of the connection that prepared the statement it ran.
+func runProbe(ctx context.Context, conn *pgx.Conn, name string) (pid int32, direct bool, mark int, err error) {
 	var clientHost, serverHost string
 	var clientPort, serverPort int32
-	if err := conn.QueryRow(ctx, name).Scan(&pid, &clientHost, &clientPort, &serverHost, &serverPort); err != nil {
-		return 0, false, err
+	if err := conn.QueryRow(ctx, name).Scan(&pid, &clientHost, &clientPort, &serverHost, &serverPort, &mark); err != nil {
+		return 0, false, 0, err
 	}
 	client := &net.TCPAddr{IP: net.ParseIP(clientHost), Port: int(clientPort)}
 	server := &net.TCPAddr{IP: net.ParseIP(serverHost), Port: int(serverPort)}
 	c := conn.PgConn().Conn()
-	return pid, sameEndpoint(c.LocalAddr(), client) && sameEndpoint(c.RemoteAddr(), server), nil
+	return pid, sameEndpoint(c.LocalAddr(), client) && sameEndpoint(c.RemoteAddr(), server), mark, nil
 }
 
 // sameEndpoint reports whether a is the TCP address b (an IPv4 address

@@ -577,3 +577,43 @@ func TestPoolerProbeIsNotFooledByAPortCollision(t *testing.T) {
 		t.Errorf("Migrate through PgBouncer, the probe's first connection on PgBouncer's own server-side port = %v, want ErrTransactionPooler", err)
 	}
 }
+
+// TestPoolerProbeFindsABusyPooler: behind a busy PgBouncer the probe's two
+// connections often land on different server sessions, so neither meets
+// the other's statement. Seen from outside: 4 of 50 worker processes
+// behind a PgBouncer of 20 server connections took it for a direct
+// connection, kept pgx's statement cache, and failed every statement
+// (their claimed jobs ran again elsewhere once their leases ran out).
+// Here forty other clients keep all twenty of the pooler's server
+// connections busy while Open probes, twenty times over: a server
+// connection released goes to a client that waits, so the probe's second
+// connection rarely lands where its first ran (without the recheck, Open
+// 14 of 20 kept the statement cache).
+func TestPoolerProbeFindsABusyPooler(t *testing.T) {
+	t.Parallel()
+	_, pooled := behindBouncer(t)
+	ctx, stop := context.WithCancel(t.Context())
+	var churn sync.WaitGroup
+	defer churn.Wait()
+	defer stop()
+	for range 40 {
+		conn, err := pgx.Connect(ctx, pooled+"&default_query_exec_mode=exec")
+		if err != nil {
+			t.Fatal(err)
+		}
+		churn.Go(func() {
+			defer conn.Close(context.Background())
+			for ctx.Err() == nil {
+				conn.Exec(ctx, `SELECT pg_sleep(0.005)`) // errors end with ctx
+			}
+		})
+	}
+	for i := range 20 {
+		q := openQueue(t, pooled)
+		mode := q.Pool().Config().ConnConfig.DefaultQueryExecMode
+		q.Close()
+		if mode != pgx.QueryExecModeExec {
+			t.Fatalf("Open %d of 20 through a busy PgBouncer kept exec mode %v, want exec: it took the pooler for a direct connection", i+1, mode)
+		}
+	}
+}
