@@ -10,7 +10,12 @@
 #   bench/scripts/manyhosts.sh PROCS CONC [JOBS]        e.g. bench/scripts/manyhosts.sh 10 100 200000
 # Environment: ADMIN_URL, a superuser URL of the server
 # (default postgres://postgres@127.0.0.1:5432/postgres); DB, the database
-# to create and drop (default hosts10; an existing one is dropped first).
+# to create and drop (default hosts10; an existing one is dropped first);
+# BOUNCER=listen or BOUNCER=poll puts the workers behind a PgBouncer of the
+# script's own (transaction mode, default_pool_size POOL, default 20),
+# with DIRECT_URL, the server itself, for Migrate's lock and, with listen,
+# LISTEN; with poll they do not listen (-poll-only). KEEP=1 keeps the
+# workers' logs and the database (the script says where).
 set -euo pipefail
 
 procs=${1:?usage: bench/scripts/manyhosts.sh PROCS CONC [JOBS]}
@@ -25,12 +30,44 @@ pids=()
 cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
-	rm -rf "$work"
+	if [ -f "$work/pgbouncer.pid" ]; then kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true; sleep 0.5; fi
+	if [ -n "${KEEP:-}" ]; then
+		echo "logs kept in $work, database $db kept" >&2
+	else
+		psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+		rm -rf "$work"
+	fi
 }
 trap cleanup EXIT
 
 go build -o "$work/worker" ./examples/worker
+workerurl=$dburl
+if [ -n "${BOUNCER:-}" ]; then
+	# PgBouncer refuses to run as root: its files belong to postgres.
+	bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	hostport=${admin#*@}; hostport=${hostport%%/*}
+	cat >"$work/pgbouncer.ini" <<INI
+[databases]
+* = host=${hostport%:*} port=${hostport#*:}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = ${POOL:-20}
+max_client_conn = 5000
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+	echo '"postgres" ""' >"$work/userlist.txt"
+	chmod 755 "$work"
+	if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$work"; runas=(runuser -u postgres --); else runas=(); fi
+	"${runas[@]}" "$(command -v pgbouncer || echo /usr/sbin/pgbouncer)" -d "$work/pgbouncer.ini"
+	sleep 1
+	workerurl=postgres://postgres@127.0.0.1:$bport/$db
+fi
 go build -o "$work/compute" ./cmd/compute
 psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\"" >/dev/null
 DATABASE_URL=$dburl "$work/compute" migrate >/dev/null
@@ -44,8 +81,12 @@ VACUUM ANALYZE compute.jobs;
 CHECKPOINT;
 SQL
 
+extra=()
+[ "${BOUNCER:-}" = poll ] && extra=(-poll-only)
+direct=
+[ -n "${BOUNCER:-}" ] && direct=$dburl # Migrate's lock (and LISTEN, unless poll)
 for i in $(seq "$procs"); do
-	DATABASE_URL=$dburl "$work/worker" -queues burn -concurrency "$conc" 2>"$work/w$i.log" &
+	DATABASE_URL=$workerurl DIRECT_URL=$direct "$work/worker" -queues burn -concurrency "$conc" "${extra[@]}" 2>"$work/w$i.log" &
 	pids+=($!)
 done
 

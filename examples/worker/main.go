@@ -6,6 +6,9 @@
 //
 //	DATABASE_URL=postgres://user:pass@localhost/db go run ./examples/worker -queues a,b -concurrency 10
 //
+// Behind PgBouncer in transaction mode, set DIRECT_URL to the server itself
+// as well: the worker then LISTENs and migrates on that connection.
+//
 // It migrates the schema at start, logs to stderr, and stops gracefully on
 // SIGTERM or SIGINT: no new jobs, running ones get -stop-timeout to finish,
 // then they are cancelled and handed back to the queue.
@@ -87,11 +90,18 @@ func run(log *slog.Logger, queues string, concurrency int, cfg compute.WorkerCon
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
-	q, err := compute.Open(ctx, os.Getenv("DATABASE_URL"),
+	opts := []compute.Option{
 		compute.WithMigrate(),
 		compute.WithLogger(log),
 		compute.WithLease(lease),
-		compute.WithWorkerID(fmt.Sprintf("worker-%d", os.Getpid())))
+		compute.WithWorkerID(fmt.Sprintf("worker-%d", os.Getpid())),
+	}
+	// Behind PgBouncer in transaction mode, DIRECT_URL reaches the server
+	// itself, for what needs a session: LISTEN and Migrate's lock.
+	if direct := os.Getenv("DIRECT_URL"); direct != "" {
+		opts = append(opts, compute.WithDirectURL(direct))
+	}
+	q, err := compute.Open(ctx, os.Getenv("DATABASE_URL"), opts...)
 	if err != nil {
 		return err
 	}
