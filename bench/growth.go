@@ -177,6 +177,12 @@ func loadFiller(ctx context.Context, pool *pgxpool.Pool, finished, queued, batch
 		if lo > finished {
 			return errDone
 		}
+		mu.Lock()
+		done := loaded
+		mu.Unlock()
+		if err := checkDisk(ctx, pool, done, finished-lo+1); err != nil {
+			return err
+		}
 		t := time.Now()
 		if _, err := pool.Exec(ctx, fillerSQL, lo, hi, from, step); err != nil {
 			return fmt.Errorf("load finished rows %d..%d: %w", lo, hi, err)
@@ -231,6 +237,41 @@ FROM generate_series(1, $1) AS i`, queued); err != nil {
 	}
 	progressf("compute growth: loaded %s finished and %s queued rows in %s", thousands(int64(finished)), thousands(int64(queued)),
 		time.Since(start).Round(time.Second))
+	return nil
+}
+
+// minFreeAfterLoad is the free space a load must leave on the server's
+// disk, for the index builds' sort files, WAL and every other server there.
+const minFreeAfterLoad = 10 << 30
+
+// ErrDiskFull stops a load that would leave less than minFreeAfterLoad free.
+var ErrDiskFull = errors.New("load stopped: too little disk would remain")
+
+// checkDisk stops the load when the server's data directory is on this
+// machine and the left rows still to load (after loaded ones) would leave less than minFreeAfterLoad free.
+// Their size is estimated from compute.jobs' bytes per row so far (at
+// least 500, a filler row's heap bytes), times 1.3 for the indexes built
+// after the load (jobs_pkey, jobs_done and jobs_finished came to 0.29 of
+// the heap at 100M rows). The builds' sort files come on top.
+func checkDisk(ctx context.Context, pool *pgxpool.Pool, loaded, left int) error {
+	var dir string
+	var size int64
+	if err := pool.QueryRow(ctx, `SELECT current_setting('data_directory'), pg_total_relation_size('compute.jobs')`).Scan(&dir, &size); err != nil {
+		return nil // not a superuser: nothing to check
+	}
+	free, ok := diskFree(dir)
+	if !ok {
+		return nil
+	}
+	perRow := int64(500)
+	if loaded > 0 {
+		perRow = max(perRow, size/int64(loaded))
+	}
+	need := int64(float64(perRow) * float64(left) * 1.3)
+	if free-need < minFreeAfterLoad {
+		return fmt.Errorf("%w: %s free, about %s needed for %s more rows, at least %s must stay free",
+			ErrDiskFull, bytesIEC(free), bytesIEC(need), thousands(int64(left)), bytesIEC(minFreeAfterLoad))
+	}
 	return nil
 }
 
