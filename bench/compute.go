@@ -225,31 +225,3 @@ func (s *computeSystem) ceiling(ctx context.Context, n, goroutines, batch int) (
 	}
 	return elapsed, nil
 }
-
-// loadFiller adds finished rows (status complete, in queue "archive") and
-// queued rows spread over ten other queues, each set in one INSERT ...
-// SELECT generate_series statement, for the cost-growth workload. The ids
-// are md5 digests (16 bytes) of a per-set prefix and the row number.
-func (s *computeSystem) loadFiller(ctx context.Context, finished, queued int) error {
-	start := time.Now()
-	if finished > 0 {
-		if _, err := s.q.Pool().Exec(ctx, `
-INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed,
-                          grabbed, finished, output_files, attempt, worker)
-SELECT decode(md5('done' || i), 'hex'), 'complete', 'archive', '{"num":' || i || '}', '{}', now(), now(),
-       now(), now(), '{}', 1, 'filler'
-FROM generate_series(1, $1) AS i`, finished); err != nil {
-			return fmt.Errorf("load %d finished rows: %w", finished, err)
-		}
-	}
-	if queued > 0 {
-		if _, err := s.q.Pool().Exec(ctx, `
-INSERT INTO compute.jobs (job_id, status, queue, config, input_files, created, last_accessed)
-SELECT decode(md5('queued' || i), 'hex'), 'queued', 'other-' || (i % 10), '{"num":' || i || '}', '{}', now(), now()
-FROM generate_series(1, $1) AS i`, queued); err != nil {
-			return fmt.Errorf("load %d queued rows: %w", queued, err)
-		}
-	}
-	progressf("compute growth: loaded %d finished and %d queued rows in %s", finished, queued, time.Since(start).Round(time.Millisecond))
-	return nil
-}

@@ -43,11 +43,16 @@ type options struct {
 	warmup    time.Duration
 	drain     time.Duration
 
-	growth        string
-	growthQueued  string
-	growthJobs    int
-	growthSizes   []int // parsed -growth
-	growthQueuedN int   // parsed -growth-queued
+	growth         string
+	growthQueued   string
+	growthJobs     int
+	growthSizes    []int // parsed -growth
+	growthQueuedN  int   // parsed -growth-queued
+	growthBatch    int   // (d) finished rows per INSERT ... SELECT
+	growthRuns     int   // (d) burn-downs per size below growthRepeatBelow
+	growthLoaders  int   // (d) connections loading at once
+	growthRebuild  string
+	growthRebuildN int // parsed -growth-rebuild
 
 	ceilingJobs       int
 	ceilingGoroutines int
@@ -143,9 +148,13 @@ func parseFlags() options {
 	flag.DurationVar(&o.steady, "steady", 20*time.Second, "(c) how long the producers run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "(c) how long the producers run before -steady starts: connections open, statements are prepared and caches fill; those jobs' pick-ups are not counted")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "(c) how long to wait for the backlog after the producers stop")
-	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m is opt-in (-growth 10k,1m,10m) and takes minutes to load")
+	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m and 100m are opt-in (-growth 10k,1m,10m; -growth 100m -timeout 2h) and take minutes, and about half an hour, to load")
 	flag.StringVar(&o.growthQueued, "growth-queued", "1m", "(d) queued rows of other queues added at every growth size")
 	flag.IntVar(&o.growthJobs, "growth-jobs", 200_000, "(d) burn-down size at each growth size")
+	flag.IntVar(&o.growthBatch, "growth-batch", 5_000_000, "(d) finished rows per INSERT ... SELECT statement of the load (a progress line follows each)")
+	flag.IntVar(&o.growthLoaders, "growth-loaders", 2, "(d) connections running the load's INSERT ... SELECT statements at once")
+	flag.StringVar(&o.growthRebuild, "growth-rebuild", "100m", "(d) from this many finished rows on, load them without the indexes that hold them (jobs_pkey, jobs_done, jobs_finished) and build those after, at the fillfactor inserts leave them at (0: never)")
+	flag.IntVar(&o.growthRuns, "growth-runs", 1, "(d) burn-downs per size, the table shows their median; sizes from 100m on run one")
 	flag.IntVar(&o.ceilingJobs, "ceiling-jobs", 200_000, "(e) jobs the bare claim/complete loop works")
 	flag.IntVar(&o.ceilingGoroutines, "ceiling-goroutines", 4, "(e) goroutines of the bare loop")
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
@@ -191,7 +200,7 @@ func parseFlags() options {
 	if o.smoke {
 		o.jobs, o.loadBatch, o.insertJobs, o.insertBatch = 2_000, 1_000, 2_000, 1_000
 		o.rate, o.producers, o.steady, o.warmup, o.drain = 500, 4, 2*time.Second, time.Second, 5*time.Second
-		o.growth, o.growthQueued, o.growthJobs = "1k", "1k", 2_000
+		o.growth, o.growthQueued, o.growthJobs, o.growthRebuild = "1k", "1k", 2_000, "1k"
 		o.ceilingJobs, o.rssJobs, o.runs = 2_000, 2_000, 1
 		o.userJobs = "2k"
 		o.floodProducers, o.floodTime = 4, time.Second
@@ -210,6 +219,9 @@ func (o *options) check() error {
 	if o.growthQueuedN, err = parseCount(strings.ToLower(o.growthQueued)); err != nil {
 		return fmt.Errorf("-growth-queued: %w", err)
 	}
+	if o.growthRebuildN, err = parseCount(strings.ToLower(o.growthRebuild)); err != nil {
+		return fmt.Errorf("-growth-rebuild: %w", err)
+	}
 	if o.userSizes, err = parseSizes(o.userJobs); err != nil {
 		return fmt.Errorf("-user-jobs: %w", err)
 	}
@@ -222,8 +234,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-user-jobs sizes must be positive")
 	case o.retention.rate < 1 || o.retention.duration <= 0 || o.retention.after <= 0 || o.retention.sample <= 0:
 		return errors.New("-retention-rate, -retention-time, -retention-after and -retention-sample must be positive")
-	case o.jobs < 1 || o.insertJobs < 1 || o.growthJobs < 1 || o.ceilingJobs < 1:
-		return fmt.Errorf("job counts must be positive")
+	case o.jobs < 1 || o.insertJobs < 1 || o.growthJobs < 1 || o.ceilingJobs < 1 || o.growthBatch < 1 || o.growthRuns < 1 || o.growthLoaders < 1:
+		return fmt.Errorf("job counts, -growth-batch, -growth-runs and -growth-loaders must be positive")
 	case o.loadBatch < 1 || o.insertBatch < 1 || o.ceilingBatch < 1 || o.ceilingBatch > 10_000:
 		return fmt.Errorf("batch sizes must be 1..10000")
 	case o.floodProducers < 1 || o.floodTime <= 0:

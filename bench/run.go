@@ -26,20 +26,16 @@ type results struct {
 	bulk   map[string][]float64 // (b) jobs/s
 	steady map[string][]steadyResult
 	growth []growthResult // (d)
-	ceil   float64        // (e) jobs/s
-	rss    map[string]childResult
-	flood  map[string][]floodResult // (f), keyed compute, River, and floodEvery
-	user   map[userKey][]userResult // (u)
+
+	growthSettings, growthRelOptions string  // (d): vacuum settings of the server, compute.jobs' options
+	ceil                             float64 // (e) jobs/s
+	rss                              map[string]childResult
+	flood                            map[string][]floodResult // (f), keyed compute, River, and floodEvery
+	user                             map[userKey][]userResult // (u)
 
 	userHeader string // (u)'s server settings
 
 	failures []string // phases that failed, with why
-}
-
-type growthResult struct {
-	finished, queued int
-	jobsPerSec       float64
-	reruns           int // handler calls beyond one per job
 }
 
 // childResult is what a child process reports on stdout, as JSON.
@@ -250,7 +246,13 @@ func run(ctx context.Context, o options) error {
 		for _, st := range steps {
 			what := fmt.Sprintf("(d) cost growth, %s complete + %s queued rows", human(st[0]), human(st[1]))
 			phase(what, "compute", func(ctx context.Context, s system, _ string) error {
-				g, err := growthStep(ctx, s.(*computeSystem), st[0], st[1], o)
+				cs := s.(*computeSystem)
+				if res.growthSettings == "" {
+					if err := cs.q.Pool().QueryRow(ctx, vacuumSettingsSQL).Scan(&res.growthSettings, &res.growthRelOptions); err != nil {
+						return err
+					}
+				}
+				g, err := growthStep(ctx, cs, st[0], st[1], o)
 				if err == nil {
 					res.growth = append(res.growth, g)
 				}
@@ -332,26 +334,6 @@ func loadAndBurn(ctx context.Context, s system, n, batch int) (burnResult, error
 			b.elapsed.Round(time.Millisecond), float64(n)/b.elapsed.Seconds(), b.handled)
 	}
 	return b, err
-}
-
-// growthStep is one step of workload (d), on a fresh database: it loads
-// finished complete rows and queued rows of other queues (then VACUUM
-// ANALYZE), and times a burn-down of the bench queue.
-func growthStep(ctx context.Context, cs *computeSystem, finished, queued int, o options) (growthResult, error) {
-	if finished+queued > 0 {
-		if err := cs.loadFiller(ctx, finished, queued); err != nil {
-			return growthResult{}, err
-		}
-		if err := cs.vacuum(ctx); err != nil {
-			return growthResult{}, err
-		}
-	}
-	b, err := loadAndBurn(ctx, cs, o.growthJobs, o.loadBatch)
-	if err != nil {
-		return growthResult{}, err
-	}
-	return growthResult{finished: finished, queued: queued,
-		jobsPerSec: float64(o.growthJobs) / b.elapsed.Seconds(), reruns: b.handled - o.growthJobs}, nil
 }
 
 // rssChild loads rssJobs jobs into s's database and has a child process of

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -111,33 +110,6 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		row("    compute with a notification per enqueue: jobs/s", cell(field(e, perSec), rate), "—", ratioCell(field(e, perSec), field(r, perSec)), "", "")
 		row("    and its transaction p99 ms", cell(field(e, p99), millis), "—", "", "", "")
 	}
-	if len(res.growth) > 0 {
-		var base float64 // the empty table's figure; 0 if that step failed
-		for _, g := range res.growth {
-			if g.finished == 0 && g.queued == 0 {
-				base = g.jobsPerSec
-			}
-		}
-		target := ""
-		if !slices.ContainsFunc(o.growthSizes, func(n int) bool { return n >= 10_000_000 }) {
-			target = "10M: -growth 10k,1m,10m"
-		}
-		row(fmt.Sprintf("(d) cost growth, compute only, burn-down of %s jobs:", human(o.growthJobs)), "", "", "to empty", target, "")
-		for _, g := range res.growth {
-			label := "    empty table: jobs/s"
-			target, met := "", ""
-			if g.finished > 0 || g.queued > 0 {
-				label = fmt.Sprintf("    + %s complete, %s queued elsewhere: jobs/s", human(g.finished), human(g.queued))
-				if g.finished >= 10_000_000 {
-					target, met = "≥ 0.8 at 10M", yes(base > 0 && g.jobsPerSec >= 0.8*base)
-				}
-			}
-			if g.reruns > 0 {
-				label += fmt.Sprintf(" (%d jobs run twice)", g.reruns)
-			}
-			row(label, rate(g.jobsPerSec), "—", ratio(g.jobsPerSec, base), target, met)
-		}
-	}
 	if res.ceil > 0 {
 		label := fmt.Sprintf("(e) ceiling: bare Claim+Complete, %d goroutines × %s/claim: jobs/s", o.ceilingGoroutines, thousands(int64(o.ceilingBatch)))
 		if a := res.burn["compute"]; len(a) > 0 {
@@ -172,6 +144,7 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	fmt.Fprintln(out, "else running) and this process's own.")
 
 	printUser(out, o, res)
+	printGrowth(out, o, res)
 
 	if o.runs > 1 {
 		fmt.Fprintln(out, "\nPer run (in run order):")
