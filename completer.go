@@ -170,7 +170,7 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(time.Hour) // set below, before each wait
 	defer t.Stop()
 	for {
-		if ctx.Err() != nil || w.outcomes.size() >= w.fullWrite {
+		if ctx.Err() != nil {
 			return
 		}
 		wait := overlapWait // beside another round
@@ -179,6 +179,8 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 				return
 			}
 			wait = d
+		} else if w.outcomes.size() >= w.fullWrite {
+			return // a full batch goes beside the other round (alone, it keeps the gap)
 		}
 		left := wait - time.Since(start)
 		if left <= 0 {
