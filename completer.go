@@ -101,7 +101,7 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 		case <-w.outcomes.added:
 		case <-ctx.Done():
 		}
-		w.gather(ctx, w.writeGap-time.Since(time.Unix(0, w.lastRound.Load())))
+		w.gather(ctx)
 		w.lastRound.Store(time.Now().UnixNano())
 		// At most maxWrite outcomes per round, so one write stays well
 		// inside its timeout however far the completer fell behind.
@@ -156,7 +156,8 @@ func outcomeIDs(batch []outcome, n int) []string {
 }
 
 // gather waits until this completer loop should start a round. Alone, a
-// round waits for d (the rest of writeGap) to let outcomes queue up, but
+// round waits for the rest of writeGap after the latest round's start
+// (also one the other loop started meanwhile) to let outcomes queue up, but
 // starts at once when ctx ends (shutdown writes without delay) or when a
 // queue's fetcher is held back by its unwritten outcomes: it claims
 // nothing until a write, so waiting would only idle it. Beside another
@@ -165,7 +166,7 @@ func outcomeIDs(batch []outcome, n int) []string {
 // round written beside the other then holds as many jobs as one claim
 // returns, not the few that finished since, and a round that waits long
 // (a row an operator's transaction locks) does not hold up the rest.
-func (w *Worker) gather(ctx context.Context, d time.Duration) {
+func (w *Worker) gather(ctx context.Context) {
 	start := time.Now()
 	t := time.NewTimer(time.Hour) // set below, before each wait
 	defer t.Stop()
@@ -173,16 +174,15 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 		if ctx.Err() != nil {
 			return
 		}
-		wait := overlapWait // beside another round
+		left := overlapWait - time.Since(start) // beside another round
 		if w.writesInFlight.Load() == 0 {
 			if w.heldBack() {
 				return
 			}
-			wait = d
+			left = w.writeGap - time.Since(time.Unix(0, w.lastRound.Load()))
 		} else if w.outcomes.size() >= w.fullWrite {
 			return // a full batch goes beside the other round (alone, it keeps the gap)
 		}
-		left := wait - time.Since(start)
 		if left <= 0 {
 			return
 		}
