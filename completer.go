@@ -102,7 +102,7 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 		case <-ctx.Done():
 		}
 		w.gather(ctx)
-		w.lastRound.Store(time.Now().UnixNano())
+		w.markRound()
 		// At most maxWrite outcomes per round, so one write stays well
 		// inside its timeout however far the completer fell behind.
 		batch, more := w.outcomes.take(maxWrite)
@@ -179,7 +179,7 @@ func (w *Worker) gather(ctx context.Context) {
 			if w.heldBack() {
 				return
 			}
-			left = w.writeGap - time.Since(time.Unix(0, w.lastRound.Load()))
+			left = w.writeGap - w.sinceRound()
 		} else if w.outcomes.size() >= w.fullWrite {
 			return // a full batch goes beside the other round (alone, it keeps the gap)
 		}
@@ -194,6 +194,20 @@ func (w *Worker) gather(ctx context.Context) {
 		case <-w.wroteOne: // the other round ended: look again
 		}
 	}
+}
+
+// roundClock is the origin of Worker.lastRound: durations since it are
+// read from the monotonic clock, which a step of the wall clock does not
+// move. (A round's start kept as wall-clock UnixNano made a step back of
+// an hour hold every round alone for that hour.)
+var roundClock = time.Now()
+
+// markRound records that a completer round starts now.
+func (w *Worker) markRound() { w.lastRound.Store(int64(time.Since(roundClock))) }
+
+// sinceRound is the time since the latest completer round started.
+func (w *Worker) sinceRound() time.Duration {
+	return time.Since(roundClock) - time.Duration(w.lastRound.Load())
 }
 
 // heldBack reports whether some queue's fetcher waits for the completer.

@@ -20,7 +20,7 @@ func TestGatherKeepsTheGapAloneWithAFullBatch(t *testing.T) {
 	}
 	w.outcomes.push(outcome{})
 	const gap = 100 * time.Millisecond
-	w.lastRound.Store(time.Now().UnixNano())
+	w.markRound()
 	start := time.Now()
 	w.gather(context.Background())
 	if waited := time.Since(start); waited < gap {
@@ -28,7 +28,7 @@ func TestGatherKeepsTheGapAloneWithAFullBatch(t *testing.T) {
 	}
 
 	w.writesInFlight.Store(1) // beside another round: a full batch goes at once
-	w.lastRound.Store(time.Now().UnixNano())
+	w.markRound()
 	start = time.Now()
 	w.gather(context.Background())
 	if waited := time.Since(start); waited >= overlapWait {
@@ -50,7 +50,7 @@ func TestGatherKeepsTheGapFromARoundThatStartedMeanwhile(t *testing.T) {
 		fullWrite: 1000,
 		writeGap:  gap,
 	}
-	w.lastRound.Store(time.Now().UnixNano())
+	w.markRound()
 	returned := make(chan time.Time, 1)
 	go func() {
 		w.gather(context.Background())
@@ -59,7 +59,7 @@ func TestGatherKeepsTheGapFromARoundThatStartedMeanwhile(t *testing.T) {
 	// The other loop: a round of 5 ms, starting 25 ms in.
 	time.Sleep(25 * time.Millisecond)
 	started := time.Now()
-	w.lastRound.Store(started.UnixNano())
+	w.markRound()
 	w.writesInFlight.Add(1)
 	w.outcomes.push(outcome{})
 	time.Sleep(5 * time.Millisecond)
