@@ -101,8 +101,8 @@ func (w *Worker) writeOutcomes(ctx context.Context) {
 		case <-w.outcomes.added:
 		case <-ctx.Done():
 		}
-		w.gather(ctx, w.writeGap-time.Since(time.Unix(0, w.lastRound.Load())))
-		w.lastRound.Store(time.Now().UnixNano())
+		w.gather(ctx)
+		w.markRound()
 		// At most maxWrite outcomes per round, so one write stays well
 		// inside its timeout however far the completer fell behind.
 		batch, more := w.outcomes.take(maxWrite)
@@ -156,7 +156,8 @@ func outcomeIDs(batch []outcome, n int) []string {
 }
 
 // gather waits until this completer loop should start a round. Alone, a
-// round waits for d (the rest of writeGap) to let outcomes queue up, but
+// round waits for the rest of writeGap after the latest round's start
+// (also one the other loop started meanwhile) to let outcomes queue up, but
 // starts at once when ctx ends (shutdown writes without delay) or when a
 // queue's fetcher is held back by its unwritten outcomes: it claims
 // nothing until a write, so waiting would only idle it. Beside another
@@ -165,22 +166,23 @@ func outcomeIDs(batch []outcome, n int) []string {
 // round written beside the other then holds as many jobs as one claim
 // returns, not the few that finished since, and a round that waits long
 // (a row an operator's transaction locks) does not hold up the rest.
-func (w *Worker) gather(ctx context.Context, d time.Duration) {
+func (w *Worker) gather(ctx context.Context) {
 	start := time.Now()
 	t := time.NewTimer(time.Hour) // set below, before each wait
 	defer t.Stop()
 	for {
-		if ctx.Err() != nil || w.outcomes.size() >= w.fullWrite {
+		if ctx.Err() != nil {
 			return
 		}
-		wait := overlapWait // beside another round
+		left := overlapWait - time.Since(start) // beside another round
 		if w.writesInFlight.Load() == 0 {
 			if w.heldBack() {
 				return
 			}
-			wait = d
+			left = w.writeGap - w.sinceRound()
+		} else if w.outcomes.size() >= w.fullWrite {
+			return // a full batch goes beside the other round (alone, it keeps the gap)
 		}
-		left := wait - time.Since(start)
 		if left <= 0 {
 			return
 		}
@@ -192,6 +194,20 @@ func (w *Worker) gather(ctx context.Context, d time.Duration) {
 		case <-w.wroteOne: // the other round ended: look again
 		}
 	}
+}
+
+// roundClock is the origin of Worker.lastRound: durations since it are
+// read from the monotonic clock, which a step of the wall clock does not
+// move. (A round's start kept as wall-clock UnixNano made a step back of
+// an hour hold every round alone for that hour.)
+var roundClock = time.Now()
+
+// markRound records that a completer round starts now.
+func (w *Worker) markRound() { w.lastRound.Store(int64(time.Since(roundClock))) }
+
+// sinceRound is the time since the latest completer round started.
+func (w *Worker) sinceRound() time.Duration {
+	return time.Since(roundClock) - time.Duration(w.lastRound.Load())
 }
 
 // heldBack reports whether some queue's fetcher waits for the completer.

@@ -125,7 +125,8 @@ type Worker struct {
 	writesInFlight atomic.Int32
 	wroteOne       chan struct{}
 	fullWrite      int
-	// lastRound is when the latest completer round started (UnixNano):
+	// lastRound is when the latest completer round started (nanoseconds
+	// after roundClock, by the monotonic clock; markRound, sinceRound):
 	// the completer loops share the gap between rounds.
 	lastRound atomic.Int64
 
