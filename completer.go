@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/computeplatform/compute/internal/backoff"
@@ -128,11 +129,29 @@ func (w *Worker) writeRound(batch []outcome) bool {
 		w.writesInFlight.Add(-1)
 		signal(w.wroteOne)
 	}()
+	failing := false // this round counts in failingRounds
+	defer func() {
+		if failing {
+			w.failingRounds.Add(-1)
+		}
+	}()
 	for failures := 0; ; failures++ {
-		err := w.write(batch)
+		sent, err := w.write(batch)
 		if err == nil {
+			if failing {
+				failing = false
+				w.failingRounds.Add(-1)
+			}
+			if sent { // else nothing was sent: no news of the database
+				w.wroteOK()
+			}
 			return true
 		}
+		if !failing {
+			failing = true
+			w.failingRounds.Add(1)
+		}
+		w.health.failed(&w.health.writesFailing)
 		if w.final.Err() == nil {
 			w.log.Warn("writing job outcomes failed; retrying", "jobs", len(batch), "err", err)
 		}
@@ -144,6 +163,17 @@ func (w *Worker) writeRound(batch []outcome) bool {
 			return false
 		}
 	}
+}
+
+// wroteOK records a round written for Health. The streak of failed writes
+// ends only when no other round still fails: with two loops, one's
+// success must not hide the other's batch that keeps failing.
+func (w *Worker) wroteOK() {
+	var failing *atomic.Int64
+	if w.failingRounds.Load() == 0 {
+		failing = &w.health.writesFailing
+	}
+	w.health.ok(&w.health.write, failing)
 }
 
 // outcomeIDs lists the job ids of up to n outcomes, for a log line.
@@ -215,8 +245,9 @@ func (w *Worker) heldBack() bool { return w.heldQueues.Load() > 0 }
 
 // write sends one batch of outcomes and forgets the jobs it wrote. Jobs whose
 // lease was lost meanwhile are skipped; a LeaseLostError from the database
-// is logged, not retried.
-func (w *Worker) write(batch []outcome) error {
+// is logged, not retried. sent reports whether a statement was sent (a
+// batch of lost jobs only sends none).
+func (w *Worker) write(batch []outcome) (sent bool, err error) {
 	var done []Completion
 	var failed []Failure
 	for _, o := range batch {
@@ -244,12 +275,8 @@ func (w *Worker) write(batch []outcome) error {
 		if errors.As(err, &lost) {
 			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "err", lost)
 		} else if err != nil {
-			w.health.failed(&w.health.writesFailing)
-			return err
+			return true, err
 		}
-	}
-	if len(done)+len(failed) > 0 { // else nothing was sent: no news of the database
-		w.health.ok(&w.health.write, &w.health.writesFailing)
 	}
 	for _, o := range batch {
 		w.running.forget(o.job)
@@ -262,7 +289,7 @@ func (w *Worker) write(batch []outcome) error {
 			last = o.qs
 		}
 	}
-	return nil
+	return len(done)+len(failed) > 0, nil
 }
 
 // handBack returns jobs to the queue in one Fail, their attempt not spent:

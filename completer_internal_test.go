@@ -69,3 +69,21 @@ func TestGatherKeepsTheGapFromARoundThatStartedMeanwhile(t *testing.T) {
 		t.Errorf("gather returned %s after the other loop's round started, want the gap (%s)", since, gap)
 	}
 }
+
+// TestWroteOKKeepsAnotherLoopsFailingStreak: with two completer loops, a
+// round written by one must not end the streak of failed writes (Health's
+// WritesFailing) while the other loop's round still fails and retries.
+func TestWroteOKKeepsAnotherLoopsFailingStreak(t *testing.T) {
+	w := &Worker{}
+	w.health.failed(&w.health.writesFailing) // loop A's round fails...
+	w.failingRounds.Add(1)                   // ...and is retried
+	w.wroteOK()                              // loop B writes a round
+	if w.health.writesFailing.Load() == 0 {
+		t.Fatal("a round written beside a failing one ended the streak of failed writes")
+	}
+	w.failingRounds.Add(-1) // A's round is written at last
+	w.wroteOK()
+	if got := w.health.writesFailing.Load(); got != 0 {
+		t.Fatalf("writes failing since %d after every round was written, want 0", got)
+	}
+}

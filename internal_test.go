@@ -605,8 +605,8 @@ func TestWriteOfNothingIsNoContact(t *testing.T) {
 	}
 	q.Close()                            // any statement would fail now
 	lost := &Job{Queue: "q", Attempt: 1} // not in the running set: lost
-	if err := w.write([]outcome{{job: lost, qs: w.queues["q"]}}); err != nil {
-		t.Fatalf("write of a lost job: %v, want nil (nothing to send)", err)
+	if sent, err := w.write([]outcome{{job: lost, qs: w.queues["q"]}}); err != nil || sent {
+		t.Fatalf("write of a lost job: sent %v, %v; want nothing sent and nil", sent, err)
 	}
 	if h := w.Health(); !h.LastWrite.IsZero() || !h.LastContact.IsZero() {
 		t.Errorf("a write that sent nothing was recorded: last write %v, last contact %v", h.LastWrite, h.LastContact)

@@ -125,6 +125,9 @@ type Worker struct {
 	writesInFlight atomic.Int32
 	wroteOne       chan struct{}
 	fullWrite      int
+	// failingRounds counts the completer rounds whose writes fail and are
+	// being retried (see wroteOK).
+	failingRounds atomic.Int32
 	// lastRound is when the latest completer round started (nanoseconds
 	// after roundClock, by the monotonic clock; markRound, sinceRound):
 	// the completer loops share the gap between rounds.

@@ -328,18 +328,19 @@ func runUser(ctx context.Context, o options, res *results) error {
 	if res.userHeader, err = userHeader(ctx, srv); err != nil {
 		return err
 	}
-	turn := 0
 	for r := range o.runs {
-		for _, n := range o.userSizes {
+		for si, n := range o.userSizes {
 			for vi, v := range userVariants {
 				if !listed(o.userShapes, strconv.Itoa(vi+1)) {
 					continue
 				}
+				// Which system goes first turns from one run of the
+				// same size and shape to the next (a counter over all
+				// phases gave each shape the same order every run).
 				order := []string{"compute", "River", "ceiling"}
-				if turn%2 == 1 {
+				if (r+si+vi)%2 == 1 {
 					order = []string{"River", "compute", "ceiling"}
 				}
-				turn++
 				for _, name := range order {
 					if !o.takesPart(name) || ctx.Err() != nil {
 						continue
