@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -29,8 +30,13 @@ func printTable(out io.Writer, h header, o options, res *results) {
 	}
 	fmt.Fprintln(out)
 
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.Debug)
+	// The comparison table goes out only when a workload put a row in it:
+	// -only r or -only u print their own tables, not an empty one.
+	var table bytes.Buffer
+	rows := 0
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', tabwriter.Debug)
 	row := func(cells ...string) {
+		rows++
 		// A system left out with -systems has no figures: say so
 		// rather than "failed".
 		for i, sys := range map[int]string{1: "compute", 2: "River"} {
@@ -127,6 +133,9 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		row("    jobs/s in that run", rate(float64(c.Jobs)/c.Seconds), rate(float64(r.Jobs)/r.Seconds), ratio(float64(c.Jobs)/c.Seconds, float64(r.Jobs)/r.Seconds), "", "")
 	}
 	tw.Flush()
+	if rows > 2 { // more than the header and its rule
+		out.Write(table.Bytes())
+	}
 	if len(res.failures) > 0 {
 		fmt.Fprintln(out, "\nFAILED phases (their cells are missing or show the other runs only):")
 		for _, f := range res.failures {
