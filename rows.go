@@ -47,23 +47,18 @@ func scanJob(row pgx.Row, before ...any) (*Job, error) {
 			inputs, outputs                 pgtype.FlatArray[pgtype.Text] // no reflection, unlike a []pgtype.Text
 			errs, trace                     []byte
 			size                            pgtype.Int4
-			status                          Status
-			queue                           string
-			priority, attempt, maxAttempts  int
-			snoozes                         int
 			dest                            [24]any
 		}
 		j = new(Job)
 	)
 	dest := append(s.dest[:0], before...)
-	dest = append(dest, &s.id, &s.status, &s.queue, &s.inputs, &s.created, &s.lastAccessed,
-		&s.grabbed, &s.finished, &s.outputs, &s.priority, &s.runAt, &s.attempt, &s.maxAttempts,
-		&s.worker, &s.leaseExpires, &s.errs, &s.unique, &s.part, &s.snoozes, &s.trace, &s.size, &s.config)
+	dest = append(dest, &s.id, &j.Status, &j.Queue, &s.inputs, &s.created, &s.lastAccessed,
+		&s.grabbed, &s.finished, &s.outputs, &j.Priority, &s.runAt, &j.Attempt, &j.MaxAttempts,
+		&s.worker, &s.leaseExpires, &s.errs, &s.unique, &s.part, &j.Snoozes, &s.trace, &s.size, &s.config)
 	if err := row.Scan(dest...); err != nil {
 		return nil, err
 	}
 	copy(j.ID[:], s.id)
-	j.Status, j.Queue, j.Priority, j.Attempt, j.MaxAttempts, j.Snoozes = s.status, s.queue, s.priority, s.attempt, s.maxAttempts, s.snoozes
 	j.Config, j.Worker = s.config.String, s.worker.String
 	j.Unique.Key, j.PartitionKey = s.unique.String, s.part.String
 	j.Errors = attemptErrors(s.errs)
