@@ -62,15 +62,9 @@ var errPortInUse = errors.New("port already in use")
 // startLocal creates a fresh cluster in a temp dir and starts it on a free port.
 func startLocal(ctx context.Context, binDir string, logf func(string, ...any), settings ...string) (*Server, error) {
 	began := time.Now()
-	cred, err := serverCredential()
+	cred, tempDir, err := newTempDir(tempPrefix, logf)
 	if err != nil {
 		return nil, err
-	}
-	base := tempBase(cred)
-	sweepStale(base, logf)
-	tempDir, err := os.MkdirTemp(base, tempPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("testdb: creating temp dir: %w", err)
 	}
 	s := &Server{
 		kind:     kindLocal,
@@ -390,6 +384,23 @@ func serverCredential() (*credential, error) {
 		return &credential{name: name, uid: uint32(uid), gid: uint32(gid)}, nil
 	}
 	return nil, errors.New("testdb: running as root, but neither user postgres nor nobody exists to run PostgreSQL as")
+}
+
+// newTempDir makes a temp dir named with prefix for a process that runs as
+// the server's user (cred, nil when we are not root), after sweeping the
+// stale dirs of dead owners.
+func newTempDir(prefix string, logf func(string, ...any)) (*credential, string, error) {
+	cred, err := serverCredential()
+	if err != nil {
+		return nil, "", err
+	}
+	base := tempBase(cred)
+	sweepStale(base, logf)
+	dir, err := os.MkdirTemp(base, prefix)
+	if err != nil {
+		return nil, "", fmt.Errorf("testdb: creating temp dir: %w", err)
+	}
+	return cred, dir, nil
 }
 
 // tempBase returns the directory for our temp dirs: os.TempDir(), unless its

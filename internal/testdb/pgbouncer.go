@@ -86,15 +86,9 @@ func StartBouncer(ctx context.Context, connString string, logf func(format strin
 	if err != nil || (target.Scheme != "postgres" && target.Scheme != "postgresql") || target.User.Username() == "" {
 		return nil, fmt.Errorf("testdb: StartBouncer needs a postgres:// URL with a user, got %s", redactConnString(connString))
 	}
-	cred, err := serverCredential()
+	cred, tempDir, err := newTempDir(bouncerPrefix, logf)
 	if err != nil {
 		return nil, err
-	}
-	base := tempBase(cred)
-	sweepStale(base, logf)
-	tempDir, err := os.MkdirTemp(base, bouncerPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("testdb: creating temp dir: %w", err)
 	}
 	b := &Bouncer{
 		logf:    logf,
