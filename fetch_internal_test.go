@@ -305,15 +305,7 @@ func TestIdleWorkerOfManyQueuesPollsOnceForAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runInternal(t, w)()
 	claims := func() int { return counter.count(claimJobsSQL) + counter.count(claimManySQL) }
 	// Each fetcher claims once at start (batched), then waits.
 	deadline := time.Now().Add(20 * time.Second)
@@ -622,15 +614,7 @@ func TestWorkerOfOneQueuePollsByClaiming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runInternal(t, w)()
 	for counter.count(claimJobsSQL) < 3 { // its first claim and two polls
 		time.Sleep(time.Millisecond)
 	}
@@ -696,4 +680,19 @@ func TestHeldQueuesCountsEachCrossingOnce(t *testing.T) {
 	w.addUnwritten(a, -a.unwritten.Load())
 	w.addUnwritten(b, -b.unwritten.Load())
 	check("everything written")
+}
+
+// runInternal runs w until the returned function stops it and checks that
+// Run returned no error.
+func runInternal(t *testing.T, w *Worker) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
 }

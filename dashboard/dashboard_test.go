@@ -90,6 +90,16 @@ func token(t *testing.T, page string) string {
 // status and the body.
 func post(t *testing.T, c *http.Client, u string, form url.Values, header map[string]string) (int, string) {
 	t.Helper()
+	res := sendForm(t, c, u, form, header)
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+// sendForm posts a form as a browser on the same origin would; the caller
+// closes the response's body.
+func sendForm(t *testing.T, c *http.Client, u string, form url.Values, header map[string]string) *http.Response {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, u, strings.NewReader(form.Encode()))
 	if err != nil {
 		t.Fatal(err)
@@ -102,9 +112,19 @@ func post(t *testing.T, c *http.Client, u string, form url.Values, header map[st
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	body, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(body)
+	return res
+}
+
+// postRedirect posts a form and returns where the response redirects.
+func postRedirect(t *testing.T, c *http.Client, u string, form url.Values) *url.URL {
+	t.Helper()
+	res := sendForm(t, c, u, form, nil)
+	res.Body.Close()
+	loc, err := res.Location()
+	if err != nil {
+		t.Fatalf("POST %s: %d, no redirect (%v)", u, res.StatusCode, err)
+	}
+	return loc
 }
 
 // seed enqueues a few jobs and fails one, so every page has something.

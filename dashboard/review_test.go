@@ -121,17 +121,7 @@ func TestFlashMessagesComeOnlyFromTheDashboard(t *testing.T) {
 		}
 	}
 	_, page := get(t, c, base+"/jobs/"+queued.String())
-	req, _ := http.NewRequest(http.MethodPost, base+"/jobs/"+queued.String()+"/cancel", strings.NewReader(url.Values{"csrf": {token(t, page)}}.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	loc, err := res.Location()
-	if err != nil {
-		t.Fatalf("cancel: %d, no redirect (%v)", res.StatusCode, err)
-	}
+	loc := postRedirect(t, c, base+"/jobs/"+queued.String()+"/cancel", url.Values{"csrf": {token(t, page)}})
 	if _, body := get(t, c, loc.String()); !strings.Contains(body, "Cancelled the job") {
 		t.Errorf("after cancel the page at %s does not say so", loc)
 	}
@@ -405,17 +395,7 @@ func TestBulkOnSelectedJobsReturnsToTheSameList(t *testing.T) {
 	c := client(t)
 	_, page := get(t, c, base+"/jobs?queue=bulk")
 	form := url.Values{"csrf": {token(t, page)}, "queue": {"bulk"}, "id": {ids[0].String(), ids[1].String()}}
-	req, _ := http.NewRequest(http.MethodPost, base+"/bulk/cancel", strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	loc, err := res.Location()
-	if err != nil {
-		t.Fatalf("bulk cancel: %d, no redirect (%v)", res.StatusCode, err)
-	}
+	loc := postRedirect(t, c, base+"/bulk/cancel", form)
 	if loc.Path != "/jobs" || loc.Query().Get("queue") != "bulk" || loc.Query().Has("id") {
 		t.Errorf("after the bulk cancel the browser goes to %s, want the list of queue bulk", loc)
 	}
