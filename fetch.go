@@ -56,6 +56,11 @@ func (w *Worker) fetch(ctx, claimsCtx context.Context, jobs *group, qs *queueSta
 	failures := 0
 	var unsure time.Time // when a claim whose outcome is unknown was sent
 	for {
+		// The select below picks at random among ready cases, so a slot
+		// freed after the stop may win over ctx.Done: claim nothing then.
+		if ctx.Err() != nil {
+			return
+		}
 		free := cap(qs.slots) - len(qs.slots)
 		if !unsure.IsZero() && free > 0 {
 			if err := w.adopt(ctx, jobs, qs, unsure); err == nil {
