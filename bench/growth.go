@@ -177,10 +177,7 @@ func loadFiller(ctx context.Context, pool *pgxpool.Pool, finished, queued, batch
 		if lo > finished {
 			return errDone
 		}
-		mu.Lock()
-		done := loaded
-		mu.Unlock()
-		if err := checkDisk(ctx, pool, done, finished-lo+1); err != nil {
+		if err := checkDisk(ctx, pool, lo-1, finished-lo+1); err != nil {
 			return err
 		}
 		t := time.Now()
@@ -248,12 +245,17 @@ const minFreeAfterLoad = 10 << 30
 var ErrDiskFull = errors.New("load stopped: too little disk would remain")
 
 // checkDisk stops the load when the server's data directory is on this
-// machine and the left rows still to load (after loaded ones) would leave less than minFreeAfterLoad free.
-// Their size is estimated from compute.jobs' bytes per row so far (at
-// least 500, a filler row's heap bytes), times 1.3 for the indexes built
-// after the load (jobs_pkey, jobs_done and jobs_finished came to 0.29 of
-// the heap at 100M rows). The builds' sort files come on top.
-func checkDisk(ctx context.Context, pool *pgxpool.Pool, loaded, left int) error {
+// machine and the left rows still to load would leave less than
+// minFreeAfterLoad free. Their size is estimated from compute.jobs' bytes
+// per row so far (at least 500, a filler row's heap bytes), times 1.3 for
+// the indexes built after the load (jobs_pkey, jobs_done and jobs_finished
+// came to 0.29 of the heap at 100M rows). The builds' sort files come on
+// top. started counts the rows of every batch begun, whose inserts may be
+// in the table's files already, and left those of the batches not yet
+// begun, this one's included: counting only committed batches as loaded
+// took the other loaders' rows in flight for this one's, which doubled the
+// estimate of a 3-loader load and stopped it at 15M of 100M rows.
+func checkDisk(ctx context.Context, pool *pgxpool.Pool, started, left int) error {
 	var dir string
 	var size int64
 	if err := pool.QueryRow(ctx, `SELECT current_setting('data_directory'), pg_total_relation_size('compute.jobs')`).Scan(&dir, &size); err != nil {
@@ -264,8 +266,8 @@ func checkDisk(ctx context.Context, pool *pgxpool.Pool, loaded, left int) error 
 		return nil
 	}
 	perRow := int64(500)
-	if loaded > 0 {
-		perRow = max(perRow, size/int64(loaded))
+	if started > 0 {
+		perRow = max(perRow, size/int64(started))
 	}
 	need := int64(float64(perRow) * float64(left) * 1.3)
 	if free-need < minFreeAfterLoad {
