@@ -262,14 +262,12 @@ func (w *Worker) write(batch []outcome) (sent bool, err error) {
 	}
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
-	w.writing.RLock()
 	start := time.Now()
 	errDone := w.q.Complete(ctx, done...)
 	w.obs.wrote("complete", len(done), time.Since(start), errDone)
 	start = time.Now()
 	errFailed := w.q.Fail(ctx, failed...)
 	w.obs.wrote("fail", len(failed), time.Since(start), errFailed)
-	w.writing.RUnlock()
 	for _, err := range []error{errDone, errFailed} {
 		var lost *LeaseLostError
 		if errors.As(err, &lost) {

@@ -242,9 +242,7 @@ func (w *Worker) stillHeld(ctx context.Context, jobs []*Job) ([]*Job, error) {
 	if len(jobs) == 0 {
 		return jobs, nil
 	}
-	w.writing.Lock()
 	err := w.q.Heartbeat(ctx, jobs...)
-	w.writing.Unlock()
 	var lost *LeaseLostError
 	if err != nil && !errors.As(err, &lost) {
 		return nil, err

@@ -40,8 +40,9 @@ func (w *Worker) heartbeatInterval() time.Duration {
 func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	// Jobs whose outcome waits for the completer are left out: the
 	// completer writes them within moments. A job that finishes after
-	// this look is still renewed, which is why the renewal holds
-	// w.writing.
+	// this look is still renewed, maybe while the completer writes it:
+	// both lock their rows in id order (see inIDOrder), so one waits for
+	// the other and neither deadlocks.
 	held := w.running.unfinished()
 	if len(held) == 0 {
 		return
@@ -50,7 +51,6 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	lost := make(map[JobID]bool)
 	var err error
-	w.writing.Lock()
 	for chunk := range slices.Chunk(held, maxWrite) {
 		var chunkLost *LeaseLostError
 		if e := w.q.Heartbeat(callCtx, chunk...); errors.As(e, &chunkLost) {
@@ -61,7 +61,6 @@ func (w *Worker) renew(ctx context.Context, timeout time.Duration) {
 			err = e
 		}
 	}
-	w.writing.Unlock()
 	cancel()
 	if err != nil {
 		w.log.Warn("lease renewal failed", "jobs", len(held), "err", err)

@@ -1,9 +1,11 @@
 package compute
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +46,7 @@ func (q *Queue) Complete(ctx context.Context, done ...Completion) error {
 	if len(done) == 0 {
 		return nil
 	}
+	done = inIDOrder(done, func(c Completion) *Job { return c.Job })
 	jobs, outputs := make([]*Job, len(done)), make([]string, len(done))
 	for i, c := range done {
 		if c.Job != nil {
@@ -104,6 +107,7 @@ func (q *Queue) Fail(ctx context.Context, failed ...Failure) error {
 	if len(failed) == 0 {
 		return nil
 	}
+	failed = inIDOrder(failed, func(f Failure) *Job { return f.Job })
 	n := len(failed)
 	jobs := make([]*Job, n)
 	msgs, permanent, snooze, delays := make([]string, n), make([]bool, n), make([]bool, n), make([]int64, n)
@@ -148,7 +152,24 @@ func (q *Queue) Heartbeat(ctx context.Context, jobs ...*Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
+	jobs = inIDOrder(jobs, func(j *Job) *Job { return j })
 	return q.fenced(ctx, "compute: heartbeat", jobs, heartbeatJobsSQL, q.opts.lease.Microseconds())
+}
+
+// inIDOrder returns a copy of batch sorted by its jobs' ids, for a fenced
+// statement. Each fenced statement updates, and so locks, its rows in the
+// order of its arrays (a nested loop over them, see fenced), so two of them
+// that overlap, such as a worker's lease renewal and a completion of jobs
+// that finished meanwhile, wait for each other in one direction only and
+// never deadlock. A batch with a nil job is returned as it is, for fenced
+// to report by its place.
+func inIDOrder[T any](batch []T, job func(T) *Job) []T {
+	if slices.ContainsFunc(batch, func(e T) bool { return job(e) == nil }) {
+		return batch
+	}
+	sorted := slices.Clone(batch)
+	slices.SortFunc(sorted, func(a, b T) int { return bytes.Compare(job(a).ID[:], job(b).ID[:]) })
+	return sorted
 }
 
 // fenced runs one of the fenced batch statements: the claim of each job

@@ -107,14 +107,6 @@ type Worker struct {
 	horizonChecked time.Time
 	// writeGap is the package's writeGap; tests of the completer widen it.
 	writeGap time.Duration
-	// writing is held while a completer loop (shared: their outcomes are
-	// of different jobs) or the heartbeat loop (alone) sends its
-	// statements. Both update this worker's rows, and PostgreSQL locks
-	// the rows of an UPDATE ... FROM unnest(...) in no fixed order, so the
-	// two deadlocked when they overlapped on a job that finished during a
-	// renewal (seen in the bench's steady state; each deadlock stalls both
-	// for deadlock_timeout, a second by default, before one is retried).
-	writing sync.RWMutex
 	// heldQueues counts the queues whose fetchers are held back by their
 	// unwritten outcomes (addUnwritten keeps it).
 	heldQueues atomic.Int32
