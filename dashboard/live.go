@@ -57,6 +57,9 @@ func (h *Handler) live(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil // the headers alone: a HEAD never opens a feed
+	}
 	// A comment first, so the browser sees the stream open.
 	if _, err := fmt.Fprint(w, ": live\n\n"); err != nil {
 		return nil

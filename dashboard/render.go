@@ -2,7 +2,9 @@ package dashboard
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -80,15 +82,48 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, page,
 	_, _ = w.Write(buf.Bytes())
 }
 
-// static serves the embedded CSS, JS and icon.
+// static serves the embedded CSS, JS and icon, and nothing else: a
+// directory is not found rather than listed. The pages link them with
+// ?v=assetVersion, and such a request is cached for good: a new release
+// changes the version, so a browser never runs last release's script
+// against this release's pages. Without it (or with an older version) a
+// browser must ask again each time.
 func (h *Handler) static(w http.ResponseWriter, r *http.Request) error {
-	w.Header().Set("Cache-Control", "public, max-age=3600")
+	if strings.HasSuffix(r.URL.Path, "/") {
+		http.NotFound(w, r)
+		return nil
+	}
+	if r.URL.Query().Get("v") == assetVersion {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		w.Header().Set("Cache-Control", "no-cache")
+	}
 	http.StripPrefix(h.cfg.BasePath, http.FileServerFS(assets)).ServeHTTP(w, r)
 	return nil
 }
 
+// assetVersion names this build's static files: the start of a hash of
+// their contents, which the pages put in the files' links.
+var assetVersion = func() string {
+	sum := sha256.New()
+	files, err := fs.Glob(assets, "static/*")
+	if err != nil {
+		panic(err)
+	}
+	for _, name := range files {
+		b, err := fs.ReadFile(assets, name)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Fprintf(sum, "%s %d\n", name, len(b))
+		sum.Write(b)
+	}
+	return hex.EncodeToString(sum.Sum(nil))[:12]
+}()
+
 // funcs are the templates' helpers.
 var funcs = template.FuncMap{
+	"assetVersion": func() string { return assetVersion },
 	"statuses": func() []compute.Status {
 		return []compute.Status{compute.StatusQueued, compute.StatusInProgress, compute.StatusComplete,
 			compute.StatusFailed, compute.StatusExpired}

@@ -1,6 +1,7 @@
 package dashboard_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -496,5 +497,71 @@ func TestJobPageTitlesDiffer(t *testing.T) {
 	}
 	if titles[0] == titles[1] {
 		t.Errorf("two jobs' pages have the same title %q", titles[0])
+	}
+}
+
+// TestStaticFilesAndLiveFeedHEAD: the static directory is not listed; the
+// pages link each static file with this build's version, which is cached
+// for good, while a link without it must be asked for again (a browser
+// never keeps last release's script for this release's pages); a HEAD of
+// the live feed answers with its headers and opens no feed.
+func TestStaticFilesAndLiveFeedHEAD(t *testing.T) {
+	q := newQueue(t)
+	srv := httptest.NewServer(dashboard.New(q, dashboard.Config{}))
+	t.Cleanup(srv.Close)
+	c := client(t)
+	if code, body := get(t, c, srv.URL+"/static/"); code != http.StatusNotFound || strings.Contains(body, "app.js") {
+		t.Errorf("GET /static/: %d, want 404 and no listing; body %q", code, body)
+	}
+	_, page := get(t, c, srv.URL+"/")
+	m := regexp.MustCompile(`/static/app\.js\?v=([0-9a-f]{12})"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("the overview links no versioned app.js:\n%s", page)
+	}
+	for link, want := range map[string]string{
+		"/static/app.js?v=" + m[1]: "public, max-age=31536000, immutable",
+		"/static/app.js":           "no-cache",
+		"/static/app.js?v=old":     "no-cache",
+	} {
+		res, err := c.Get(srv.URL + link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if got := res.Header.Get("Cache-Control"); res.StatusCode != http.StatusOK || got != want {
+			t.Errorf("GET %s: %d with Cache-Control %q, want 200 with %q", link, res.StatusCode, got, want)
+		}
+	}
+
+	// A HEAD answers with the stream's headers and opens no feed: with
+	// room for one feed, a GET still gets it while the HEAD's connection
+	// stays open. (Closing that connection ends a feed the HEAD opened, so
+	// a failing run ends too.)
+	defer dashboard.SetMaxLive(1)()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "HEAD /live HTTP/1.1\r\nHost: dashboard\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: http.MethodHead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct := res.Header.Get("Content-Type"); res.StatusCode != http.StatusOK || ct != "text/event-stream" {
+		t.Errorf("HEAD /live: %d with Content-Type %q, want 200 text/event-stream", res.StatusCode, ct)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/live", nil)
+	res, err = (&http.Client{}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Errorf("GET /live after a HEAD, with room for one feed: %d, want 200 (the HEAD kept a feed open)", res.StatusCode)
 	}
 }
