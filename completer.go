@@ -136,7 +136,7 @@ func (w *Worker) writeRound(batch []outcome) bool {
 		}
 	}()
 	for failures := 0; ; failures++ {
-		sent, err := w.write(batch)
+		rest, sent, err := w.write(batch)
 		if err == nil {
 			if failing {
 				failing = false
@@ -147,6 +147,7 @@ func (w *Worker) writeRound(batch []outcome) bool {
 			}
 			return true
 		}
+		batch = rest // what was written stays written
 		if !failing {
 			failing = true
 			w.failingRounds.Add(1)
@@ -243,22 +244,29 @@ func (w *Worker) sinceRound() time.Duration {
 // heldBack reports whether some queue's fetcher waits for the completer.
 func (w *Worker) heldBack() bool { return w.heldQueues.Load() > 0 }
 
-// write sends one batch of outcomes and forgets the jobs it wrote. Jobs whose
-// lease was lost meanwhile are skipped; a LeaseLostError from the database
-// is logged, not retried. sent reports whether a statement was sent (a
-// batch of lost jobs only sends none).
-func (w *Worker) write(batch []outcome) (sent bool, err error) {
+// write sends one batch of outcomes, one Complete and one Fail, and
+// forgets the jobs it wrote. Jobs whose lease was lost meanwhile are
+// skipped; a LeaseLostError from the database is logged, not retried. When
+// one of the two statements fails, the outcomes of the other are settled
+// all the same, and rest holds only the failed statement's, for the retry:
+// sending a written Complete again would find its jobs no longer in
+// progress and report their leases lost. sent reports whether a statement
+// was sent (a batch of lost jobs only sends none).
+func (w *Worker) write(batch []outcome) (rest []outcome, sent bool, err error) {
 	var done []Completion
 	var failed []Failure
+	var settled, doneOut, failedOut []outcome
 	for _, o := range batch {
-		if !w.running.holds(o.job) {
-			continue // lost, or superseded by a newer attempt of ours
-		}
-		if o.err == nil {
+		switch {
+		case !w.running.holds(o.job):
+			settled = append(settled, o) // lost, or superseded by a newer attempt of ours
+		case o.err == nil:
 			done = append(done, Completion{Job: o.job, OutputFiles: o.outputs})
-			continue
+			doneOut = append(doneOut, o)
+		default:
+			failed = append(failed, Failure{Job: o.job, Err: o.err, RetryIn: o.retryIn})
+			failedOut = append(failedOut, o)
 		}
-		failed = append(failed, Failure{Job: o.job, Err: o.err, RetryIn: o.retryIn})
 	}
 	ctx, cancel := context.WithTimeout(w.final, 10*time.Second)
 	defer cancel()
@@ -268,26 +276,39 @@ func (w *Worker) write(batch []outcome) (sent bool, err error) {
 	start = time.Now()
 	errFailed := w.q.Fail(ctx, failed...)
 	w.obs.wrote("fail", len(failed), time.Since(start), errFailed)
-	for _, err := range []error{errDone, errFailed} {
+	for _, r := range []struct {
+		err  error
+		outs []outcome
+	}{{errDone, doneOut}, {errFailed, failedOut}} {
 		var lost *LeaseLostError
-		if errors.As(err, &lost) {
+		switch {
+		case errors.As(r.err, &lost):
 			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "err", lost)
-		} else if err != nil {
-			return true, err
+			settled = append(settled, r.outs...)
+		case r.err != nil:
+			rest, err = append(rest, r.outs...), r.err
+		default:
+			settled = append(settled, r.outs...)
 		}
 	}
-	for _, o := range batch {
+	w.settle(settled)
+	return rest, len(done)+len(failed) > 0, err
+}
+
+// settle forgets the jobs of outcomes that need no more writing and gives
+// their queues the room back.
+func (w *Worker) settle(outs []outcome) {
+	for _, o := range outs {
 		w.running.forget(o.job)
 	}
 	var last *queueState
-	for _, o := range batch {
+	for _, o := range outs {
 		w.addUnwritten(o.qs, -1)
 		if o.qs != last { // batches are mostly one queue's: one signal each
 			signal(o.qs.freed)
 			last = o.qs
 		}
 	}
-	return len(done)+len(failed) > 0, nil
 }
 
 // handBack returns jobs to the queue in one Fail, their attempt not spent:

@@ -98,7 +98,7 @@ func TestAdoptSkipsAJobTheCompleterJustWrote(t *testing.T) {
 	tracer.mu.Lock()
 	tracer.hook = func() { // the completer's round lands now
 		batch, _ := w.outcomes.take(maxWrite)
-		if _, err := w.write(batch); err != nil {
+		if _, _, err := w.write(batch); err != nil {
 			t.Errorf("write: %v", err)
 		}
 		wrote.Store(true)

@@ -605,7 +605,7 @@ func TestWriteOfNothingIsNoContact(t *testing.T) {
 	}
 	q.Close()                            // any statement would fail now
 	lost := &Job{Queue: "q", Attempt: 1} // not in the running set: lost
-	if sent, err := w.write([]outcome{{job: lost, qs: w.queues["q"]}}); err != nil || sent {
+	if _, sent, err := w.write([]outcome{{job: lost, qs: w.queues["q"]}}); err != nil || sent {
 		t.Fatalf("write of a lost job: sent %v, %v; want nothing sent and nil", sent, err)
 	}
 	if h := w.Health(); !h.LastWrite.IsZero() || !h.LastContact.IsZero() {
