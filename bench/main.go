@@ -49,7 +49,7 @@ type options struct {
 	growthSizes    []int // parsed -growth
 	growthQueuedN  int   // parsed -growth-queued
 	growthBatch    int   // (d) finished rows per INSERT ... SELECT
-	growthRuns     int   // (d) burn-downs per size below growthRepeatBelow
+	growthRuns     int   // (d) burn-downs per size
 	growthLoaders  int   // (d) connections loading at once
 	growthRebuild  string
 	growthRebuildN int // parsed -growth-rebuild
@@ -154,7 +154,7 @@ func parseFlags() options {
 	flag.IntVar(&o.growthBatch, "growth-batch", 5_000_000, "(d) finished rows per INSERT ... SELECT statement of the load (a progress line follows each)")
 	flag.IntVar(&o.growthLoaders, "growth-loaders", 2, "(d) connections running the load's INSERT ... SELECT statements at once")
 	flag.StringVar(&o.growthRebuild, "growth-rebuild", "100m", "(d) from this many finished rows on, load them without the indexes that hold them (jobs_pkey, jobs_done, jobs_finished) and build those after, at the fillfactor inserts leave them at (0: never)")
-	flag.IntVar(&o.growthRuns, "growth-runs", 1, "(d) burn-downs per size, the table shows their median; sizes from 100m on run one")
+	flag.IntVar(&o.growthRuns, "growth-runs", 1, "(d) burn-downs per size, the table shows their median")
 	flag.IntVar(&o.ceilingJobs, "ceiling-jobs", 200_000, "(e) jobs the bare claim/complete loop works")
 	flag.IntVar(&o.ceilingGoroutines, "ceiling-goroutines", 4, "(e) goroutines of the bare loop")
 	flag.IntVar(&o.ceilingBatch, "ceiling-batch", 1_000, "(e) jobs per Claim in the bare loop")
