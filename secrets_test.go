@@ -94,14 +94,20 @@ func TestPasswordsStayOutOfLogsDuringAnOutage(t *testing.T) {
 		s := logs.String()
 		return strings.Count(s, "listener connection lost") >= 2 && strings.Contains(s, "reading the journal failed")
 	})
-	before := strings.Count(logs.String(), "\n")
+	before := len(logs.String())
 	const window = 6 * time.Second
 	time.Sleep(window) // a measured spell of the outage: its log lines are the figure
-	during := strings.Count(logs.String(), "\n") - before
+	lines := logs.String()[before:]
+	during := strings.Count(lines, "\n")
 	t.Logf("FIGURES outage: %d log lines in %s of outage (Worker + Follow), first noticed after %s",
 		during, window, time.Since(outage).Round(time.Millisecond)-window)
-	if during > 30 {
-		t.Errorf("%d log lines in %s of outage: a busy loop of warnings", during, window)
+	// At this test's 3 s lease the registry refresh warns once a second,
+	// maintenance and Follow's debug retries about as often, and every
+	// part warns once when it first fails, which lands in the window when
+	// the outage is noticed at once (31 lines in one CI run, 21-23 here
+	// when it took 5 s). A busy loop writes hundreds.
+	if during > 60 {
+		t.Errorf("%d log lines in %s of outage: a busy loop of warnings:\n%s", during, window, lines)
 	}
 	// Follow warns once per outage, then retries with backoff in debug
 	// lines (it warned every second).
