@@ -135,14 +135,16 @@ func (w *Worker) writeRound(batch []outcome) bool {
 			w.failingRounds.Add(-1)
 		}
 	}()
+	answered := false // some attempt's statement reached the database
 	for failures := 0; ; failures++ {
-		rest, sent, err := w.write(batch)
+		rest, ok, err := w.write(batch)
+		answered = answered || ok
 		if err == nil {
 			if failing {
 				failing = false
 				w.failingRounds.Add(-1)
 			}
-			if sent { // else nothing was sent: no news of the database
+			if answered { // else nothing was sent: no news of the database
 				w.wroteOK()
 			}
 			return true
@@ -250,9 +252,10 @@ func (w *Worker) heldBack() bool { return w.heldQueues.Load() > 0 }
 // one of the two statements fails, the outcomes of the other are settled
 // all the same, and rest holds only the failed statement's, for the retry:
 // sending a written Complete again would find its jobs no longer in
-// progress and report their leases lost. sent reports whether a statement
-// was sent (a batch of lost jobs only sends none).
-func (w *Worker) write(batch []outcome) (rest []outcome, sent bool, err error) {
+// progress and report their leases lost. answered reports whether a
+// statement was sent and answered, written or lease lost (a batch of lost
+// jobs only sends none).
+func (w *Worker) write(batch []outcome) (rest []outcome, answered bool, err error) {
 	var done []Completion
 	var failed []Failure
 	var settled, doneOut, failedOut []outcome
@@ -285,14 +288,16 @@ func (w *Worker) write(batch []outcome) (rest []outcome, sent bool, err error) {
 		case errors.As(r.err, &lost):
 			w.log.Warn("outcomes not written: lease lost", "jobs", len(lost.IDs), "err", lost)
 			settled = append(settled, r.outs...)
+			answered = true
 		case r.err != nil:
 			rest, err = append(rest, r.outs...), r.err
 		default:
 			settled = append(settled, r.outs...)
+			answered = answered || len(r.outs) > 0
 		}
 	}
 	w.settle(settled)
-	return rest, len(done)+len(failed) > 0, err
+	return rest, answered, err
 }
 
 // settle forgets the jobs of outcomes that need no more writing and gives

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // TestGatherKeepsTheGapAloneWithAFullBatch: a full batch (the worker's
@@ -98,26 +99,10 @@ func TestWroteOKKeepsAnotherLoopsFailingStreak(t *testing.T) {
 // progress and logged their leases lost.
 func TestWriteRetriesOnlyWhatFailed(t *testing.T) {
 	ctx := t.Context()
-	q := openMigrated(t)
-	if _, err := q.EnqueueMany(ctx, []Job{{Queue: "q"}, {Queue: "q"}}); err != nil {
-		t.Fatal(err)
-	}
-	claimed, err := q.Claim(ctx, "q", 2)
-	if err != nil || len(claimed) != 2 {
-		t.Fatalf("claimed %d jobs (%v), want 2", len(claimed), err)
-	}
-	w, err := NewWorker(q, WorkerConfig{Queues: map[string]QueueConfig{
-		"q": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, w, claimed := claimedWorker(t, 2)
 	qs := w.queues["q"]
-	for _, j := range claimed {
-		w.running.add(j, func(error) {}, time.Now())
-	}
 	w.addUnwritten(qs, 2)
-	for _, sql := range []string{
+	execAll(t, q,
 		`CREATE SEQUENCE public.fail_tries`,
 		`CREATE TABLE public.completes (rows bigint)`,
 		// The first Fail statement fails (a sequence, unlike a table,
@@ -140,11 +125,7 @@ BEGIN
 END $$`,
 		`CREATE TRIGGER count_completes AFTER UPDATE ON compute.jobs REFERENCING NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION public.count_completes()`,
-	} {
-		if _, err := q.pool.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 
 	batch := []outcome{{job: claimed[0], qs: qs}, {job: claimed[1], qs: qs, err: Permanent(errors.New("boom"))}}
 	rest, _, err := w.write(batch)
@@ -177,4 +158,190 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.count_completes()`,
 	if n := qs.unwritten.Load(); n != 0 {
 		t.Errorf("%d outcomes still counted unwritten, want 0", n)
 	}
+}
+
+// TestRenewalDoesNotLoseAJobWrittenMeanwhile: a job that finishes while a
+// lease renewal is on its way, and whose Complete commits before the
+// renewal reaches its row, is no longer the worker's in the database when
+// the renewal gets there. That is not a lost lease: the renewal must not
+// mark it lost (it counted in the lost-lease metric for jobs that
+// completed normally, found in review once the renewal stopped waiting
+// for the completer). Advisory locks that the test holds stop the
+// renewal and the round's Fail at chosen points.
+func TestRenewalDoesNotLoseAJobWrittenMeanwhile(t *testing.T) {
+	ctx := t.Context()
+	q, w, claimed := claimedWorker(t, 3)
+	a, c := claimed[0], claimed[2]
+	qs := w.queues["q"]
+	execAll(t, q,
+		`CREATE FUNCTION public.gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF position('SET lease_expires = now() +' in current_query()) > 0 THEN
+        PERFORM pg_advisory_lock(42); PERFORM pg_advisory_unlock(42);
+    ELSIF position('d.snooze' in current_query()) > 0 THEN
+        PERFORM pg_advisory_lock(43); PERFORM pg_advisory_unlock(43);
+    END IF;
+    RETURN NULL;
+END $$`,
+		`CREATE TRIGGER gate BEFORE UPDATE ON compute.jobs FOR EACH STATEMENT EXECUTE FUNCTION public.gate()`,
+	)
+	gates := holdAdvisoryLocks(t, q, 42, 43)
+	renewed := make(chan struct{})
+	go func() { // the renewal takes its list of all three, then waits at gate 42
+		defer close(renewed)
+		w.renew(ctx, 30*time.Second)
+	}()
+	waitAtGate(t, q, "the renewal", "%SET lease_expires = now() +%")
+	w.running.markFinished(a)
+	w.running.markFinished(c)
+	w.addUnwritten(qs, 2)
+	wrote := make(chan error, 1)
+	go func() { // a's Complete commits; c's Fail waits at gate 43
+		_, _, err := w.write([]outcome{{job: a, qs: qs}, {job: c, qs: qs, err: Permanent(errors.New("boom"))}})
+		wrote <- err
+	}()
+	waitAtGate(t, q, "the round's Fail", "%d.snooze%")
+	if got, err := q.Get(ctx, a.ID); err != nil || got.Status != StatusComplete {
+		t.Fatalf("job a: %v (%v), want complete before the renewal goes on", got.Status, err)
+	}
+	if _, err := gates.Exec(ctx, `SELECT pg_advisory_unlock(42)`); err != nil {
+		t.Fatal(err)
+	}
+	<-renewed
+	w.running.mu.Lock()
+	lostA := w.running.jobs[a.ID] != nil && w.running.jobs[a.ID].lost
+	w.running.mu.Unlock()
+	if _, err := gates.Exec(ctx, `SELECT pg_advisory_unlock(43)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if lostA {
+		t.Error("the renewal marked lost a job the completer wrote while it was on its way")
+	}
+}
+
+// TestRoundWrittenInPartsClearsTheWriteFailure: a round whose Complete
+// commits and whose Fail fails, and whose retry then has nothing left to
+// send (the failed job was claimed again meanwhile), was written: Health
+// must show the write and no failing writes. Before, only the last
+// attempt's statements counted, so the failure stayed in Health until
+// another round wrote (found in review). Advisory lock 43 stops the Fail
+// until the job is replaced.
+func TestRoundWrittenInPartsClearsTheWriteFailure(t *testing.T) {
+	ctx := t.Context()
+	q, w, claimed := claimedWorker(t, 2)
+	a, c := claimed[0], claimed[1]
+	qs := w.queues["q"]
+	for _, j := range claimed {
+		w.running.markFinished(j)
+	}
+	w.addUnwritten(qs, 2)
+	execAll(t, q,
+		`CREATE SEQUENCE public.fail_tries`,
+		`CREATE FUNCTION public.gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF position('d.snooze' in current_query()) > 0 THEN
+        PERFORM pg_advisory_lock(43); PERFORM pg_advisory_unlock(43);
+        IF nextval('public.fail_tries') = 1 THEN
+            RAISE EXCEPTION 'injected failure of the Fail statement';
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$`,
+		`CREATE TRIGGER gate BEFORE UPDATE ON compute.jobs FOR EACH STATEMENT EXECUTE FUNCTION public.gate()`,
+	)
+	gate := holdAdvisoryLocks(t, q, 43)
+	written := make(chan bool, 1)
+	go func() {
+		written <- w.writeRound([]outcome{{job: a, qs: qs}, {job: c, qs: qs, err: Permanent(errors.New("boom"))}})
+	}()
+	waitAtGate(t, q, "the round's Fail", "%d.snooze%")
+	// c is claimed again by this worker (a newer attempt), so the retry
+	// has nothing of c's to write.
+	again := *c
+	again.Attempt++
+	w.running.add(&again, func(error) {}, time.Now())
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(43)`); err != nil {
+		t.Fatal(err)
+	}
+	if !<-written {
+		t.Fatal("writeRound gave up")
+	}
+	if h := w.Health(); h.LastWrite.IsZero() || !h.WritesFailing.IsZero() {
+		t.Errorf("after a round written in parts: last write %v, writes failing since %v; want a write and no failure", h.LastWrite, h.WritesFailing)
+	}
+}
+
+// waitAtGate waits until a statement whose text is like like waits for a
+// lock (a test's advisory lock in a trigger).
+func waitAtGate(t *testing.T, q *Queue, what, like string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := q.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1`, like).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never waited at its gate", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// claimedWorker opens a fresh queue, claims n jobs of queue "q" and makes a
+// Worker of that queue, not running, that holds them (its running set has
+// them), for tests that drive its parts.
+func claimedWorker(t *testing.T, n int) (*Queue, *Worker, []*Job) {
+	t.Helper()
+	q := openMigrated(t)
+	if _, err := q.EnqueueMany(t.Context(), slices.Repeat([]Job{{Queue: "q"}}, n)); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := q.Claim(t.Context(), "q", n)
+	if err != nil || len(claimed) != n {
+		t.Fatalf("claimed %d jobs (%v), want %d", len(claimed), err, n)
+	}
+	w, err := NewWorker(q, WorkerConfig{Queues: map[string]QueueConfig{
+		"q": {Handler: func(context.Context, *Job) ([]string, error) { return nil, nil }},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range claimed {
+		w.running.add(j, func(error) {}, time.Now())
+	}
+	return q, w, claimed
+}
+
+// execAll runs each statement on q's pool.
+func execAll(t *testing.T, q *Queue, sqls ...string) {
+	t.Helper()
+	for _, sql := range sqls {
+		if _, err := q.pool.Exec(t.Context(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// holdAdvisoryLocks takes session advisory locks on keys on a connection
+// of its own, released with it at the test's end, and returns it.
+func holdAdvisoryLocks(t *testing.T, q *Queue, keys ...int64) *pgxpool.Conn {
+	t.Helper()
+	conn, err := q.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
+	for _, k := range keys {
+		if _, err := conn.Exec(t.Context(), `SELECT pg_advisory_lock($1)`, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conn
 }

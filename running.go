@@ -131,6 +131,13 @@ func (s *runningSet) renewed(held []*Job, sent time.Time, ok bool, lost map[JobI
 		if r == nil || r.job != j {
 			continue // written back, or replaced by a newer attempt
 		}
+		if lost[j.ID] && r.finished {
+			// It finished during the renewal, and the completer may have
+			// written it before the renewal reached its row: then the
+			// database no longer counts it ours, though nothing was lost.
+			// The completer's own fenced write reports a lease truly lost.
+			continue
+		}
 		if ok && !lost[j.ID] {
 			r.renewed = sent
 		}
