@@ -82,23 +82,32 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, page,
 	_, _ = w.Write(buf.Bytes())
 }
 
-// static serves the embedded CSS, JS and icon, and nothing else: a
-// directory is not found rather than listed. The pages link them with
-// ?v=assetVersion, and such a request is cached for good: a new release
-// changes the version, so a browser never runs last release's script
-// against this release's pages. Without it (or with an older version) a
-// browser must ask again each time.
+// static serves the embedded CSS, JS and icon, and nothing else: any other
+// name, a directory included, is not found. The pages link them as
+// /static/<assetVersion>/<name>, and such a request is cached for good: a
+// new release changes the version, and the path (not a query string a
+// proxy might leave out of its cache key) with it, so a browser never runs
+// last release's script against this release's pages. /static/<name>, or
+// another version, is served too (a page of the last release may still ask
+// for it), but must be asked for again each time; the ETag makes that a
+// 304.
 func (h *Handler) static(w http.ResponseWriter, r *http.Request) error {
-	if strings.HasSuffix(r.URL.Path, "/") {
+	rest := strings.TrimPrefix(r.URL.Path, h.cfg.BasePath+"/static/")
+	version, name, versioned := strings.Cut(rest, "/")
+	if !versioned {
+		name = rest
+	}
+	if info, err := fs.Stat(assets, "static/"+name); err != nil || info.IsDir() || strings.Contains(name, "/") {
 		http.NotFound(w, r)
 		return nil
 	}
-	if r.URL.Query().Get("v") == assetVersion {
+	if versioned && version == assetVersion {
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	} else {
 		w.Header().Set("Cache-Control", "no-cache")
 	}
-	http.StripPrefix(h.cfg.BasePath, http.FileServerFS(assets)).ServeHTTP(w, r)
+	w.Header().Set("ETag", `"`+assetVersion+`"`)
+	http.ServeFileFS(w, r, assets, "static/"+name)
 	return nil
 }
 

@@ -500,36 +500,52 @@ func TestJobPageTitlesDiffer(t *testing.T) {
 	}
 }
 
-// TestStaticFilesAndLiveFeedHEAD: the static directory is not listed; the
-// pages link each static file with this build's version, which is cached
-// for good, while a link without it must be asked for again (a browser
-// never keeps last release's script for this release's pages); a HEAD of
-// the live feed answers with its headers and opens no feed.
+// TestStaticFilesAndLiveFeedHEAD: only the static files are served, no
+// directory listing and nothing else; the pages link each with this
+// build's version in its path, which is cached for good, while a link
+// without it or with another version must be asked for again (a browser
+// never keeps last release's script for this release's pages), and the
+// ETag answers that with a 304; a HEAD of the live feed answers with its
+// headers and opens no feed.
 func TestStaticFilesAndLiveFeedHEAD(t *testing.T) {
 	q := newQueue(t)
-	srv := httptest.NewServer(dashboard.New(q, dashboard.Config{}))
+	srv := httptest.NewServer(dashboard.New(q, dashboard.Config{BasePath: "/admin"}))
 	t.Cleanup(srv.Close)
 	c := client(t)
-	if code, body := get(t, c, srv.URL+"/static/"); code != http.StatusNotFound || strings.Contains(body, "app.js") {
-		t.Errorf("GET /static/: %d, want 404 and no listing; body %q", code, body)
-	}
-	_, page := get(t, c, srv.URL+"/")
-	m := regexp.MustCompile(`/static/app\.js\?v=([0-9a-f]{12})"`).FindStringSubmatch(page)
+	_, page := get(t, c, srv.URL+"/admin/")
+	m := regexp.MustCompile(`"/admin/static/([0-9a-f]{12})/app\.js"`).FindStringSubmatch(page)
 	if m == nil {
 		t.Fatalf("the overview links no versioned app.js:\n%s", page)
 	}
-	for link, want := range map[string]string{
-		"/static/app.js?v=" + m[1]: "public, max-age=31536000, immutable",
-		"/static/app.js":           "no-cache",
-		"/static/app.js?v=old":     "no-cache",
+	version := m[1]
+	for _, path := range []string{"/static/", "/static/" + version + "/", "/static/" + version + "/index.html",
+		"/static/" + version + "/x/app.js", "/static/nothing.js"} {
+		if code, body := get(t, c, srv.URL+"/admin"+path); code != http.StatusNotFound || strings.Contains(body, "app.js") {
+			t.Errorf("GET %s: %d, want 404 and no listing; body %q", path, code, body)
+		}
+	}
+	for path, want := range map[string]string{
+		"/static/" + version + "/app.js": "public, max-age=31536000, immutable",
+		"/static/app.js":                 "no-cache",
+		"/static/0123456789ab/app.js":    "no-cache",
 	} {
-		res, err := c.Get(srv.URL + link)
+		res, err := c.Get(srv.URL + "/admin" + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		res.Body.Close()
 		if got := res.Header.Get("Cache-Control"); res.StatusCode != http.StatusOK || got != want {
-			t.Errorf("GET %s: %d with Cache-Control %q, want 200 with %q", link, res.StatusCode, got, want)
+			t.Errorf("GET %s: %d with Cache-Control %q, want 200 with %q", path, res.StatusCode, got, want)
+		}
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/admin"+path, nil)
+		req.Header.Set("If-None-Match", res.Header.Get("ETag"))
+		again, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again.Body.Close()
+		if again.StatusCode != http.StatusNotModified {
+			t.Errorf("GET %s with its ETag %q: %d, want 304", path, res.Header.Get("ETag"), again.StatusCode)
 		}
 	}
 
@@ -543,7 +559,7 @@ func TestStaticFilesAndLiveFeedHEAD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, "HEAD /live HTTP/1.1\r\nHost: dashboard\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, "HEAD /admin/live HTTP/1.1\r\nHost: dashboard\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: http.MethodHead})
@@ -555,7 +571,7 @@ func TestStaticFilesAndLiveFeedHEAD(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/live", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/admin/live", nil)
 	res, err = (&http.Client{}).Do(req)
 	if err != nil {
 		t.Fatal(err)
