@@ -452,15 +452,7 @@ func TestCompleterDoesNotMakeAHeldBackFetcherWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.writeGap = time.Hour
-	runCtx, stop := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- w.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-ran; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runInternal(t, w)()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var done int
