@@ -87,6 +87,46 @@ func (q *Queue) Find(ctx context.Context, f Filter, after JobID, limit int) ([]*
 	return q.find(ctx, "compute: find jobs", findJobs, f, after, limit)
 }
 
+// countMatchingJobs counts (up to $4 rows) the jobs of a Filter whose
+// status is one of $5. The LIMIT inside bounds the cost; queued,
+// in-progress and failed rows are found through their partial indexes.
+const countMatchingJobs = `
+SELECT count(*) FROM (
+    SELECT 1 FROM compute.jobs j
+    WHERE ` + filterClause + ` AND j.status = ANY ($5::text[])
+    LIMIT $4
+) m`
+
+// CountMatching counts the jobs that match f and are in one of the
+// statuses in (every status when none is given), stopping at limit, so that a count
+// never reads millions of finished rows: a result of limit means "limit or
+// more". It is the figure to confirm before CancelMatching, RetryMatching
+// or DeleteMatching. Bad arguments match [ErrInvalid]; a database that
+// cannot be reached matches [ErrUnavailable].
+func (q *Queue) CountMatching(ctx context.Context, f Filter, in []Status, limit int) (int, error) {
+	if err := f.check(); err != nil {
+		return 0, err
+	}
+	if limit < 1 {
+		return 0, fmt.Errorf("%w: count limit %d must be at least 1", ErrInvalidOption, limit)
+	}
+	if len(in) == 0 {
+		in = statuses
+	}
+	names := make([]string, len(in))
+	for i, s := range in {
+		if !slices.Contains(statuses, s) {
+			return 0, fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, s)
+		}
+		names[i] = string(s)
+	}
+	var n int
+	err := q.do(ctx, "compute: count matching jobs", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, countMatchingJobs, append(f.args(), limit, names)...).Scan(&n)
+	})
+	return n, err
+}
+
 // find runs a page of Find (findJobs) or FindNewest (findNewestJobs).
 func (q *Queue) find(ctx context.Context, what, sql string, f Filter, from JobID, limit int) ([]*Job, error) {
 	if err := f.check(); err != nil {

@@ -292,3 +292,47 @@ func TestWorkersTicksHistoryAndSchemaVersion(t *testing.T) {
 		t.Errorf("History of an unknown job: %v", err)
 	}
 }
+
+// TestCountMatchingCountsUpToItsLimit: the count of a filter and statuses,
+// capped at the limit; no statuses means all; bad arguments are refused.
+func TestCountMatchingCountsUpToItsLimit(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	q := newQueue(t)
+	enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "counted", PartitionKey: "k"}}, 7))
+	enqueueAll(t, q, slices.Repeat([]compute.Job{{Queue: "other"}}, 3))
+	claimed, err := q.Claim(ctx, "counted", 2)
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claimed %d (%v), want 2", len(claimed), err)
+	}
+	for _, c := range []struct {
+		f     compute.Filter
+		in    []compute.Status
+		limit int
+		want  int
+	}{
+		{compute.Filter{Queue: "counted"}, nil, 100, 7},
+		{compute.Filter{Queue: "counted"}, []compute.Status{compute.StatusQueued}, 100, 5},
+		{compute.Filter{Queue: "counted"}, []compute.Status{compute.StatusQueued, compute.StatusInProgress}, 100, 7},
+		{compute.Filter{Queue: "counted"}, []compute.Status{compute.StatusFailed}, 100, 0},
+		{compute.Filter{Queue: "counted"}, nil, 4, 4},
+		{compute.Filter{PartitionKey: "k", Status: compute.StatusInProgress}, nil, 100, 2},
+		{compute.Filter{}, nil, 100, 10},
+	} {
+		if got, err := q.CountMatching(ctx, c.f, c.in, c.limit); err != nil || got != c.want {
+			t.Errorf("CountMatching(%+v, %v, %d) = %d, %v; want %d", c.f, c.in, c.limit, got, err, c.want)
+		}
+	}
+	for name, call := range map[string]func() error{
+		"a bad status": func() error {
+			_, err := q.CountMatching(ctx, compute.Filter{}, []compute.Status{"done"}, 10)
+			return err
+		},
+		"a limit of 0": func() error { _, err := q.CountMatching(ctx, compute.Filter{}, nil, 0); return err },
+		"a bad queue":  func() error { _, err := q.CountMatching(ctx, compute.Filter{Queue: "no spaces"}, nil, 10); return err },
+	} {
+		if err := call(); !errors.Is(err, compute.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
