@@ -171,8 +171,9 @@ func (h *Handler) routes() {
 	route("POST", "/jobs/{id}/retry", ActionRetry, timed(h.jobAction(ActionRetry)))
 	route("POST", "/jobs/{id}/delete", ActionDelete, timed(h.jobAction(ActionDelete)))
 	for _, a := range []Action{ActionCancel, ActionRetry, ActionDelete} {
-		// No pageTimeout: a bulk action on many jobs runs for as long as
-		// it takes, in batches that each commit, until the client leaves.
+		// Not timed: a bulk action on every matching job runs for as long
+		// as it takes, in batches that each commit, until the client
+		// leaves; bulk bounds its other statements itself.
 		route("POST", "/bulk/"+string(a), a, h.bulk(a))
 	}
 	route("POST", "/queues/{name}/pause", ActionPause, timed(h.pause(true)))
@@ -275,12 +276,15 @@ const tokenTTL = 24 * time.Hour
 // forge a form that carries one.
 func (h *Handler) token(now time.Time) string {
 	ts := strconv.FormatInt(now.Unix(), 10)
-	return ts + "." + base64.RawURLEncoding.EncodeToString(h.sign(ts))
+	return ts + "." + base64.RawURLEncoding.EncodeToString(h.sign("form", ts))
 }
 
-func (h *Handler) sign(ts string) []byte {
+// sign is the HMAC of s under the handler's secret for one purpose ("form"
+// for tokens, "note" for seeOther's notes), so that neither can stand in
+// for the other.
+func (h *Handler) sign(purpose, s string) []byte {
 	m := hmac.New(sha256.New, h.secret)
-	m.Write([]byte("compute-dashboard-form\x00" + ts))
+	m.Write([]byte("compute-dashboard-" + purpose + "\x00" + s))
 	return m.Sum(nil)
 }
 
@@ -291,7 +295,7 @@ func (h *Handler) validToken(tok string, now time.Time) bool {
 		return false
 	}
 	sum, err := base64.RawURLEncoding.DecodeString(mac)
-	if err != nil || !hmac.Equal(sum, h.sign(ts)) {
+	if err != nil || !hmac.Equal(sum, h.sign("form", ts)) {
 		return false
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
@@ -310,18 +314,14 @@ func (h *Handler) link(path string) string { return h.cfg.BasePath + path }
 // HMAC (sig=), so a link made elsewhere cannot put its own words on the
 // dashboard's page.
 func (h *Handler) seeOther(w http.ResponseWriter, r *http.Request, path, msg string) {
-	sep := "?"
-	if strings.Contains(path, "?") {
-		sep = "&"
+	page, query, _ := strings.Cut(path, "?")
+	v, err := url.ParseQuery(query)
+	if err != nil {
+		v = url.Values{} // our own paths always parse
 	}
-	v := url.Values{"msg": {msg}, "sig": {base64.RawURLEncoding.EncodeToString(h.signNote(msg))}}
-	http.Redirect(w, r, h.link(path)+sep+v.Encode(), http.StatusSeeOther)
-}
-
-func (h *Handler) signNote(msg string) []byte {
-	m := hmac.New(sha256.New, h.secret)
-	m.Write([]byte("compute-dashboard-note\x00" + msg))
-	return m.Sum(nil)
+	v.Set("msg", msg)
+	v.Set("sig", base64.RawURLEncoding.EncodeToString(h.sign("note", msg)))
+	http.Redirect(w, r, h.link(page)+"?"+v.Encode(), http.StatusSeeOther)
 }
 
 // message is the note seeOther sent, or "" when it is missing or was not
@@ -329,7 +329,7 @@ func (h *Handler) signNote(msg string) []byte {
 func (h *Handler) message(r *http.Request) string {
 	msg := r.FormValue("msg")
 	sig, err := base64.RawURLEncoding.DecodeString(r.FormValue("sig"))
-	if msg == "" || err != nil || !hmac.Equal(sig, h.signNote(msg)) {
+	if msg == "" || err != nil || !hmac.Equal(sig, h.sign("note", msg)) {
 		return ""
 	}
 	return msg

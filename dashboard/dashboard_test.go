@@ -324,7 +324,7 @@ func TestBulkByFilterShowsCountThenRuns(t *testing.T) {
 	_, page := get(t, c, base+"/jobs?queue=bulk")
 	tok := token(t, page)
 
-	code, body := post(t, c, base+"/bulk/cancel", url.Values{"csrf": {tok}, "id": {ids[0].String(), ids[1].String()}, "queue": {"bulk"}}, nil)
+	code, body := post(t, c, base+"/bulk/cancel", url.Values{"csrf": {tok}, "job": {ids[0].String(), ids[1].String()}, "queue": {"bulk"}}, nil)
 	if code != http.StatusSeeOther {
 		t.Fatalf("cancel selected: %d\n%s", code, body)
 	}

@@ -218,10 +218,7 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request) error {
 			d.Reasons = ex.Reasons
 		}
 	}
-	// The id's random end, as the lists show it: its start is a time
-	// stamp, the same for every job of a minute.
-	s := id.String()
-	h.render(w, r, http.StatusOK, "job", "Job …"+s[len(s)-12:], d)
+	h.render(w, r, http.StatusOK, "job", "Job "+shortID(id), d)
 	return nil
 }
 
@@ -268,24 +265,11 @@ type bulkData struct {
 // walks millions of finished rows.
 const countCap = 100_000
 
-// matchingCountSQL counts (up to $4 rows) the jobs a bulk action would
-// change: the filter of compute.Filter ($1 queue, $2 status, $3 key, NULL
-// for any) and the statuses the action applies to ($5). The LIMIT inside
-// bounds the cost; queued, in-progress and failed rows are found through
-// their partial indexes.
-const matchingCountSQL = `
-SELECT count(*) FROM (
-    SELECT 1 FROM compute.jobs j
-    WHERE ($1::text IS NULL OR j.queue = $1) AND ($2::text IS NULL OR j.status = $2)
-      AND ($3::text IS NULL OR j.partition_key = $3) AND j.status = ANY ($5::text[])
-    LIMIT $4
-) m`
-
 // actionStatuses are the statuses each bulk action changes.
-var actionStatuses = map[Action][]string{
-	ActionCancel: {"queued", "in-progress"},
-	ActionRetry:  {"failed"},
-	ActionDelete: {"queued", "complete", "failed", "expired"},
+var actionStatuses = map[Action][]compute.Status{
+	ActionCancel: {compute.StatusQueued, compute.StatusInProgress},
+	ActionRetry:  {compute.StatusFailed},
+	ActionDelete: {compute.StatusQueued, compute.StatusComplete, compute.StatusFailed, compute.StatusExpired},
 }
 
 // bulk cancels, retries or deletes the selected jobs, or every job the
@@ -293,18 +277,19 @@ var actionStatuses = map[Action][]string{
 // asks to confirm, the second runs the *Matching call.
 func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		ctx := r.Context()
+		// Only the *Matching call runs for as long as it takes; the
+		// selected jobs' statements and the count are bounded as a page
+		// is, so a database that does not answer gives an error page.
+		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+		defer cancel()
 		f, err := readFilter(r)
 		if err != nil {
 			return err
 		}
-		// The form's id fields are the selected jobs, not the list's
-		// job id filter: going back, show the list they were ticked in.
-		f.ID = ""
 		back := "/jobs?" + f.QueryString()
 		if r.PostFormValue("all") == "" {
 			n := 0
-			for _, s := range r.PostForm["id"] {
+			for _, s := range r.PostForm["job"] {
 				id, err := compute.ParseJobID(s)
 				if err != nil {
 					return &errBadRequest{err.Error()}
@@ -325,24 +310,22 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 					n++
 				}
 			}
-			h.seeOther(w, r, back, fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["id"])))
+			h.seeOther(w, r, back, fmt.Sprintf("%s %d of %d selected job(s)", pastTense[a], n, len(r.PostForm["job"])))
 			return nil
 		}
 		if f.Filter == (compute.Filter{}) {
 			return &errBadRequest{"set a queue, status or partition key first: a bulk action needs a filter"}
 		}
 		if r.PostFormValue("confirm") == "" {
-			var n int64
-			err := h.q.Pool().QueryRow(ctx, matchingCountSQL, nullable(f.Queue), nullable(string(f.Status)),
-				nullable(f.PartitionKey), countCap+1, actionStatuses[a]).Scan(&n)
+			n, err := h.q.CountMatching(ctx, f.Filter, actionStatuses[a], countCap+1)
 			if err != nil {
 				return err
 			}
-			h.render(w, r, http.StatusOK, "confirm", "Confirm", bulkData{Action: a, Filter: f, Count: min(n, countCap), More: n > countCap})
+			h.render(w, r, http.StatusOK, "confirm", "Confirm", bulkData{Action: a, Filter: f, Count: int64(min(n, countCap)), More: n > countCap})
 			return nil
 		}
 		var n int
-		switch a {
+		switch ctx := r.Context(); a {
 		case ActionCancel:
 			n, err = h.q.CancelMatching(ctx, f.Filter, "")
 		case ActionRetry:
@@ -356,14 +339,6 @@ func (h *Handler) bulk(a Action) func(http.ResponseWriter, *http.Request) error 
 		h.seeOther(w, r, back, fmt.Sprintf("%s %d job(s)", pastTense[a], n))
 		return nil
 	}
-}
-
-// nullable is nil for "", for the SQL's "any".
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 // queueData is the Queue page.

@@ -97,7 +97,7 @@ func (h *Handler) static(w http.ResponseWriter, r *http.Request) error {
 	if !versioned {
 		name = rest
 	}
-	if info, err := fs.Stat(assets, "static/"+name); err != nil || info.IsDir() || strings.Contains(name, "/") {
+	if info, err := fs.Stat(assets, "static/"+name); err != nil || info.IsDir() {
 		http.NotFound(w, r)
 		return nil
 	}
@@ -110,6 +110,10 @@ func (h *Handler) static(w http.ResponseWriter, r *http.Request) error {
 	http.ServeFileFS(w, r, assets, "static/"+name)
 	return nil
 }
+
+// shortID is a job id as the lists show it: its random end, since its
+// start is a time stamp, the same for jobs created together.
+func shortID(id compute.JobID) string { s := id.String(); return "…" + s[len(s)-12:] }
 
 // assetVersion names this build's static files: the start of a hash of
 // their contents, which the pages put in the files' links.
@@ -145,7 +149,7 @@ var funcs = template.FuncMap{
 	"isoTime": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	// short is the random end of a job id: its start is a time stamp,
 	// the same for jobs created together.
-	"short":  func(id compute.JobID) string { s := id.String(); return "…" + s[len(s)-12:] },
+	"short":  shortID,
 	"pretty": prettyConfig,
 	// seg escapes a value that fills one segment of a link's path (a
 	// queue name written by plain SQL may hold '/', '?' or '#'):

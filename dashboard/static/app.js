@@ -50,7 +50,8 @@
     let showing = 0; // counts the times the tab was shown, so a stale catch-up opens nothing
     document.addEventListener("visibilitychange", async function () {
       if (document.visibilityState === "hidden") { close(); return; }
-      if (source) { return; }
+      if (source && source.readyState !== EventSource.CLOSED) { return; }
+      if (source) { close(); } // refused (503) or ended for good: EventSource does not retry those
       const shown = ++showing;
       const doc = await refresh();
       if (shown !== showing || document.visibilityState === "hidden" || source) { return; }
@@ -64,12 +65,12 @@
   const all = document.getElementById("select-page");
   if (all) {
     all.addEventListener("change", function () {
-      document.querySelectorAll('input[name="id"][form="bulk"]').forEach(function (box) { box.checked = all.checked; });
+      document.querySelectorAll('input[name="job"][form="bulk"]').forEach(function (box) { box.checked = all.checked; });
       updateBulk();
     });
   }
   const updateBulk = function () {
-    const any = document.querySelector('input[name="id"][form="bulk"]:checked') !== null;
+    const any = document.querySelector('input[name="job"][form="bulk"]:checked') !== null;
     document.querySelectorAll("[data-needs-selection]").forEach(function (b) { b.disabled = !any; });
   };
   document.addEventListener("change", function (e) {
