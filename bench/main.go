@@ -148,7 +148,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.steady, "steady", 20*time.Second, "(c) how long the producers run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "(c) how long the producers run before -steady starts: connections open, statements are prepared and caches fill; those jobs' pick-ups are not counted")
 	flag.DurationVar(&o.drain, "drain", 10*time.Second, "(c) how long to wait for the backlog after the producers stop")
-	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m and 100m are opt-in (-growth 10k,1m,10m; -growth 100m -timeout 2h) and take minutes, and about half an hour, to load")
+	flag.StringVar(&o.growth, "growth", "10k,1m", "(d) finished-row counts to test, comma-separated; 10m and 100m are opt-in (-growth 10k,1m,10m; -growth 100m -timeout 60m) and take minutes, and 20-40 minutes, to load (see the README)")
 	flag.StringVar(&o.growthQueued, "growth-queued", "1m", "(d) queued rows of other queues added at every growth size")
 	flag.IntVar(&o.growthJobs, "growth-jobs", 200_000, "(d) burn-down size at each growth size")
 	flag.IntVar(&o.growthBatch, "growth-batch", 5_000_000, "(d) finished rows per INSERT ... SELECT statement of the load (a progress line follows each)")

@@ -143,14 +143,9 @@ func printTable(out io.Writer, h header, o options, res *results) {
 		}
 	}
 
-	fmt.Fprintln(out)
-	fmt.Fprintln(out, "ratio = compute ÷ River. Burn-down time runs from the worker's start to the last completion visible in the")
-	fmt.Fprintln(out, "database; jobs are loaded, VACUUM ANALYZEd and CHECKPOINTed first, untimed. Pick-up latency runs from the producer's")
-	fmt.Fprintln(out, "commit returning to the handler's start, on this process's monotonic clock. Keeps up: the producers hit 95%")
-	fmt.Fprintln(out, "of the rate, at most 1/4 s of jobs waited when they stopped, and all started within the drain time. Jobs")
-	fmt.Fprintln(out, "committed in the warm-up (connections open, statements are prepared) count only in the backlog. CPU is busy")
-	fmt.Fprintln(out, "time after the warm-up while the producers ran: the whole machine's (Postgres, this process and anything")
-	fmt.Fprintln(out, "else running) and this process's own.")
+	if rows > 2 { // the footnote of the table above, printed only with it
+		printFootnote(out)
+	}
 
 	printUser(out, o, res)
 	printGrowth(out, o, res)
@@ -230,4 +225,16 @@ func list(xs []float64, f func(float64) string) string {
 		parts[i] = f(x)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// printFootnote explains the comparison table's columns.
+func printFootnote(out io.Writer) {
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "ratio = compute ÷ River. Burn-down time runs from the worker's start to the last completion visible in the")
+	fmt.Fprintln(out, "database; jobs are loaded, VACUUM ANALYZEd and CHECKPOINTed first, untimed. Pick-up latency runs from the producer's")
+	fmt.Fprintln(out, "commit returning to the handler's start, on this process's monotonic clock. Keeps up: the producers hit 95%")
+	fmt.Fprintln(out, "of the rate, at most 1/4 s of jobs waited when they stopped, and all started within the drain time. Jobs")
+	fmt.Fprintln(out, "committed in the warm-up (connections open, statements are prepared) count only in the backlog. CPU is busy")
+	fmt.Fprintln(out, "time after the warm-up while the producers ran: the whole machine's (Postgres, this process and anything")
+	fmt.Fprintln(out, "else running) and this process's own.")
 }

@@ -34,11 +34,15 @@ cleanup() {
 	if [ -n "${KEEP:-}" ]; then
 		echo "logs kept in $work, database $db kept" >&2
 	else
-		psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
 		rm -rf "$work"
+		psql -q "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
 	fi
 }
 trap cleanup EXIT
+case ${BOUNCER:-} in
+'' | listen | poll) ;;
+*) echo "BOUNCER must be listen or poll, not $BOUNCER" >&2; exit 2 ;;
+esac
 
 go build -o "$work/worker" ./examples/worker
 workerurl=$dburl
