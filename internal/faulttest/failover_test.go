@@ -162,9 +162,12 @@ func testFailover(t *testing.T, synchronous bool) {
 		return err == nil && j.Status == compute.StatusComplete, err
 	})
 	pickup := time.Since(probeAt)
-	// So is the journal hub's listener of the test's own Queue.
+	// So is the journal hub's listener of the test's own Queue. Its last
+	// statement is its LISTEN until, every 20 s, it renews
+	// journal_listened_until on the same connection: the test waited for
+	// a LISTEN alone, and failed whenever the drain above took longer.
 	c.waitUntil(time.Minute, "the journal reader's listener on the new primary", func() (bool, error) {
-		n, err := c.countSessions(`application_name = 'faulttest' AND ` + listenerQuery)
+		n, err := c.countSessions(`application_name = 'faulttest' AND (` + listenerQuery + ` OR query LIKE 'INSERT INTO compute.meta (key, value)%journal_listened_until%')`)
 		return n == 1, err
 	})
 
