@@ -180,6 +180,23 @@ func (s *computeSystem) producer(ctx context.Context, n int, cooldown time.Durat
 // Complete per claimed batch: no Worker, no handlers, no heartbeats. It
 // shows what the library's two statements allow on this database.
 func (s *computeSystem) ceiling(ctx context.Context, n, goroutines, batch int) (time.Duration, error) {
+	return bareLoop(ctx, "compute ceiling", n, goroutines, func(ctx context.Context) (int, error) {
+		jobs, err := s.q.Claim(ctx, benchQueue, batch)
+		if err != nil || len(jobs) == 0 {
+			return 0, err
+		}
+		completions := make([]compute.Completion, len(jobs))
+		for i, j := range jobs {
+			completions[i] = compute.Completion{Job: j}
+		}
+		return len(jobs), s.q.Complete(ctx, completions...)
+	})
+}
+
+// bareLoop runs round from goroutines goroutines until a round finds no
+// job, and fails unless they completed n jobs in all. round returns how
+// many jobs it completed; the first error stops every goroutine.
+func bareLoop(ctx context.Context, name string, n, goroutines int, round func(context.Context) (int, error)) (time.Duration, error) {
 	var (
 		done     atomic.Int64
 		wg       sync.WaitGroup
@@ -190,27 +207,20 @@ func (s *computeSystem) ceiling(ctx context.Context, n, goroutines, batch int) (
 	defer cancel()
 	start := time.Now()
 	stop := every(2*time.Second, func() {
-		progressf("compute ceiling: %d/%d jobs complete", done.Load(), n)
+		progressf("%s: %d/%d jobs complete", name, done.Load(), n)
 	})
 	for range goroutines {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				jobs, err := s.q.Claim(ctx, benchQueue, batch)
-				if err == nil && len(jobs) == 0 {
-					return // every job is claimed; the others complete theirs
-				}
-				if err == nil {
-					completions := make([]compute.Completion, len(jobs))
-					for i, j := range jobs {
-						completions[i] = compute.Completion{Job: j}
-					}
-					err = s.q.Complete(ctx, completions...)
-				}
+				k, err := round(ctx)
 				if err != nil {
 					errOnce.Do(func() { firstErr = err; cancel() })
 					return
 				}
-				done.Add(int64(len(jobs)))
+				if k == 0 {
+					return // every job is taken; the others complete theirs
+				}
+				done.Add(int64(k))
 			}
 		})
 	}
@@ -218,10 +228,72 @@ func (s *computeSystem) ceiling(ctx context.Context, n, goroutines, batch int) (
 	elapsed := time.Since(start)
 	stop()
 	if firstErr != nil {
-		return 0, fmt.Errorf("compute ceiling: %w", firstErr)
+		return 0, fmt.Errorf("%s: %w", name, firstErr)
 	}
 	if got := done.Load(); got != int64(n) {
-		return 0, fmt.Errorf("compute ceiling: completed %d jobs, want %d", got, n)
+		return 0, fmt.Errorf("%s: completed %d jobs, want %d", name, got, n)
 	}
 	return elapsed, nil
+}
+
+// lockQueuedSQL is the first statement of the one-write loop: it locks up
+// to $2 runnable jobs of queue $1 in claim order and returns the columns
+// a claim returns, writing nothing to them. The lock keeps them from every
+// other claimer (a claim skips locked rows, a plain UPDATE waits) until
+// the transaction ends.
+const lockQueuedSQL = `
+SELECT j.job_id, j.status, j.queue, j.input_files, j.created, j.last_accessed, j.grabbed, j.finished,
+       j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker, j.lease_expires,
+       j.errors, j.unique_key, j.partition_key, j.snoozes, j.trace_context, j.config
+FROM compute.jobs j
+WHERE j.status = 'queued' AND j.queue = $1 AND j.run_at <= statement_timestamp()
+ORDER BY j.priority, j.run_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED`
+
+// completeLockedSQL is the one write of the one-write loop: the jobs go
+// from queued to complete in the transaction that locked them, with the
+// attempt and the claim's time (grabbed) written at the same time.
+const completeLockedSQL = `-- compute: status change
+UPDATE compute.jobs j
+SET status = 'complete', attempt = j.attempt + 1, grabbed = transaction_timestamp(), worker = $2,
+    finished = now(), last_accessed = now()
+WHERE j.job_id = ANY ($1::bytea[])`
+
+// oneWrite is (u)'s measure of a job life that the library does not have:
+// a bare loop that locks queued jobs and completes them in one transaction,
+// so each job costs one write (its completion) instead of two (the claim's
+// and the completion's). No Worker and no handlers, like ceiling; the
+// worker's crash rolls its jobs back to queued with no attempt spent, and
+// they show as queued while they run. It prices a product decision (issue
+// 19), not a feature.
+func (s *computeSystem) oneWrite(ctx context.Context, n, goroutines, batch int) (time.Duration, error) {
+	pool := s.q.Pool()
+	return bareLoop(ctx, "compute one-write loop", n, goroutines, func(ctx context.Context) (int, error) {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it does nothing
+		rows, err := tx.Query(ctx, lockQueuedSQL, benchQueue, batch)
+		if err != nil {
+			return 0, err
+		}
+		var ids [][]byte
+		for rows.Next() {
+			vals, err := rows.Values() // every column decoded, as a claim's are
+			if err != nil {
+				rows.Close()
+				return 0, err
+			}
+			ids = append(ids, vals[0].([]byte))
+		}
+		if err := rows.Err(); err != nil || len(ids) == 0 {
+			return 0, err
+		}
+		if _, err := tx.Exec(ctx, completeLockedSQL, ids, "bench-one-write"); err != nil {
+			return 0, err
+		}
+		return len(ids), tx.Commit(ctx)
+	})
 }

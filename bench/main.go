@@ -123,7 +123,10 @@ server and prints one table with both figures and their ratio:
       pool and concurrency 1,000, and with a pool of 10 and concurrency
       2,000; worker CPU and peak RSS per system. Without DATABASE_URL it
       starts a server of its own with fsync, full_page_writes and
-      synchronous_commit on
+      synchronous_commit on. -systems adds bare loops to it: ceiling
+      (Queue.Claim, then Queue.Complete) and onewrite (lock queued jobs,
+      then complete them in the same transaction: one write per job, not
+      the library's two; running jobs stay queued and locked)
   rss: peak RSS (VmHWM) of a -rss-jobs burn-down, each system in a child
       process of this program, so neither sees the other's memory
 
@@ -184,7 +187,7 @@ func parseFlags() options {
 	flag.IntVar(&o.floodProducers, "flood-producers", 32, "(f) producer goroutines, each with its own connection")
 	flag.DurationVar(&o.floodTime, "flood-time", 5*time.Second, "(f) how long the producers enqueue")
 	flag.StringVar(&o.only, "only", "a,b,c,d,e,f,u,rss", "workloads to run, comma-separated")
-	flag.StringVar(&o.systems, "systems", "compute,River,ceiling", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios; ceiling adds the bare Claim+Complete loop to (u)")
+	flag.StringVar(&o.systems, "systems", "compute,River,ceiling", "systems that run (a), (b), (c) and rss, comma-separated; one alone measures a change to it in half the time, without ratios; ceiling adds the bare Claim+Complete loop to (u), onewrite a bare loop that locks jobs and completes them in one transaction (a job life the library does not have: it prices one)")
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")

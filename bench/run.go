@@ -369,12 +369,12 @@ func child(ctx context.Context, o options) error {
 		err error
 	)
 	switch o.system {
-	case "compute", "ceiling":
+	case "compute", "ceiling", "onewrite":
 		s, err = openCompute(ctx, o.db, o.workers, 1, o.logger(), o.verbose)
 	case "river":
 		s, err = openRiver(ctx, o.db, o.workers, 1, o.logger())
 	default:
-		return fmt.Errorf("-system %q: want compute, ceiling or river", o.system)
+		return fmt.Errorf("-system %q: want compute, ceiling, onewrite or river", o.system)
 	}
 	if err != nil {
 		return err
@@ -383,13 +383,18 @@ func child(ctx context.Context, o options) error {
 	_, base := memStatus()
 	cpu := selfCPU()
 	var b burnResult
-	if o.system == "ceiling" {
+	cs, _ := s.(*computeSystem)
+	switch o.system {
+	case "ceiling":
 		// (u)'s bare loop: a goroutine per pool connection, as many
 		// claims in flight as the pool allows.
-		cs := s.(*computeSystem)
 		b.handled = o.jobs
 		b.elapsed, err = cs.ceiling(ctx, o.jobs, int(cs.q.Pool().Config().MaxConns), o.ceilingBatch)
-	} else {
+	case "onewrite":
+		// (u)'s one-write loop, in the bare loop's shape.
+		b.handled = o.jobs
+		b.elapsed, err = cs.oneWrite(ctx, o.jobs, int(cs.q.Pool().Config().MaxConns), o.ceilingBatch)
+	default:
 		b, err = s.burnDown(ctx, o.jobs)
 	}
 	if err != nil {

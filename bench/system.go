@@ -180,12 +180,17 @@ func steadyRun[K comparable](ctx context.Context, s steadyConfig, label string, 
 // withPoolSize sets pool_max_conns in a postgres:// connection string; both
 // pgxpool-based systems read it from there.
 func withPoolSize(conn string, n int) (string, error) {
+	return withParam(conn, "pool_max_conns", strconv.Itoa(n))
+}
+
+// withParam sets one parameter of a URL connection string.
+func withParam(conn, key, value string) (string, error) {
 	u, err := url.Parse(conn)
 	if err != nil {
 		return "", fmt.Errorf("parse connection string: %w", err)
 	}
 	q := u.Query()
-	q.Set("pool_max_conns", strconv.Itoa(n))
+	q.Set(key, value)
 	u.RawQuery = q.Encode()
 	return u.String(), nil
 }

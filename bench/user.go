@@ -57,7 +57,15 @@ type userKey struct {
 type userResult struct {
 	rate  float64     // jobs/s, first claim to last finish on the database's clock
 	child childResult // the worker process's own figures
+	// server is the server's CPU time while the worker process ran
+	// (phaseServerCPU); serverOK is false when it could not be read.
+	server   time.Duration
+	serverOK bool
 }
+
+// workerApp is the application_name of (u)'s worker process's
+// connections, by which the phase tells when they have all closed.
+const workerApp = "bench-u-worker"
 
 // userServer returns the server workload (u) runs on: without DATABASE_URL
 // a throwaway server of its own with fsync, full_page_writes and
@@ -124,7 +132,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		}
 	}()
 	var s system
-	if name == "compute" || name == "ceiling" {
+	if schemaOf(name) == "compute" {
 		var cs *computeSystem
 		if cs, err = openCompute(ctx, conn, v.workers, 1, o.logger(), false); err == nil {
 			s, err = cs, cs.migrate(ctx)
@@ -159,9 +167,12 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 			return userResult{}, fmt.Errorf("pg_stat_statements: %w", err)
 		}
 	}
-	workerConn := conn
+	workerConn, err := withParam(conn, "application_name", workerApp)
+	if err != nil {
+		return userResult{}, err
+	}
 	if v.conns > 0 {
-		if workerConn, err = withPoolSize(conn, v.conns); err != nil {
+		if workerConn, err = withPoolSize(workerConn, v.conns); err != nil {
 			return userResult{}, err
 		}
 	}
@@ -172,7 +183,11 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 		args = append(args, "-cpuprofile", prefix+".cpu.pprof", "-lockprofile", prefix)
 	}
 	progressf("(u) %s, %s jobs, %s: worker process", name, human(n), v)
-	cr, err := runChild(ctx, o, args)
+	var cr childResult
+	server, serverOK, err := phaseServerCPU(ctx, pool, workerApp, func() (err error) {
+		cr, err = runChild(ctx, o, args)
+		return err
+	})
 	if err != nil {
 		return userResult{}, err
 	}
@@ -183,9 +198,9 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	if seconds <= 0 {
 		return userResult{}, fmt.Errorf("first claim to last finish took %.3f s", seconds)
 	}
-	r := userResult{rate: float64(n) / seconds, child: cr}
-	progressf("(u) %s, %s jobs, %s: %.0f jobs/s (database clock), worker CPU %.0f ms per 1,000 jobs, peak RSS %d MiB, pool of %d: %d acquires waited %.0f ms in all",
-		name, human(n), v, r.rate, cr.cpuPerThousand(), cr.HWMKiB/1024, cr.MaxConns, cr.EmptyAcquires, cr.EmptyWaitMilli)
+	r := userResult{rate: float64(n) / seconds, child: cr, server: server, serverOK: serverOK}
+	progressf("(u) %s, %s jobs, %s: %.0f jobs/s (database clock), worker CPU %.0f ms per 1,000 jobs, server CPU %s, peak RSS %d MiB, pool of %d: %d acquires waited %.0f ms in all",
+		name, human(n), v, r.rate, cr.cpuPerThousand(), r.serverPerThousand(), cr.HWMKiB/1024, cr.MaxConns, cr.EmptyAcquires, cr.EmptyWaitMilli)
 	if o.statements > 0 {
 		err = printStatements(ctx, pool, dbname, o.statements)
 	}
@@ -196,9 +211,9 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 }
 
 // schemaOf is the schema a system of workload (u) works on: the bare
-// loop (ceiling) works compute's.
+// loops (ceiling, onewrite) work compute's.
 func schemaOf(name string) string {
-	if name == "ceiling" {
+	if name == "ceiling" || name == "onewrite" {
 		return "compute"
 	}
 	return name
@@ -337,9 +352,9 @@ func runUser(ctx context.Context, o options, res *results) error {
 				// Which system goes first turns from one run of the
 				// same size and shape to the next (a counter over all
 				// phases gave each shape the same order every run).
-				order := []string{"compute", "River", "ceiling"}
+				order := []string{"compute", "River", "ceiling", "onewrite"}
 				if (r+si+vi)%2 == 1 {
-					order = []string{"River", "compute", "ceiling"}
+					order = []string{"River", "compute", "ceiling", "onewrite"}
 				}
 				for _, name := range order {
 					if !o.takesPart(name) || ctx.Err() != nil {
@@ -376,6 +391,15 @@ func userHeader(ctx context.Context, srv *testdb.Server) (string, error) {
 	return fmt.Sprintf("fsync=%s full_page_writes=%s synchronous_commit=%s shared_buffers=%s", fsync, fpw, sync, buffers), err
 }
 
+// serverPerThousand says the server's CPU time per 1,000 jobs, or why
+// there is none.
+func (r userResult) serverPerThousand() string {
+	if !r.serverOK {
+		return "not read (a server on another machine or in a container)"
+	}
+	return fmt.Sprintf("%.0f ms per 1,000 jobs", r.server.Seconds()*1000*1000/float64(r.child.Jobs))
+}
+
 // cpuPerThousand is the worker process's CPU time (ms) per 1,000 jobs.
 func (c childResult) cpuPerThousand() float64 {
 	if c.Jobs == 0 {
@@ -404,6 +428,21 @@ func printUser(out io.Writer, o options, res *results) {
 		}
 		return xs
 	}
+	// serverField is field over the phases whose server CPU was read.
+	serverField := func(k userKey, f func(userResult) float64) []float64 {
+		var xs []float64
+		for _, r := range res.user[k] {
+			if r.serverOK {
+				xs = append(xs, f(r))
+			}
+		}
+		return xs
+	}
+	perThousand := func(d time.Duration, r userResult) float64 {
+		return d.Seconds() * 1000 * 1000 / float64(r.child.Jobs)
+	}
+	server := func(r userResult) float64 { return perThousand(r.server, r) }
+	both := func(r userResult) float64 { return server(r) + r.child.cpuPerThousand() }
 	perSec := func(r userResult) float64 { return r.rate }
 	cpu := func(r userResult) float64 { return r.child.cpuPerThousand() }
 	rss := func(r userResult) float64 { return float64(r.child.HWMKiB) / 1024 }
@@ -416,13 +455,32 @@ func printUser(out io.Writer, o options, res *results) {
 			c, r := field(userKey{"compute", n, v}, perSec), field(userKey{"River", n, v}, perSec)
 			row(fmt.Sprintf("%s jobs, %s: jobs/s", human(n), v), cell(c, rate), cell(r, rate), ratioCell(c, r),
 				"compute/River ≥ 2", met(c, r, func(c, r float64) bool { return c >= 2*r }))
+			rb := serverField(userKey{"River", n, v}, both)
 			if e := field(userKey{"ceiling", n, v}, perSec); len(e) > 0 {
 				row("    bare Claim+Complete loop (e), a goroutine per connection: jobs/s", cell(e, rate), cell(r, rate), ratioCell(e, r),
 					"", "")
 				row("    the Worker ÷ the bare loop", ratioCell(c, e), "", "", "≥ 0.85", met(c, e, func(c, e float64) bool { return c >= 0.85*e }))
+				if eb := serverField(userKey{"ceiling", n, v}, both); len(eb) > 0 {
+					row("      its server + worker CPU ms per 1,000 jobs", cell(eb, count), cell(rb, count), ratioCell(eb, rb), "", "")
+				}
+			}
+			if e := field(userKey{"onewrite", n, v}, perSec); len(e) > 0 {
+				row("    one write per job (lock, then complete, in one transaction; not the library's): jobs/s", cell(e, rate), cell(r, rate), ratioCell(e, r),
+					"", "")
+				if eb := serverField(userKey{"onewrite", n, v}, both); len(eb) > 0 {
+					row("      its server + worker CPU ms per 1,000 jobs", cell(eb, count), cell(rb, count), ratioCell(eb, rb), "", "")
+				}
+			}
+			c, r = serverField(userKey{"compute", n, v}, server), serverField(userKey{"River", n, v}, server)
+			if len(c)+len(r) > 0 {
+				row("    server CPU ms per 1,000 jobs (the postmaster and its children)", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
 			}
 			c, r = field(userKey{"compute", n, v}, cpu), field(userKey{"River", n, v}, cpu)
 			row("    worker CPU ms per 1,000 jobs", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
+			c, r = serverField(userKey{"compute", n, v}, both), rb
+			if len(c)+len(r) > 0 {
+				row("    server + worker CPU ms per 1,000 jobs", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
+			}
 			c, r = field(userKey{"compute", n, v}, rss), field(userKey{"River", n, v}, rss)
 			row("    worker peak RSS MiB (VmHWM)", cell(c, count), cell(r, count), ratioCell(c, r), "", "")
 			c, r = field(userKey{"compute", n, v}, waited), field(userKey{"River", n, v}, waited)
@@ -433,9 +491,9 @@ func printUser(out io.Writer, o options, res *results) {
 	fmt.Fprintln(out, "\nPer run (in run order), jobs/s:")
 	for _, n := range o.userSizes {
 		for _, v := range userVariants {
-			for _, sys := range []string{"compute", "River", "ceiling"} {
+			for _, sys := range []string{"compute", "River", "ceiling", "onewrite"} {
 				if xs := field(userKey{sys, n, v}, perSec); len(xs) > 0 {
-					fmt.Fprintf(out, "  (u) %s jobs, %s, %-8s %s\n", human(n), v, sys+":", list(xs, rate))
+					fmt.Fprintf(out, "  (u) %s jobs, %s, %-9s %s\n", human(n), v, sys+":", list(xs, rate))
 				}
 			}
 		}
