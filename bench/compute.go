@@ -253,11 +253,12 @@ FOR UPDATE SKIP LOCKED`
 
 // completeLockedSQL is the one write of the one-write loop: the jobs go
 // from queued to complete in the transaction that locked them, with the
-// attempt and the claim's time (grabbed) written at the same time.
+// attempt and the claim's time (grabbed: the transaction's start, before
+// the lock) written at the same time.
 const completeLockedSQL = `-- compute: status change
 UPDATE compute.jobs j
 SET status = 'complete', attempt = j.attempt + 1, grabbed = transaction_timestamp(), worker = $2,
-    finished = now(), last_accessed = now()
+    finished = statement_timestamp(), last_accessed = statement_timestamp()
 WHERE j.job_id = ANY ($1::bytea[])`
 
 // oneWrite is (u)'s measure of a job life that the library does not have:
@@ -286,7 +287,12 @@ func (s *computeSystem) oneWrite(ctx context.Context, n, goroutines, batch int) 
 				rows.Close()
 				return 0, err
 			}
-			ids = append(ids, vals[0].([]byte))
+			id, ok := vals[0].([]byte)
+			if !ok {
+				rows.Close()
+				return 0, fmt.Errorf("job_id decoded as %T", vals[0])
+			}
+			ids = append(ids, id)
 		}
 		if err := rows.Err(); err != nil || len(ids) == 0 {
 			return 0, err

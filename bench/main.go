@@ -167,7 +167,7 @@ func parseFlags() options {
 	flag.StringVar(&o.steadyIDs, "steady-ids", "uuidv7", "(c) compute's job ids: uuidv7 (the library's default, time-ordered) or hash (ContentID: a hash of the config, spread at random over the index, as seed 002's job hashes are)")
 	flag.StringVar(&o.userIDs, "user-ids", "random", "(u) compute's job ids: random (uuid_send(gen_random_uuid())) or sequential (a big-endian counter)")
 	flag.IntVar(&o.statements, "statements", 0, "(u) print the top N statements of pg_stat_statements of every phase on stderr (preloads it in (u)'s own server)")
-	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block and mutex profiles")
+	flag.StringVar(&o.profileDir, "profile-dir", "", "(u) directory where each worker process writes CPU, block, mutex and allocation profiles")
 	flag.StringVar(&o.computeSQL, "compute-sql", "", "SQL run on every fresh compute database after migrating it (also in (u)), e.g. \"ALTER TABLE compute.jobs SET (fillfactor = 70)\"")
 	flag.DurationVar(&o.notifyCooldown, "notify-cooldown", 0, "(c) and (f) compute producers' WithNotifyCooldown: at most one wake-up notification per queue and period (0: the library's default; 1ns: one per enqueue)")
 	flag.DurationVar(&o.soak.duration, "soak", 3*time.Minute, "(s) how long the table-health soak runs (select it with -only s)")
@@ -191,7 +191,7 @@ func parseFlags() options {
 	flag.BoolVar(&o.smoke, "smoke", false, "every workload at tiny sizes (overrides the size flags), for CI")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "limit for any one phase")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (both systems' client side; go tool pprof -focus compute) to this file")
-	flag.StringVar(&o.lockProfile, "lockprofile", "", "write block and mutex profiles of this process to this prefix + .block.pprof and .mutex.pprof")
+	flag.StringVar(&o.lockProfile, "lockprofile", "", "write block, mutex and allocation profiles of this process to this prefix + .block.pprof, .mutex.pprof and .allocs.pprof")
 	flag.BoolVar(&o.verbose, "v", false, "log the systems' warnings and info on stderr (default: errors only), and sample compute's rows in progress every second of a burn-down")
 	flag.StringVar(&o.system, "system", "", "internal: run one burn-down of an already loaded database as a child process (compute or river)")
 	flag.StringVar(&o.db, "db", "", "internal: the child's connection string")
@@ -297,7 +297,8 @@ func main() {
 	stop()
 	pprof.StopCPUProfile() // a no-op without -cpuprofile
 	if o.lockProfile != "" {
-		err = errors.Join(err, writeProfile("block", o.lockProfile+".block.pprof"), writeProfile("mutex", o.lockProfile+".mutex.pprof"))
+		err = errors.Join(err, writeProfile("block", o.lockProfile+".block.pprof"), writeProfile("mutex", o.lockProfile+".mutex.pprof"),
+			writeProfile("allocs", o.lockProfile+".allocs.pprof"))
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

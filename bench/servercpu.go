@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -23,26 +24,19 @@ const clockTick = 10 * time.Millisecond
 // children still running (the other backends, the WAL writer, the
 // checkpointer). It works only for a server on this machine that this
 // process may read /proc of (not one in a container), and fails
-// otherwise; it fails with errUnreaped when a child had exited and was not
-// yet reaped (its time could count twice or not at all: read again). A
-// phase's figure is the difference of two readings taken while none of
-// its connections is open, so that each backend counts once.
+// otherwise; it fails with errUnreaped when a child exited during the
+// reading or awaits its reaping (its time could count twice or not at
+// all: read again). A phase's figure is the difference of two readings
+// taken while none of its connections' backends is alive, so that each
+// counts once (phaseServerCPU).
 func serverCPU(ctx context.Context, pool *pgxpool.Pool) (time.Duration, error) {
-	var backend int
-	if err := pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
-		return 0, err
-	}
-	st, err := readStat(backend)
+	postmaster, err := postmasterPID(ctx, pool)
 	if err != nil {
 		return 0, err
 	}
-	postmaster := st.ppid
 	pm, err := readStat(postmaster)
 	if err != nil {
 		return 0, err
-	}
-	if pm.comm != "postgres" {
-		return 0, fmt.Errorf("the backend's parent is %q, not postgres", pm.comm)
 	}
 	ticks := pm.utime + pm.stime + pm.cutime + pm.cstime
 	dirs, err := filepath.Glob("/proc/[0-9]*")
@@ -61,11 +55,37 @@ func serverCPU(ctx context.Context, pool *pgxpool.Pool) (time.Duration, error) {
 			ticks += st.utime + st.stime
 		}
 	}
+	// A child reaped since the postmaster was read counted nowhere.
+	if again, err := readStat(postmaster); err != nil || again.cutime+again.cstime != pm.cutime+pm.cstime {
+		return 0, errUnreaped
+	}
 	return time.Duration(ticks) * clockTick, nil
 }
 
-// errUnreaped: a child of the postmaster has exited and awaits reaping.
+// errUnreaped: a child of the postmaster exited during the reading, or
+// awaits its reaping.
 var errUnreaped = errors.New("a server process awaits reaping")
+
+// postmasterPID is the pid of the postmaster of pool's server: the parent
+// of the backend serving one of pool's connections.
+func postmasterPID(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var backend int
+	if err := pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+		return 0, err
+	}
+	st, err := readStat(backend)
+	if err != nil {
+		return 0, fmt.Errorf("the server's processes are not on this machine, or not readable: %w", err)
+	}
+	pm, err := readStat(st.ppid)
+	if err != nil {
+		return 0, err
+	}
+	if pm.comm != "postgres" {
+		return 0, fmt.Errorf("the backend's parent is %q, not postgres", pm.comm)
+	}
+	return st.ppid, nil
+}
 
 // procStat is the part of /proc/<pid>/stat serverCPU reads.
 type procStat struct {
@@ -102,47 +122,95 @@ func readStat(pid int) (procStat, error) {
 	return st, errors.Join(errs[:]...)
 }
 
-// phaseServerCPU is the server's CPU time while run ran: it reads
-// serverCPU before run, and after it once no connection named app is open
-// (run's process has exited; its backends exit a moment later). ok is
-// false when the server's processes cannot be read.
-func phaseServerCPU(ctx context.Context, pool *pgxpool.Pool, app string, run func() error) (cpu time.Duration, ok bool, err error) {
-	before, ok := readServerCPU(ctx, pool)
-	if err := run(); err != nil {
-		return 0, false, err
-	}
-	if !ok {
-		return 0, false, nil
+// phaseServerCPU is the server's CPU time while run ran. It reads
+// serverCPU before run, and after it once every backend that served a
+// connection named app has ended: a backend leaves pg_stat_activity before
+// its process ends, and what it spends after a reading that counted it
+// alive would be missed. While run runs, it notes those backends' pids
+// every 100 ms. readErr says why the time could not be read; runErr is
+// run's own.
+func phaseServerCPU(ctx context.Context, pool *pgxpool.Pool, app string, run func() error) (cpu time.Duration, readErr, runErr error) {
+	before, readErr := readServerCPU(ctx, pool)
+	pids := map[int]bool{}
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			_, _ = notePIDs(watchCtx, pool, app, pids) // the last look below catches what this misses
+			if !sleepCtx(watchCtx, 100*time.Millisecond) {
+				return
+			}
+		}
+	}()
+	runErr = run()
+	stopWatching()
+	<-watched
+	if runErr != nil || readErr != nil {
+		return 0, readErr, runErr
 	}
 	for {
-		var open int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&open); err != nil {
-			return 0, false, err
+		open, err := notePIDs(ctx, pool, app, pids)
+		if err != nil {
+			return 0, err, nil
 		}
 		if open == 0 {
 			break
 		}
 		if !sleepCtx(ctx, 10*time.Millisecond) {
-			return 0, false, ctx.Err()
+			return 0, ctx.Err(), nil
 		}
 	}
-	after, ok := readServerCPU(ctx, pool)
-	return after - before, ok, nil
+	postmaster, err := postmasterPID(ctx, pool)
+	if err != nil {
+		return 0, err, nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pid := range pids {
+		for {
+			st, err := readStat(pid)
+			if err != nil || st.ppid != postmaster {
+				break // gone (or the pid is another process's now)
+			}
+			if time.Now().After(deadline) {
+				return 0, fmt.Errorf("backend %d still runs 10 s after the worker process ended", pid), nil
+			}
+			if !sleepCtx(ctx, 10*time.Millisecond) {
+				return 0, ctx.Err(), nil
+			}
+		}
+	}
+	after, readErr := readServerCPU(ctx, pool)
+	return after - before, readErr, nil
+}
+
+// notePIDs adds the pids of the backends serving connections named app to
+// pids, and says how many there are.
+func notePIDs(ctx context.Context, pool *pgxpool.Pool, app string, pids map[int]bool) (int, error) {
+	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, app)
+	if err != nil {
+		return 0, err
+	}
+	open, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	for _, pid := range open {
+		pids[int(pid)] = true
+	}
+	return len(open), err
 }
 
 // readServerCPU reads serverCPU, again while an exited child awaits its
-// reaping (up to a second); ok is false when it cannot be read.
-func readServerCPU(ctx context.Context, pool *pgxpool.Pool) (cpu time.Duration, ok bool) {
+// reaping (for up to a second).
+func readServerCPU(ctx context.Context, pool *pgxpool.Pool) (time.Duration, error) {
 	for range 100 {
 		cpu, err := serverCPU(ctx, pool)
 		if !errors.Is(err, errUnreaped) {
-			return cpu, err == nil
+			return cpu, err
 		}
 		if !sleepCtx(ctx, 10*time.Millisecond) {
-			break
+			return 0, ctx.Err()
 		}
 	}
-	return 0, false
+	return 0, errUnreaped
 }
 
 // sleepCtx waits d, or until ctx ends (then it reports false).

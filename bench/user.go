@@ -184,12 +184,15 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	}
 	progressf("(u) %s, %s jobs, %s: worker process", name, human(n), v)
 	var cr childResult
-	server, serverOK, err := phaseServerCPU(ctx, pool, workerApp, func() (err error) {
+	server, readErr, err := phaseServerCPU(ctx, pool, workerApp, func() (err error) {
 		cr, err = runChild(ctx, o, args)
 		return err
 	})
 	if err != nil {
 		return userResult{}, err
+	}
+	if readErr != nil {
+		progressf("(u) %s: the server's CPU time was not read: %v", name, readErr)
 	}
 	var seconds float64
 	if err := pool.QueryRow(ctx, dbClockSQL(schemaOf(name))).Scan(&seconds); err != nil {
@@ -198,7 +201,7 @@ func userPhase(ctx context.Context, srv *testdb.Server, o options, name string, 
 	if seconds <= 0 {
 		return userResult{}, fmt.Errorf("first claim to last finish took %.3f s", seconds)
 	}
-	r := userResult{rate: float64(n) / seconds, child: cr, server: server, serverOK: serverOK}
+	r := userResult{rate: float64(n) / seconds, child: cr, server: server, serverOK: readErr == nil}
 	progressf("(u) %s, %s jobs, %s: %.0f jobs/s (database clock), worker CPU %.0f ms per 1,000 jobs, server CPU %s, peak RSS %d MiB, pool of %d: %d acquires waited %.0f ms in all",
 		name, human(n), v, r.rate, cr.cpuPerThousand(), r.serverPerThousand(), cr.HWMKiB/1024, cr.MaxConns, cr.EmptyAcquires, cr.EmptyWaitMilli)
 	if o.statements > 0 {
@@ -395,9 +398,17 @@ func userHeader(ctx context.Context, srv *testdb.Server) (string, error) {
 // there is none.
 func (r userResult) serverPerThousand() string {
 	if !r.serverOK {
-		return "not read (a server on another machine or in a container)"
+		return "not read"
 	}
-	return fmt.Sprintf("%.0f ms per 1,000 jobs", r.server.Seconds()*1000*1000/float64(r.child.Jobs))
+	return fmt.Sprintf("%.0f ms per 1,000 jobs", r.serverPerThousandMS())
+}
+
+// serverPerThousandMS is the server's CPU time (ms) per 1,000 jobs.
+func (r userResult) serverPerThousandMS() float64 {
+	if r.child.Jobs == 0 {
+		return 0
+	}
+	return r.server.Seconds() * 1000 * 1000 / float64(r.child.Jobs)
 }
 
 // cpuPerThousand is the worker process's CPU time (ms) per 1,000 jobs.
@@ -438,10 +449,7 @@ func printUser(out io.Writer, o options, res *results) {
 		}
 		return xs
 	}
-	perThousand := func(d time.Duration, r userResult) float64 {
-		return d.Seconds() * 1000 * 1000 / float64(r.child.Jobs)
-	}
-	server := func(r userResult) float64 { return perThousand(r.server, r) }
+	server := func(r userResult) float64 { return r.serverPerThousandMS() }
 	both := func(r userResult) float64 { return server(r) + r.child.cpuPerThousand() }
 	perSec := func(r userResult) float64 { return r.rate }
 	cpu := func(r userResult) float64 { return r.child.cpuPerThousand() }
