@@ -356,6 +356,13 @@
 //     written since under those ids. Start readers again from Head and
 //     reconcile with Get or List.
 //
+// A server running with synchronous_commit off (for the whole server, or
+// for the role the library connects as) acknowledges commits before they
+// are on disk, and when it crashes it loses those of its last moments (up
+// to three times wal_writer_delay) as a promotion of an asynchronous
+// standby does, with the same consequences. The guarantees above assume
+// synchronous_commit on for the library's connections.
+//
 // A test in internal/faulttest measures both (COMPUTE_FAILOVER_ASYNC=1 for
 // the asynchronous one): with 0.7 s of replication lag, every enqueue and
 // completion acknowledged in that window was lost.

@@ -109,8 +109,9 @@ var ErrClosed = errors.New("compute: queue closed")
 // switchover to a logical replica). Call [Queue.RebaseJournal] once, then
 // start readers again from the zero Cursor or from Head. A cursor read
 // on a primary whose asynchronous standby was then promoted without those
-// transactions matches it too (see Failover in the package documentation):
-// start again from Head.
+// transactions matches it too, as does one read before a crash of a server
+// running with synchronous_commit off (see Failover in the package
+// documentation): start again from Head.
 var ErrJournalFromAnotherCluster = errors.New("compute: journal written by another cluster")
 
 // [ErrNotMigrated] is returned when a table or column a call needs is missing:
