@@ -29,6 +29,14 @@ type Filter struct {
 	PartitionKey string
 }
 
+// checkStatus refuses a status that is not one of the five.
+func checkStatus(s Status) error {
+	if !slices.Contains(statuses, s) {
+		return fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, s)
+	}
+	return nil
+}
+
 // check validates the filter's fields before anything is sent.
 func (f Filter) check() error {
 	if f.Queue != "" {
@@ -36,8 +44,10 @@ func (f Filter) check() error {
 			return err
 		}
 	}
-	if f.Status != "" && !slices.Contains(statuses, f.Status) {
-		return fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, f.Status)
+	if f.Status != "" {
+		if err := checkStatus(f.Status); err != nil {
+			return err
+		}
 	}
 	if f.PartitionKey != "" {
 		return validKey(f.PartitionKey, "partition key")
@@ -115,8 +125,8 @@ func (q *Queue) CountMatching(ctx context.Context, f Filter, in []Status, limit 
 	}
 	names := make([]string, len(in))
 	for i, s := range in {
-		if !slices.Contains(statuses, s) {
-			return 0, fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, s)
+		if err := checkStatus(s); err != nil {
+			return 0, err
 		}
 		names[i] = string(s)
 	}

@@ -116,9 +116,10 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*Job, error) {
 	}
 	sql := listJobs
 	if opts.Status != "" {
-		if sql = listByStatus[opts.Status]; sql == "" {
-			return nil, fmt.Errorf("%w: status %q is not one of queued, in-progress, complete, failed, expired", ErrInvalidJob, opts.Status)
+		if err := checkStatus(opts.Status); err != nil {
+			return nil, err
 		}
+		sql = listByStatus[opts.Status]
 	}
 	limit, err := pageLimit("list", opts.Limit)
 	if err != nil {

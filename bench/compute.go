@@ -237,15 +237,12 @@ func bareLoop(ctx context.Context, name string, n, goroutines int, round func(co
 }
 
 // lockQueuedSQL is the first statement of the one-write loop: it locks up
-// to $2 runnable jobs of queue $1 in claim order and returns the columns
-// a claim returns, writing nothing to them. The lock keeps them from every
+// to $2 runnable jobs of queue $1 in claim order and returns their rows
+// (job_id first), writing nothing to them. The lock keeps them from every
 // other claimer (a claim skips locked rows, a plain UPDATE waits) until
 // the transaction ends.
 const lockQueuedSQL = `
-SELECT j.job_id, j.status, j.queue, j.input_files, j.created, j.last_accessed, j.grabbed, j.finished,
-       j.output_files, j.priority, j.run_at, j.attempt, j.max_attempts, j.worker, j.lease_expires,
-       j.errors, j.unique_key, j.partition_key, j.snoozes, j.trace_context, j.config
-FROM compute.jobs j
+SELECT j.* FROM compute.jobs j
 WHERE j.status = 'queued' AND j.queue = $1 AND j.run_at <= statement_timestamp()
 ORDER BY j.priority, j.run_at
 LIMIT $2

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/computeplatform/compute/internal/backoff"
 )
 
 // clockTick is the unit of the CPU times in /proc/<pid>/stat (USER_HZ,
@@ -138,7 +140,7 @@ func phaseServerCPU(ctx context.Context, pool *pgxpool.Pool, app string, run fun
 		defer close(watched)
 		for {
 			_, _ = notePIDs(watchCtx, pool, app, pids) // the last look below catches what this misses
-			if !sleepCtx(watchCtx, 100*time.Millisecond) {
+			if !backoff.Sleep(watchCtx, 100*time.Millisecond) {
 				return
 			}
 		}
@@ -157,7 +159,7 @@ func phaseServerCPU(ctx context.Context, pool *pgxpool.Pool, app string, run fun
 		if open == 0 {
 			break
 		}
-		if !sleepCtx(ctx, 10*time.Millisecond) {
+		if !backoff.Sleep(ctx, 10*time.Millisecond) {
 			return 0, ctx.Err(), nil
 		}
 	}
@@ -175,7 +177,7 @@ func phaseServerCPU(ctx context.Context, pool *pgxpool.Pool, app string, run fun
 			if time.Now().After(deadline) {
 				return 0, fmt.Errorf("backend %d still runs 10 s after the worker process ended", pid), nil
 			}
-			if !sleepCtx(ctx, 10*time.Millisecond) {
+			if !backoff.Sleep(ctx, 10*time.Millisecond) {
 				return 0, ctx.Err(), nil
 			}
 		}
@@ -206,21 +208,9 @@ func readServerCPU(ctx context.Context, pool *pgxpool.Pool) (time.Duration, erro
 		if !errors.Is(err, errUnreaped) {
 			return cpu, err
 		}
-		if !sleepCtx(ctx, 10*time.Millisecond) {
+		if !backoff.Sleep(ctx, 10*time.Millisecond) {
 			return 0, ctx.Err()
 		}
 	}
 	return 0, errUnreaped
-}
-
-// sleepCtx waits d, or until ctx ends (then it reports false).
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

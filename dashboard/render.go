@@ -147,10 +147,8 @@ var funcs = template.FuncMap{
 	"dur":     formatDuration,
 	"time":    formatTime,
 	"isoTime": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	// short is the random end of a job id: its start is a time stamp,
-	// the same for jobs created together.
-	"short":  shortID,
-	"pretty": prettyConfig,
+	"short":   shortID,
+	"pretty":  prettyConfig,
 	// seg escapes a value that fills one segment of a link's path (a
 	// queue name written by plain SQL may hold '/', '?' or '#'):
 	// html/template leaves those alone in a path.
